@@ -1,0 +1,43 @@
+//! Server-side apply helpers.
+//!
+//! Every write Capstan makes is a server-side apply with one constant field manager per
+//! use site (so ownership of each field is visible in `managedFields`), forcing
+//! conflicts: a controller is the authority over the fields it declares. Status is
+//! written from a typed struct, never from hand-built JSON.
+
+use std::fmt::Debug;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Applies `status` as the object's status subresource, owned by `field_manager`.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    field_manager: &str,
+    status: &S,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(field_manager).force(), &Patch::Apply(&patch))
+        .await
+}
+
+/// Applies a whole object (its name and namespace taken from `obj`), owned by
+/// `field_manager`.
+pub async fn apply<K>(api: &Api<K>, obj: &K, field_manager: &str) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    api.patch(&obj.name_any(), &PatchParams::apply(field_manager).force(), &Patch::Apply(obj))
+        .await
+}
