@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod redact;
+pub mod runtime;
 pub mod schedule;
 pub mod ssa;
 
