@@ -12,6 +12,7 @@ pub mod conditions;
 pub mod connection;
 pub mod error;
 pub mod events;
+pub mod gate;
 pub mod metrics;
 pub mod redact;
 pub mod runtime;

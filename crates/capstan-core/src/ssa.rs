@@ -12,6 +12,8 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::conditions::{self, Desired, ObjectStatus};
+
 /// Applies `status` as the object's status subresource, owned by `field_manager`.
 pub async fn apply_status<K, S>(
     api: &Api<K>,
@@ -40,4 +42,36 @@ where
 {
     api.patch(&obj.name_any(), &PatchParams::apply(field_manager).force(), &Patch::Apply(obj))
         .await
+}
+
+/// Computes a new status from the current one with `update`, stamps the generation
+/// and the given conditions, and applies it only when something a reader would see
+/// changed (a status that changes on every pass makes a controller spin). Returns
+/// whether it wrote.
+pub async fn update_status<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&S>,
+    field_manager: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    desired: Vec<Desired<'_>>,
+    update: impl FnOnce(&mut S),
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: ObjectStatus,
+{
+    let before = current.cloned().unwrap_or_default();
+    let mut status = before.clone();
+    let generation = obj.meta().generation;
+    status.set_observed_generation(generation);
+    for d in desired {
+        conditions::set(status.conditions_mut(), d, generation, now);
+    }
+    update(&mut status);
+    if status == before {
+        return Ok(false);
+    }
+    apply_status(api, &obj.name_any(), field_manager, &status).await?;
+    Ok(true)
 }
