@@ -125,6 +125,14 @@ pub fn schema(generator: &mut SchemaGenerator) -> Schema {
     s
 }
 
+/// A status struct with conditions and an observed generation: every Capstan status.
+pub trait ObjectStatus: serde::Serialize + Clone + Default + PartialEq {
+    /// The conditions list.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    /// Sets the top-level `observedGeneration`.
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,12 +173,4 @@ mod tests {
         assert_eq!(v["x-kubernetes-list-type"], "map");
         assert_eq!(v["x-kubernetes-list-map-keys"][0], "type");
     }
-}
-
-/// A status struct with conditions and an observed generation: every Capstan status.
-pub trait ObjectStatus: serde::Serialize + Clone + Default + PartialEq {
-    /// The conditions list.
-    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
-    /// Sets the top-level `observedGeneration`.
-    fn set_observed_generation(&mut self, generation: Option<i64>);
 }
