@@ -1,0 +1,1016 @@
+//! Durations and cron schedules, as every controller reads them from a spec.
+//!
+//! - [`parse_duration`] reads Go/Kubernetes durations (`"90s"`, `"1h30m"`, `"500ms"`,
+//!   `"1.5h"`) plus `d` for days, and [`DurationString`] is the CRD field type whose
+//!   OpenAPI `pattern` admits exactly what the parser admits, so a bad value is refused
+//!   at admission instead of by a controller.
+//! - [`CronSchedule`] is a 5-field cron expression (or an `@daily`-style macro) in an IANA
+//!   time zone, with [`CronSchedule::next_after`] and [`CronSchedule::last_at_or_before`]
+//!   for deciding when a window opens and whether one that opened at a cron time is still
+//!   open.
+//!
+//! Nothing here reads a clock: callers pass `now`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// Why a duration, cron expression or time zone was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// The duration string was empty.
+    #[error("duration is empty")]
+    EmptyDuration,
+    /// The duration string is not a valid duration; `reason` says which part.
+    #[error("invalid duration {input:?}: {reason}")]
+    InvalidDuration {
+        /// The string as given.
+        input: String,
+        /// What is wrong with it.
+        reason: Cow<'static, str>,
+    },
+    /// The duration does not fit in a [`Duration`] (or, for [`DurationString`], in
+    /// [`DURATION_MAX_LENGTH`] characters).
+    #[error("duration {input:?} is too large")]
+    DurationOverflow {
+        /// The string as given, or the formatted duration.
+        input: String,
+    },
+    /// The cron expression could not be parsed.
+    #[error("invalid cron expression {expression:?}: {reason}")]
+    InvalidCron {
+        /// The expression as given.
+        expression: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The time zone is not a known IANA time zone name.
+    #[error("unknown time zone {0:?} (expected an IANA name such as \"Europe/Berlin\")")]
+    UnknownTimeZone(String),
+}
+
+// ---------------------------------------------------------------------------------------
+// Durations
+// ---------------------------------------------------------------------------------------
+
+/// The OpenAPI `pattern` of [`DurationString`]: one or more `<number><unit>` components,
+/// or a bare `0`.
+///
+/// A number is at most 12 integer digits with an optional fraction of at most 9 digits
+/// (`1.5h`, `.5s`, `1.s`, as Go accepts). Units: `ns`, `us`, `ms`, `s`, `m`, `h`, `d`
+/// (`d` is exactly 24 h, not a calendar day). No sign: negative durations are refused,
+/// and so is `+`. Go's `µs` spelling is not accepted (ASCII only).
+///
+/// With the 12-digit limit and [`DURATION_MAX_LENGTH`], no string the pattern admits can
+/// overflow, so the schema and [`DurationString::new`] accept exactly the same strings.
+pub const DURATION_PATTERN: &str =
+    r"^(0|(([0-9]{1,12}(\.[0-9]{0,9})?|\.[0-9]{1,9})(ns|us|ms|s|m|h|d))+)$";
+
+/// The longest string a [`DurationString`] may hold (the schema's `maxLength`).
+pub const DURATION_MAX_LENGTH: usize = 64;
+
+const MAX_INTEGER_DIGITS: usize = 12;
+const MAX_FRACTION_DIGITS: usize = 9;
+
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+fn unit_nanos(unit: &str) -> Option<u128> {
+    Some(match unit {
+        "ns" => 1,
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" => NANOS_PER_SEC,
+        "m" => 60 * NANOS_PER_SEC,
+        "h" => 3_600 * NANOS_PER_SEC,
+        "d" => 86_400 * NANOS_PER_SEC,
+        _ => return None,
+    })
+}
+
+fn invalid(input: &str, reason: impl Into<Cow<'static, str>>) -> ScheduleError {
+    ScheduleError::InvalidDuration {
+        input: input.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a Go/Kubernetes-style duration, plus `d` for 24-hour days.
+///
+/// Accepts exactly [`DURATION_PATTERN`] (see there for the grammar); a fraction is
+/// truncated to whole nanoseconds, as Go does. Refuses the empty string, signs, unknown
+/// or missing units, over-long numbers, and values that do not fit in a [`Duration`].
+///
+/// ```
+/// # use std::time::Duration;
+/// # use capstan_core::schedule::parse_duration;
+/// assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+/// assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+/// assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+/// assert!(parse_duration("-5s").is_err());
+/// assert!(parse_duration("5").is_err());
+/// ```
+pub fn parse_duration(input: &str) -> Result<Duration, ScheduleError> {
+    if input.is_empty() {
+        return Err(ScheduleError::EmptyDuration);
+    }
+    if input == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if input.starts_with('-') {
+        return Err(invalid(input, "negative durations are not allowed"));
+    }
+    let bytes = input.as_bytes();
+    let mut total: u128 = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Integer part.
+        let int_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let int_digits = &input[int_start..i];
+        // Fraction part.
+        let mut frac_digits = "";
+        let has_dot = i < bytes.len() && bytes[i] == b'.';
+        if has_dot {
+            i += 1;
+            let frac_start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            frac_digits = &input[frac_start..i];
+        }
+        if int_digits.is_empty() && frac_digits.is_empty() {
+            return Err(invalid(input, "expected a number before each unit"));
+        }
+        if int_digits.len() > MAX_INTEGER_DIGITS {
+            return Err(invalid(
+                input,
+                format!("a number may have at most {MAX_INTEGER_DIGITS} digits"),
+            ));
+        }
+        if frac_digits.len() > MAX_FRACTION_DIGITS {
+            return Err(invalid(
+                input,
+                format!("a fraction may have at most {MAX_FRACTION_DIGITS} digits"),
+            ));
+        }
+        // Unit: everything up to the next digit or dot, as Go reads it.
+        let unit_start = i;
+        while i < bytes.len() && !bytes[i].is_ascii_digit() && bytes[i] != b'.' {
+            i += 1;
+        }
+        let unit = &input[unit_start..i];
+        if unit.is_empty() {
+            return Err(invalid(
+                input,
+                "missing unit (one of ns, us, ms, s, m, h, d)",
+            ));
+        }
+        let Some(per_unit) = unit_nanos(unit) else {
+            return Err(invalid(
+                input,
+                format!("unknown unit {unit:?} (expected one of ns, us, ms, s, m, h, d)"),
+            ));
+        };
+        // Both parts are at most 12 and 9 digits, so none of this can overflow u128.
+        let int_value: u128 = if int_digits.is_empty() {
+            0
+        } else {
+            int_digits
+                .parse()
+                .map_err(|_| invalid(input, "malformed number"))?
+        };
+        let mut component = int_value * per_unit;
+        if !frac_digits.is_empty() {
+            let frac_value: u128 = frac_digits
+                .parse()
+                .map_err(|_| invalid(input, "malformed fraction"))?;
+            let scale = 10u128.pow(frac_digits.len() as u32);
+            component += frac_value * per_unit / scale;
+        }
+        total = total
+            .checked_add(component)
+            .ok_or_else(|| ScheduleError::DurationOverflow {
+                input: input.to_owned(),
+            })?;
+    }
+    let secs =
+        u64::try_from(total / NANOS_PER_SEC).map_err(|_| ScheduleError::DurationOverflow {
+            input: input.to_owned(),
+        })?;
+    // The remainder is below 10^9, so it fits.
+    let nanos = (total % NANOS_PER_SEC) as u32;
+    Ok(Duration::new(secs, nanos))
+}
+
+/// Formats a duration in the compact form [`parse_duration`] reads back exactly:
+/// `0s`, `90s` → `1m30s`, `36h` → `1d12h`, `1.5s` → `1s500ms`.
+pub fn format_duration(duration: Duration) -> String {
+    if duration.is_zero() {
+        return "0s".to_owned();
+    }
+    let secs = duration.as_secs();
+    let nanos = duration.subsec_nanos();
+    let parts: [(u64, &str); 7] = [
+        (secs / 86_400, "d"),
+        (secs % 86_400 / 3_600, "h"),
+        (secs % 3_600 / 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(nanos / 1_000_000), "ms"),
+        (u64::from(nanos / 1_000 % 1_000), "us"),
+        (u64::from(nanos % 1_000), "ns"),
+    ];
+    let mut out = String::new();
+    for (value, unit) in parts {
+        if value != 0 {
+            out.push_str(&value.to_string());
+            out.push_str(unit);
+        }
+    }
+    out
+}
+
+/// A duration as a CRD field holds it: a string such as `"15s"` or `"1h30m"`.
+///
+/// The schema is `type: string` with [`DURATION_PATTERN`] and `maxLength`
+/// [`DURATION_MAX_LENGTH`], so the API server refuses exactly the strings
+/// [`DurationString::new`] refuses.
+///
+/// Deserializing does not validate: an object stored before a schema change must not
+/// break a whole watch stream, so the controller calls [`DurationString::duration`] and
+/// reports a bad value on the object instead.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DurationString(String);
+
+impl DurationString {
+    /// Validates `value` as the schema does.
+    pub fn new(value: impl Into<String>) -> Result<Self, ScheduleError> {
+        let value = value.into();
+        Self::check(&value)?;
+        Ok(Self(value))
+    }
+
+    /// The canonical string for `duration` (see [`format_duration`]); fails only for
+    /// durations too large to write in [`DURATION_MAX_LENGTH`] characters.
+    pub fn from_duration(duration: Duration) -> Result<Self, ScheduleError> {
+        Self::new(format_duration(duration)).map_err(|_| ScheduleError::DurationOverflow {
+            input: format_duration(duration),
+        })
+    }
+
+    fn check(value: &str) -> Result<Duration, ScheduleError> {
+        if value.len() > DURATION_MAX_LENGTH {
+            return Err(invalid(
+                value,
+                format!("longer than {DURATION_MAX_LENGTH} characters"),
+            ));
+        }
+        parse_duration(value)
+    }
+
+    /// The string as written in the spec.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The duration, or why the stored string is not one.
+    pub fn duration(&self) -> Result<Duration, ScheduleError> {
+        Self::check(&self.0)
+    }
+}
+
+impl fmt::Display for DurationString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for DurationString {
+    type Err = ScheduleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<Duration> for DurationString {
+    type Error = ScheduleError;
+
+    fn try_from(value: Duration) -> Result<Self, Self::Error> {
+        Self::from_duration(value)
+    }
+}
+
+impl JsonSchema for DurationString {
+    fn schema_name() -> Cow<'static, str> {
+        "DurationString".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": DURATION_MAX_LENGTH,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cron
+// ---------------------------------------------------------------------------------------
+
+/// A syntactic `pattern` for cron fields in a CRD: an `@yearly`/`@annually`/`@monthly`/
+/// `@weekly`/`@daily`/`@hourly` macro, or five space-separated fields made of digits,
+/// names, `*`, `,`, `-`, `/` and croner's `L`, `W`, `#`, `?` extensions.
+///
+/// It refuses malformed expressions at admission (wrong field count, stray characters).
+/// It cannot see value ranges (`61 * * * *`) or a range written backwards (`5-1`): those
+/// pass admission and [`CronSchedule::parse`] refuses them. Every string the parser
+/// accepts matches this pattern.
+pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|hourly)|[0-9A-Za-z*,/#?-]+( +[0-9A-Za-z*,/#?-]+){4})$";
+
+/// The longest cron expression accepted.
+pub const CRON_MAX_LENGTH: usize = 256;
+
+/// A syntactic `pattern` for IANA time zone names (`UTC`, `Europe/Berlin`,
+/// `America/Argentina/Buenos_Aires`, `Etc/GMT+5`). Whether the name exists is decided by
+/// [`parse_time_zone`] (the tz database compiled into the operator), not by the schema:
+/// a list of every zone would make `kubectl explain` unreadable.
+pub const TIME_ZONE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$";
+
+/// The longest time zone name accepted.
+pub const TIME_ZONE_MAX_LENGTH: usize = 64;
+
+/// Looks up an IANA time zone name (case-sensitive, as in the tz database).
+pub fn parse_time_zone(name: &str) -> Result<Tz, ScheduleError> {
+    Tz::from_str(name).map_err(|_| ScheduleError::UnknownTimeZone(name.to_owned()))
+}
+
+/// A cron expression in a time zone.
+///
+/// Five fields (minute, hour, day of month, month, day of week; Vixie semantics: when
+/// both day fields are restricted, either matching is enough; 0 and 7 are Sunday; month
+/// and day names are accepted in any case) or one of the macros in [`CRON_PATTERN`].
+/// Croner's `L` (last), `W` (nearest weekday) and `#` (nth weekday) are accepted too.
+///
+/// # Daylight saving time
+///
+/// Fields are matched against the wall clock of the time zone:
+/// - **Skipped hour** (spring forward): a fixed-time expression (single minute and hour,
+///   e.g. `30 2 * * *`) whose time does not exist that day fires once, at the first
+///   instant after the gap (03:00 local). An expression with wildcards or steps in the
+///   minute or hour fires only at wall-clock times that exist, so the skipped hour simply
+///   has no occurrences.
+/// - **Repeated hour** (fall back): a fixed-time expression fires once, at the first
+///   (earlier) of the two instants. An expression with wildcards or steps fires at both.
+///
+/// So a daily window never disappears and never opens twice on a DST day.
+#[derive(Clone, Debug)]
+pub struct CronSchedule {
+    expression: String,
+    time_zone: Tz,
+    cron: Cron,
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expression == other.expression && self.time_zone == other.time_zone
+    }
+}
+
+impl Eq for CronSchedule {}
+
+fn invalid_cron(expression: &str, reason: impl Into<String>) -> ScheduleError {
+    ScheduleError::InvalidCron {
+        expression: expression.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks the syntax [`CRON_PATTERN`] describes, so the parser never accepts a string the
+/// schema would refuse (croner alone is more lenient: tabs, `+`, 6 or 7 fields).
+fn check_cron_syntax(expression: &str) -> Result<(), ScheduleError> {
+    if expression.len() > CRON_MAX_LENGTH {
+        return Err(invalid_cron(
+            expression,
+            format!("longer than {CRON_MAX_LENGTH} characters"),
+        ));
+    }
+    if let Some(name) = expression.strip_prefix('@') {
+        return match name {
+            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "hourly" => Ok(()),
+            _ => Err(invalid_cron(
+                expression,
+                "unknown macro (expected @yearly, @annually, @monthly, @weekly, @daily or @hourly)",
+            )),
+        };
+    }
+    if expression.starts_with(' ') || expression.ends_with(' ') {
+        return Err(invalid_cron(expression, "leading or trailing space"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "*,/#?-".contains(c);
+    if let Some(bad) = expression.chars().find(|&c| c != ' ' && !allowed(c)) {
+        return Err(invalid_cron(
+            expression,
+            format!("character {bad:?} is not allowed"),
+        ));
+    }
+    let fields = expression.split(' ').filter(|f| !f.is_empty()).count();
+    if fields != 5 {
+        return Err(invalid_cron(
+            expression,
+            format!(
+                "expected 5 fields (minute hour day-of-month month day-of-week), found {fields}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where [`CronSchedule::parse`] checks that an expression fires at all, and how far it
+/// looks: 112 years is four 28-year calendar cycles, enough for any day/weekday/leap-day
+/// combination, across the missing leap day of 2100.
+const FIRES_CHECK_START_YEAR: i32 = 2000;
+const FIRES_CHECK_YEARS: i32 = 28 * 4;
+
+impl CronSchedule {
+    /// Parses `expression` in `time_zone` (an IANA name; `None` means UTC).
+    ///
+    /// Refuses expressions that never fire (`0 0 30 2 *`), so [`Self::next_after`] and
+    /// [`Self::last_at_or_before`] only return `None` at the ends of representable time.
+    pub fn parse(expression: &str, time_zone: Option<&str>) -> Result<Self, ScheduleError> {
+        let time_zone = match time_zone {
+            None => Tz::UTC,
+            Some(name) => parse_time_zone(name)?,
+        };
+        check_cron_syntax(expression)?;
+        let cron = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build()
+            .parse(expression)
+            .map_err(|e| invalid_cron(expression, e.to_string()))?;
+        let schedule = Self {
+            expression: expression.to_owned(),
+            time_zone,
+            cron,
+        };
+        let start = Utc
+            .with_ymd_and_hms(FIRES_CHECK_START_YEAR, 1, 1, 0, 0, 0)
+            .single()
+            .ok_or_else(|| invalid_cron(expression, "internal: bad reference date"))?;
+        match schedule.next_after(start) {
+            Some(t) if t.year() < FIRES_CHECK_START_YEAR + FIRES_CHECK_YEARS => Ok(schedule),
+            _ => Err(invalid_cron(expression, "the expression never fires")),
+        }
+    }
+
+    /// The expression as given.
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    /// The time zone the fields are matched in.
+    pub fn time_zone(&self) -> Tz {
+        self.time_zone
+    }
+
+    /// The first firing time strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&self.time_zone);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|next| next.with_timezone(&Utc))
+    }
+
+    /// The last firing time at or before `t` (`t` itself if it is a firing time).
+    ///
+    /// A window that opens at each firing time and lasts `d` is open at `now` exactly
+    /// when `last_at_or_before(now)` is `Some(start)` with `now < start + d`.
+    pub fn last_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&self.time_zone);
+        self.cron
+            .find_previous_occurrence(&local, true)
+            .ok()
+            .map(|prev| prev.with_timezone(&Utc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use regex::Regex;
+
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("test timestamp")
+            .with_timezone(&Utc)
+    }
+
+    /// Go/Kubernetes durations and `d` parse to the values Go would give.
+    #[test]
+    fn parse_duration_accepts_go_durations() {
+        let cases: &[(&str, Duration)] = &[
+            ("0", Duration::ZERO),
+            ("0s", Duration::ZERO),
+            ("90s", Duration::from_secs(90)),
+            ("15m", Duration::from_secs(900)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("720h", Duration::from_secs(720 * 3600)),
+            ("500ms", Duration::from_millis(500)),
+            ("2d", Duration::from_secs(2 * 86_400)),
+            ("1d12h", Duration::from_secs(36 * 3600)),
+            ("1.5h", Duration::from_secs(5400)),
+            (".5s", Duration::from_millis(500)),
+            ("1.s", Duration::from_secs(1)),
+            ("1m1m", Duration::from_secs(120)),
+            ("10us", Duration::from_micros(10)),
+            ("7ns", Duration::from_nanos(7)),
+            ("1.000000001s", Duration::new(1, 1)),
+            // Truncated to whole nanoseconds, as in Go.
+            ("0.5ns", Duration::ZERO),
+            ("1.1ns", Duration::from_nanos(1)),
+            (
+                "999999999999d",
+                Duration::from_secs(999_999_999_999 * 86_400),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_duration(input).as_ref(), Ok(want), "{input}");
+        }
+    }
+
+    /// Empty, signed, unit-less, unknown-unit and over-long durations are refused.
+    #[test]
+    fn parse_duration_refuses_bad_input() {
+        let cases = [
+            "",
+            "-5s",
+            "+5s",
+            "5",
+            "s",
+            ".s",
+            ".",
+            "5x",
+            "5sec",
+            "1h 30m",
+            " 1h",
+            "1h ",
+            "5S",
+            "µs",
+            "5µs",
+            "1e3s",
+            "1_000s",
+            "1..5s",
+            "1.5.5s",
+            "5s-",
+            "0x10s",
+            "1000000000000s", // 13 digits
+            "1.0000000001s",  // 10 fraction digits
+            "9999999999999999999999999h",
+        ];
+        for input in cases {
+            assert!(
+                parse_duration(input).is_err(),
+                "{input:?} should be refused"
+            );
+        }
+        assert_eq!(parse_duration(""), Err(ScheduleError::EmptyDuration));
+    }
+
+    /// Many maximal components overflow a Duration and are refused rather than wrapped.
+    #[test]
+    fn parse_duration_refuses_overflow() {
+        let huge = "999999999999d".repeat(300);
+        assert!(matches!(
+            parse_duration(&huge),
+            Err(ScheduleError::DurationOverflow { .. })
+        ));
+    }
+
+    #[test]
+    fn format_duration_is_compact() {
+        let cases: &[(Duration, &str)] = &[
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(36 * 3600), "1d12h"),
+            (Duration::from_millis(1500), "1s500ms"),
+            (Duration::new(0, 1_001_001), "1ms1us1ns"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(format_duration(*d), *want);
+        }
+    }
+
+    #[test]
+    fn duration_string_schema_carries_pattern_and_max_length() {
+        let schema = schemars::schema_for!(DurationString);
+        let value = serde_json::to_value(&schema).expect("schema serializes");
+        assert_eq!(value["type"], "string");
+        assert_eq!(value["pattern"], DURATION_PATTERN);
+        assert_eq!(value["maxLength"], DURATION_MAX_LENGTH);
+    }
+
+    /// Deserializing keeps a bad value instead of failing, and `duration()` reports it.
+    #[test]
+    fn duration_string_deserializes_leniently() {
+        let ok: DurationString = serde_json::from_str("\"15s\"").expect("deserializes");
+        assert_eq!(ok.duration(), Ok(Duration::from_secs(15)));
+        let bad: DurationString = serde_json::from_str("\"soon\"").expect("deserializes");
+        assert!(bad.duration().is_err());
+        assert!(DurationString::new("soon").is_err());
+        assert!(
+            DurationString::new("1s".repeat(40)).is_err(),
+            "longer than maxLength"
+        );
+        assert_eq!(serde_json::to_string(&ok).expect("serializes"), "\"15s\"");
+    }
+
+    /// The pattern without `^`/`$`, which proptest cannot generate from.
+    fn unanchored(pattern: &str) -> &str {
+        pattern
+            .strip_prefix('^')
+            .and_then(|p| p.strip_suffix('$'))
+            .expect("anchored pattern")
+    }
+
+    fn duration_regex() -> Regex {
+        Regex::new(DURATION_PATTERN).expect("DURATION_PATTERN compiles")
+    }
+
+    proptest! {
+        /// format then parse gives back the same duration, and the string is a valid
+        /// DurationString.
+        #[test]
+        fn duration_format_parse_round_trip(
+            secs in 0u64..(999_999_999_999u64 * 86_400),
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let d = Duration::new(secs, nanos);
+            let s = format_duration(d);
+            prop_assert_eq!(parse_duration(&s), Ok(d));
+            let ds = DurationString::from_duration(d).expect("fits");
+            prop_assert_eq!(ds.duration(), Ok(d));
+        }
+
+        /// Every string the schema pattern admits (within maxLength) is a valid
+        /// DurationString.
+        #[test]
+        fn duration_pattern_admits_only_valid(
+            s in proptest::string::string_regex(unanchored(DURATION_PATTERN)).expect("strategy"),
+        ) {
+            prop_assume!(s.len() <= DURATION_MAX_LENGTH);
+            prop_assert!(DurationString::new(s.clone()).is_ok(), "{:?}", s);
+        }
+
+        /// Every string DurationString accepts matches the schema pattern, and every
+        /// string it refuses does not (or is too long): the two agree exactly.
+        #[test]
+        fn duration_pattern_agrees_with_parser(
+            s in "[0-9.nsumhdx+ -]{0,20}",
+        ) {
+            let schema_ok = duration_regex().is_match(&s) && s.len() <= DURATION_MAX_LENGTH;
+            prop_assert_eq!(schema_ok, DurationString::new(s.clone()).is_ok(), "{:?}", s);
+        }
+
+        /// Same agreement on strings built from well-formed components, where the
+        /// interesting cases (digit limits, fractions) live.
+        #[test]
+        fn duration_pattern_agrees_with_parser_on_components(
+            parts in proptest::collection::vec(
+                ("[0-9]{0,14}", proptest::option::of("[0-9]{0,11}"), "(ns|us|ms|s|m|h|d|x|)"),
+                1..6,
+            ),
+        ) {
+            let s: String = parts
+                .iter()
+                .map(|(i, f, u)| match f {
+                    Some(f) => format!("{i}.{f}{u}"),
+                    None => format!("{i}{u}"),
+                })
+                .collect();
+            let schema_ok = duration_regex().is_match(&s) && s.len() <= DURATION_MAX_LENGTH;
+            prop_assert_eq!(schema_ok, DurationString::new(s.clone()).is_ok(), "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn cron_parse_accepts_and_refuses() {
+        let ok = [
+            ("*/5 * * * *", None),
+            ("0 9 * * MON-FRI", Some("Europe/Berlin")),
+            ("0 9 * * mon-fri", None),
+            ("0 0 1 JAN *", None),
+            ("30 2 * * 7", Some("America/New_York")),
+            ("0 0 L * *", None),
+            ("0 0 29 2 *", None),
+            ("@daily", None),
+            ("@hourly", Some("UTC")),
+            ("@yearly", None),
+            ("@annually", None),
+            ("@monthly", None),
+            ("@weekly", None),
+            ("0  0 * * *", None),
+        ];
+        for (expr, tz) in ok {
+            let s = CronSchedule::parse(expr, tz);
+            assert!(s.is_ok(), "{expr:?} in {tz:?}: {s:?}");
+        }
+        let bad = [
+            ("", None),
+            ("* * * *", None),
+            ("0 * * * * *", None),
+            ("0 0 * * * 2026", None),
+            ("61 * * * *", None),
+            ("0 24 * * *", None),
+            ("5-1 * * * *", None),
+            ("*/0 * * * *", None),
+            ("0 0 30 2 *", None),
+            ("0 0 31 4 *", None),
+            ("@reboot", None),
+            ("@every 5m", None),
+            (" 0 0 * * *", None),
+            ("0 0 * * *\t", None),
+            ("0\t0 * * *", None),
+            ("0 0 * * +MON", None),
+            ("0 0 * * *", Some("Mars/Olympus")),
+            ("0 0 * * *", Some("europe/berlin")),
+            ("0 0 * * *", Some("")),
+        ];
+        for (expr, tz) in bad {
+            let s = CronSchedule::parse(expr, tz);
+            assert!(s.is_err(), "{expr:?} in {tz:?} should be refused: {s:?}");
+        }
+        assert_eq!(
+            CronSchedule::parse("0 0 * * *", Some("Mars/Olympus")),
+            Err(ScheduleError::UnknownTimeZone("Mars/Olympus".into()))
+        );
+    }
+
+    #[test]
+    fn cron_next_and_last_table() {
+        // (expression, zone, t, next_after(t), last_at_or_before(t))
+        let cases = [
+            (
+                "*/15 * * * *",
+                None,
+                "2026-01-01T10:07:00Z",
+                "2026-01-01T10:15:00Z",
+                "2026-01-01T10:00:00Z",
+            ),
+            // Strictly after; at-or-before includes t itself.
+            (
+                "*/15 * * * *",
+                None,
+                "2026-01-01T10:15:00Z",
+                "2026-01-01T10:30:00Z",
+                "2026-01-01T10:15:00Z",
+            ),
+            // Seconds in t are not a firing time.
+            (
+                "*/15 * * * *",
+                None,
+                "2026-01-01T10:15:30Z",
+                "2026-01-01T10:30:00Z",
+                "2026-01-01T10:15:00Z",
+            ),
+            // Time zone: 09:00 Berlin in winter is 08:00 UTC.
+            (
+                "0 9 * * *",
+                Some("Europe/Berlin"),
+                "2026-01-15T12:00:00Z",
+                "2026-01-16T08:00:00Z",
+                "2026-01-15T08:00:00Z",
+            ),
+            // Black Friday 2026 is 27 November; 00:00 New York is 05:00 UTC (EST).
+            (
+                "0 0 27 11 *",
+                Some("America/New_York"),
+                "2026-06-01T00:00:00Z",
+                "2026-11-27T05:00:00Z",
+                "2025-11-27T05:00:00Z",
+            ),
+            // Leap day.
+            (
+                "0 0 29 2 *",
+                None,
+                "2025-01-01T00:00:00Z",
+                "2028-02-29T00:00:00Z",
+                "2024-02-29T00:00:00Z",
+            ),
+        ];
+        for (expr, tz, t, next, last) in cases {
+            let s = CronSchedule::parse(expr, tz).expect("parses");
+            assert_eq!(s.next_after(utc(t)), Some(utc(next)), "next {expr} {t}");
+            assert_eq!(
+                s.last_at_or_before(utc(t)),
+                Some(utc(last)),
+                "last {expr} {t}"
+            );
+        }
+    }
+
+    /// Spring forward (New York, 8 March 2026, 02:00 → 03:00): a daily 02:30 fires once,
+    /// at 03:00 EDT (07:00 UTC); an every-30-minutes expression skips the missing hour.
+    #[test]
+    fn cron_dst_gap() {
+        let daily = CronSchedule::parse("30 2 * * *", Some("America/New_York")).expect("ok");
+        let next = daily.next_after(utc("2026-03-08T05:00:00Z"));
+        assert_eq!(next, Some(utc("2026-03-08T07:00:00Z")));
+        // The day before and after run at 02:30 local as usual.
+        assert_eq!(
+            daily.next_after(utc("2026-03-07T05:00:00Z")),
+            Some(utc("2026-03-07T07:30:00Z"))
+        );
+        assert_eq!(
+            daily.next_after(utc("2026-03-08T07:00:00Z")),
+            Some(utc("2026-03-09T06:30:00Z"))
+        );
+        assert_eq!(
+            daily.last_at_or_before(utc("2026-03-08T08:00:00Z")),
+            Some(utc("2026-03-08T07:00:00Z"))
+        );
+
+        let every = CronSchedule::parse("*/30 * * * *", Some("America/New_York")).expect("ok");
+        // 01:30 EST = 06:30 UTC; the next wall-clock time that exists is 03:00 EDT = 07:00.
+        assert_eq!(
+            every.next_after(utc("2026-03-08T06:30:00Z")),
+            Some(utc("2026-03-08T07:00:00Z"))
+        );
+    }
+
+    /// Fall back (New York, 1 November 2026, 02:00 EDT → 01:00 EST): a daily 01:30 fires
+    /// once, at the earlier instant (05:30 UTC); an every-30-minutes expression fires in
+    /// both copies of the hour.
+    #[test]
+    fn cron_dst_overlap() {
+        let daily = CronSchedule::parse("30 1 * * *", Some("America/New_York")).expect("ok");
+        assert_eq!(
+            daily.next_after(utc("2026-11-01T04:00:00Z")),
+            Some(utc("2026-11-01T05:30:00Z"))
+        );
+        assert_eq!(
+            daily.next_after(utc("2026-11-01T05:30:00Z")),
+            Some(utc("2026-11-02T06:30:00Z")),
+            "does not fire again in the repeated hour"
+        );
+        assert_eq!(
+            daily.last_at_or_before(utc("2026-11-01T07:00:00Z")),
+            Some(utc("2026-11-01T05:30:00Z"))
+        );
+
+        let every = CronSchedule::parse("*/30 * * * *", Some("America/New_York")).expect("ok");
+        let mut t = utc("2026-11-01T04:45:00Z");
+        let mut fired = Vec::new();
+        for _ in 0..5 {
+            let next = every.next_after(t).expect("fires");
+            fired.push(next);
+            t = next;
+        }
+        let want: Vec<_> = [
+            "2026-11-01T05:00:00Z",
+            "2026-11-01T05:30:00Z",
+            "2026-11-01T06:00:00Z",
+            "2026-11-01T06:30:00Z",
+            "2026-11-01T07:00:00Z",
+        ]
+        .iter()
+        .map(|s| utc(s))
+        .collect();
+        assert_eq!(fired, want);
+    }
+
+    fn cron_regex() -> Regex {
+        Regex::new(CRON_PATTERN).expect("CRON_PATTERN compiles")
+    }
+
+    #[test]
+    fn cron_pattern_refuses_malformed_and_admits_valid() {
+        let re = cron_regex();
+        for ok in [
+            "*/5 * * * *",
+            "0 9 * * MON-FRI",
+            "@daily",
+            "0 0 L * *",
+            "0 0 * * 5#2",
+        ] {
+            assert!(re.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "* * * *",
+            "0 * * * * *",
+            "@reboot",
+            "0 0 * * *\t",
+            " 0 0 * * *",
+            "a;b c d e f",
+        ] {
+            assert!(!re.is_match(bad), "{bad:?}");
+        }
+        let tz = Regex::new(TIME_ZONE_PATTERN).expect("TIME_ZONE_PATTERN compiles");
+        for name in chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()) {
+            assert!(
+                tz.is_match(name),
+                "every known zone matches the pattern: {name}"
+            );
+        }
+        for bad in [
+            "",
+            "/UTC",
+            "Europe/",
+            "Europe//Berlin",
+            "Europe Berlin",
+            "../etc",
+        ] {
+            assert!(!tz.is_match(bad), "{bad:?}");
+        }
+    }
+
+    fn any_instant() -> impl Strategy<Value = DateTime<Utc>> {
+        // 2000-01-01 .. 2040-01-01, to the second.
+        (946_684_800i64..2_208_988_800)
+            .prop_map(|s| DateTime::<Utc>::from_timestamp(s, 0).expect("in range"))
+    }
+
+    fn some_schedule() -> impl Strategy<Value = CronSchedule> {
+        let exprs = prop_oneof![
+            Just("*/5 * * * *"),
+            Just("30 2 * * *"),
+            Just("30 1 * * *"),
+            Just("0 */2 * * *"),
+            Just("15,45 1-3 * * *"),
+            Just("0 9 * * MON-FRI"),
+            Just("0 0 1 * *"),
+            Just("0 0 27 11 *"),
+            Just("@hourly"),
+            Just("@daily"),
+        ];
+        let zones = prop_oneof![
+            Just(None),
+            Just(Some("UTC")),
+            Just(Some("America/New_York")),
+            Just(Some("Europe/Berlin")),
+            Just(Some("Australia/Lord_Howe")),
+            Just(Some("Asia/Kolkata")),
+        ];
+        (exprs, zones).prop_map(|(e, z)| CronSchedule::parse(e, z).expect("valid"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// next_after is strictly later, and last_at_or_before is at or earlier.
+        #[test]
+        fn cron_next_is_after_and_last_is_before(s in some_schedule(), t in any_instant()) {
+            let next = s.next_after(t).expect("fires");
+            prop_assert!(next > t);
+            let last = s.last_at_or_before(t).expect("fired");
+            prop_assert!(last <= t);
+        }
+
+        /// A firing time is its own last_at_or_before, so a window that opened at it is
+        /// seen as open.
+        #[test]
+        fn cron_last_of_next_is_next(s in some_schedule(), t in any_instant()) {
+            let next = s.next_after(t).expect("fires");
+            prop_assert_eq!(s.last_at_or_before(next), Some(next));
+        }
+
+        /// No firing time lies strictly between last_at_or_before(t) and next_after(t).
+        #[test]
+        fn cron_last_and_next_are_adjacent(s in some_schedule(), t in any_instant()) {
+            let last = s.last_at_or_before(t).expect("fired");
+            let next = s.next_after(t).expect("fires");
+            prop_assert_eq!(s.next_after(last), Some(next));
+        }
+
+        /// Every string the cron parser accepts matches the schema pattern.
+        #[test]
+        fn cron_parser_accepts_only_pattern_matches(
+            fields in proptest::collection::vec("[0-9*,/LW#?A-Za-z-]{1,6}", 4..7),
+            sep in "( |  |\t)",
+        ) {
+            let expr = fields.join(&sep);
+            if CronSchedule::parse(&expr, None).is_ok() {
+                prop_assert!(cron_regex().is_match(&expr), "{:?}", expr);
+            }
+        }
+    }
+}
