@@ -3,7 +3,9 @@
 #   1. helm lint (with the default values and with watchNamespaces set);
 #   2. helm template renders with the default values and with every optional part
 #      switched on (watchNamespaces, ServiceMonitor, digest, IRSA annotation,
-#      one replica without leader election), and refuses invalid values;
+#      one replica without leader election), refuses invalid values, and every
+#      render parses as Kubernetes objects (python3 + PyYAML; kubectl's client
+#      dry-run needs a server for discovery);
 #   3. charts/capstan/crds/ holds exactly the CRDs in crds/ (skipped, saying so, only
 #      while crds/ is empty); fix with charts/capstan/sync-crds.sh;
 #   4. manifests/install/capstan.yaml equals a fresh render; fix with
