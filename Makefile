@@ -1,0 +1,52 @@
+# Capstan's commands. `make` alone lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+export GOTOOLCHAIN := local
+# Quieter, cheaper debug builds: tests need line numbers, not full debug info.
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help deps generate check-generated fmt lint build test test-only demo demo-ci bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## Install what tests and the demo need (Debian packages, Python venv, Kubernetes binaries), cached
+	@bash tests/env/install.sh
+
+generate: ## Regenerate crds/ (and the chart's copy) from the Rust types
+	$(CARGO) run -q -p capstan -- crd --dir crds
+	@bash manifests/render.sh
+
+check-generated: ## Fail when crds/ or the chart differ from a fresh generation
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(CARGO) run -q -p capstan -- crd --dir "$$tmp" && \
+	if ! diff -ru crds "$$tmp"; then echo "crds/ is stale: run 'make generate' and commit" >&2; exit 1; fi
+	@bash charts/capstan/ci-check.sh
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## cargo fmt --check and clippy with -D warnings on every target
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+build: ## Build every crate and test
+	$(CARGO) build --workspace --all-targets --locked
+
+test: deps lint check-generated test-only ## Everything CI checks: deps, lint, generated files, all tests
+
+test-only: ## Run all tests (assumes deps)
+	$(CARGO) test --workspace --locked --no-fail-fast
+
+demo: deps ## Run Capstan on a local control plane with the examples; Ctrl-C tears it down
+	@bash tests/demo.sh
+
+demo-ci: deps ## The demo, non-interactive: runs to a verdict and exits
+	@bash tests/demo.sh --ci
+
+bench: deps ## Benchmarks (figures, not pass/fail)
+	@bash tests/bench.sh
+
+clean: ## Remove build output (keeps the Kubernetes binary cache)
+	$(CARGO) clean

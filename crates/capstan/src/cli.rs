@@ -1,0 +1,119 @@
+//! Command-line arguments. Every flag of `capstan run` has an environment fallback
+//! (`CAPSTAN_<FLAG>`), so the Helm chart can set them either way.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Capstan: credential rotation, ECS scaling and delivery pipelines, declared in YAML.
+#[derive(Debug, Parser)]
+#[command(name = "capstan", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers, the admin HTTP server and leader election.
+    Run(Box<RunArgs>),
+    /// Print every CRD as YAML, or write one file per CRD (what `make generate` does).
+    Crd {
+        /// Write `<plural>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// The controllers `capstan run` can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControllerName {
+    /// ClusterConnection reachability.
+    Connection,
+    /// SecretRotation.
+    SecretRotation,
+    /// ServiceScaling.
+    ServiceScaling,
+    /// Pipeline.
+    Pipeline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (the default when stderr is not a terminal).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Namespaces to watch (comma-separated); all namespaces when empty.
+    #[arg(long, env = "CAPSTAN_NAMESPACES", value_delimiter = ',', default_value = "")]
+    pub namespaces: Vec<String>,
+
+    /// Controllers to start (comma-separated).
+    #[arg(
+        long,
+        env = "CAPSTAN_CONTROLLERS",
+        value_delimiter = ',',
+        default_value = "connection,secret-rotation,service-scaling,pipeline"
+    )]
+    pub controllers: Vec<ControllerName>,
+
+    /// Run leader election on a Lease; only the leader reconciles.
+    #[arg(long, env = "CAPSTAN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the leader election Lease.
+    #[arg(long, env = "CAPSTAN_LEASE_NAME", default_value = "capstan-leader")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease; defaults to Capstan's own namespace.
+    #[arg(long, env = "CAPSTAN_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a lease is valid after its last renewal, in seconds.
+    #[arg(long, env = "CAPSTAN_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+
+    /// How long before expiry the holder renews, in seconds.
+    #[arg(long, env = "CAPSTAN_LEASE_GRACE", default_value_t = 5)]
+    pub lease_grace: u64,
+
+    /// Capstan's own namespace, where connection credential Secrets live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "capstan-system")]
+    pub own_namespace: String,
+
+    /// This instance's identity (Lease holder, Event reporter); defaults to the pod
+    /// name, else the host name plus a random suffix.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Address of the admin HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "CAPSTAN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format; JSON by default when stderr is not a terminal.
+    #[arg(long, env = "CAPSTAN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, in `tracing` env-filter syntax (e.g. `info,capstan=debug`).
+    #[arg(long, env = "CAPSTAN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Most reconciles one controller runs at once.
+    #[arg(long, env = "CAPSTAN_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// How long to wait for the CRDs to be Established before giving up, in seconds.
+    #[arg(long, env = "CAPSTAN_CRD_WAIT", default_value_t = 60)]
+    pub crd_wait: u64,
+
+    /// Turn off the AWS SDK's retries (tests against an emulator that answers
+    /// unimplemented calls with a retryable 500). Never needed in production.
+    #[arg(long, env = "CAPSTAN_AWS_NO_RETRIES", default_value_t = false, hide = true)]
+    pub aws_no_retries: bool,
+}

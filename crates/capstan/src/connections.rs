@@ -1,0 +1,232 @@
+//! The ClusterConnection controller: checks that each connection reaches its system
+//! with its credentials, and reports that in `status.conditions[Ready]`.
+//!
+//! It never uses a connection on behalf of an object; the resource controllers do that
+//! after `capstan_core::connection::resolve` has checked the namespace. Checks repeat
+//! every [`RECHECK`] so that expired credentials show up before a rotation needs them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_aws::{ClientOptions, Retries, StaticCredentials};
+use capstan_core::conditions::{self, Desired, READY};
+use capstan_core::connection::{
+    AwsConnection, ClusterConnection, ClusterConnectionStatus, LocalSecretRef, VaultConnection,
+};
+use capstan_core::error::Categorized;
+use capstan_core::metrics::ControllerMetrics;
+use capstan_core::redact::SecretValue;
+use capstan_core::runtime::Runtime;
+use capstan_core::ssa;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+const FIELD_MANAGER: &str = "capstan-connection";
+/// How often a healthy connection is checked again.
+pub const RECHECK: Duration = Duration::from_secs(300);
+/// How soon a failing connection is checked again.
+const RETRY: Duration = Duration::from_secs(30);
+
+/// Why a connection check failed. The message names the connection's part at fault,
+/// never a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("Secret {namespace}/{name} {problem}")]
+    CredentialsSecret { namespace: String, name: String, problem: String },
+    #[error(transparent)]
+    Aws(#[from] capstan_aws::AwsError),
+    #[error("Vault at {address}: {problem}")]
+    Vault { address: String, problem: String },
+    #[error("writing status: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl CheckError {
+    fn reason(&self) -> &'static str {
+        match self {
+            CheckError::CredentialsSecret { .. } => "CredentialsUnavailable",
+            CheckError::Aws(capstan_aws::AwsError::WrongAccount { .. }) => "WrongAccount",
+            CheckError::Aws(_) => "AuthenticationFailed",
+            CheckError::Vault { .. } => "Unreachable",
+            CheckError::Kube(_) => "StatusWriteFailed",
+        }
+    }
+}
+
+impl Categorized for CheckError {
+    fn category(&self) -> &'static str {
+        match self {
+            CheckError::CredentialsSecret { .. } => "credentials_secret",
+            CheckError::Aws(e) => e.category(),
+            CheckError::Vault { .. } => "vault_unreachable",
+            CheckError::Kube(e) => e.category(),
+        }
+    }
+}
+
+struct Ctx {
+    rt: Runtime,
+    metrics: ControllerMetrics,
+    aws_options: ClientOptions,
+    http: reqwest::Client,
+}
+
+/// Registers the controller's metrics.
+pub fn register_metrics(registry: &mut Registry) -> ControllerMetrics {
+    ControllerMetrics::register(registry, "connection")
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn run(
+    rt: Runtime,
+    metrics: ControllerMetrics,
+    aws_no_retries: bool,
+    shutdown: CancellationToken,
+) {
+    let flag = rt.readiness.register("connection");
+    let api: Api<ClusterConnection> = Api::all(rt.client.clone());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::Config::default().concurrency(rt.concurrency));
+    let store = controller.store();
+    let aws_options = ClientOptions {
+        retries: if aws_no_retries { Retries::Off } else { Retries::Standard(3) },
+        session_name: format!("capstan-{}", rt.instance),
+        ..ClientOptions::default()
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
+    let ctx = Arc::new(Ctx { rt, metrics, aws_options, http });
+    let ready = async move {
+        if store.wait_until_ready().await.is_ok() {
+            flag.set(true);
+        }
+    };
+    let token = shutdown.clone();
+    let stream = controller
+        .graceful_shutdown_on(async move { token.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {});
+    tokio::join!(ready, stream);
+}
+
+async fn reconcile(conn: Arc<ClusterConnection>, ctx: Arc<Ctx>) -> Result<Action, CheckError> {
+    let _timer = ctx.metrics.start();
+    let name = conn.name_any();
+    let checked = match (&conn.spec.aws, &conn.spec.vault) {
+        (Some(aws), _) => check_aws(&ctx, &name, aws).await,
+        (None, Some(vault)) => check_vault(&ctx, vault).await,
+        // The CRD's CEL rule refuses this at admission.
+        (None, None) => Ok("neither aws nor vault is set".to_owned()),
+    };
+    let mut status = conn.status.clone().unwrap_or_default();
+    status.observed_generation = conn.metadata.generation;
+    status.kind = Some(conn.spec.kind().as_str().to_owned());
+    let now = ctx.rt.clock.now();
+    let (desired, requeue) = match &checked {
+        Ok(detail) => (Desired::new(READY, true, "Reachable", detail.clone()), RECHECK),
+        Err(e) => {
+            ctx.metrics.failure(e);
+            tracing::warn!(connection = %name, error = %e, "connection check failed");
+            (Desired::new(READY, false, e.reason(), e.to_string()), RETRY)
+        }
+    };
+    let before = conn.status.clone().unwrap_or_default();
+    conditions::set(&mut status.conditions, desired, conn.metadata.generation, now);
+    if status != before {
+        let api: Api<ClusterConnection> = Api::all(ctx.rt.client.clone());
+        ssa::apply_status(&api, &name, FIELD_MANAGER, &status).await?;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+fn error_policy(_conn: Arc<ClusterConnection>, err: &CheckError, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.failure(err);
+    Action::requeue(RETRY)
+}
+
+async fn check_aws(ctx: &Ctx, name: &str, aws: &AwsConnection) -> Result<String, CheckError> {
+    let creds = match &aws.credentials_secret_ref {
+        None => None,
+        Some(r) => Some(StaticCredentials {
+            access_key_id: read_secret_key(ctx, r, "AWS_ACCESS_KEY_ID").await?.expose().to_owned(),
+            secret_access_key: read_secret_key(ctx, r, "AWS_SECRET_ACCESS_KEY").await?,
+            session_token: read_secret_key(ctx, r, "AWS_SESSION_TOKEN").await.ok(),
+        }),
+    };
+    let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
+    let id = capstan_aws::check_identity(name, aws, &config).await?;
+    Ok(format!("authenticated in account {} as {}", id.account, id.arn))
+}
+
+async fn check_vault(ctx: &Ctx, vault: &VaultConnection) -> Result<String, CheckError> {
+    let address = vault.address.trim_end_matches('/').to_owned();
+    let fail = |problem: String| CheckError::Vault { address: address.clone(), problem };
+    let health = ctx
+        .http
+        .get(format!("{address}/v1/sys/health"))
+        .send()
+        .await
+        .map_err(|e| fail(format!("health check failed: {}", without_url(&e))))?;
+    // 200 active, 429 standby, 473 performance standby: all serve reads.
+    let code = health.status().as_u16();
+    if !matches!(code, 200 | 429 | 473) {
+        return Err(fail(format!("health check answered HTTP {code} (sealed or uninitialised)")));
+    }
+    let Some(token_auth) = &vault.auth.token else {
+        return Ok("server healthy; login is checked on first use".into());
+    };
+    let token = read_secret_key(ctx, &token_auth.secret_ref, "token").await?;
+    let mut req =
+        ctx.http.get(format!("{address}/v1/auth/token/lookup-self")).header("X-Vault-Token", token.expose());
+    if let Some(ns) = &vault.namespace {
+        req = req.header("X-Vault-Namespace", ns);
+    }
+    let resp = req.send().await.map_err(|e| fail(format!("token lookup failed: {}", without_url(&e))))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!("token refused (HTTP {})", resp.status().as_u16())));
+    }
+    Ok("server healthy; token accepted".into())
+}
+
+/// A reqwest error's text without the URL (which could carry a query string).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<url>");
+    }
+    s
+}
+
+async fn read_secret_key(
+    ctx: &Ctx,
+    r: &LocalSecretRef,
+    default_key: &str,
+) -> Result<SecretValue, CheckError> {
+    let key = r.key.as_deref().unwrap_or(default_key);
+    let ns = &ctx.rt.own_namespace;
+    let err = |problem: String| CheckError::CredentialsSecret {
+        namespace: ns.clone(),
+        name: r.name.clone(),
+        problem,
+    };
+    let secret = Api::<Secret>::namespaced(ctx.rt.client.clone(), ns)
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| err(format!("cannot be read: {e}")))?
+        .ok_or_else(|| err("does not exist".into()))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| err(format!("has no key {key:?}")))?;
+    String::from_utf8(bytes.0.clone())
+        .map(SecretValue::new)
+        .map_err(|_| err(format!("key {key:?} is not UTF-8")))
+}

@@ -1,0 +1,167 @@
+//! The Capstan manager. Thin on purpose: build the client, wait for the CRDs, start
+//! the admin server, take part in leader election, run the enabled controllers while
+//! leading, and stop cleanly on SIGTERM or SIGINT. `main.rs` only parses arguments;
+//! the rest is a library so that integration tests can call its parts.
+
+pub mod admin;
+pub mod cli;
+pub mod connections;
+pub mod crds;
+pub mod leader;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_core::clock::SystemClock;
+use capstan_core::runtime::{Readiness, Runtime};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{ControllerName, RunArgs};
+
+/// `capstan run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format, &args.log_level)?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let namespaces: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        identity = %identity,
+        namespaces = ?namespaces,
+        controllers = ?args.controllers,
+        leader_elect = args.leader_elect,
+        "starting"
+    );
+
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("building the Kubernetes client: {e}"))?;
+    crds::wait_established(&client, &crds::needed(&args.controllers), Duration::from_secs(args.crd_wait))
+        .await?;
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+
+    let readiness = Readiness::default();
+    let runtime = Runtime {
+        client: client.clone(),
+        namespaces,
+        concurrency: args.concurrency,
+        instance: identity.clone(),
+        own_namespace: args.own_namespace.clone(),
+        clock: Arc::new(SystemClock),
+        readiness: readiness.clone(),
+    };
+
+    // Every metric is registered before the registry is shared with the admin server.
+    let mut registry = capstan_core::metrics::new_registry();
+    let controllers = Controllers::register(&args, &mut registry);
+    let (addr, admin) =
+        admin::serve(args.metrics_addr, Arc::new(registry), readiness.clone(), shutdown.clone())
+            .await?;
+    tracing::info!(%addr, "admin server listening (/metrics, /healthz, /readyz)");
+
+    let run_controllers = {
+        let runtime = runtime.clone();
+        move |token: CancellationToken| controllers.clone().run(runtime.clone(), token)
+    };
+    if args.leader_elect {
+        let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| args.own_namespace.clone());
+        let params = leader::Params {
+            lease_name: args.lease_name.clone(),
+            namespace: lease_ns,
+            identity,
+            duration: args.lease_duration,
+            grace: args.lease_grace,
+        };
+        leader::run(client, params, readiness, shutdown.clone(), run_controllers).await?;
+    } else {
+        readiness.register("leadership").set(true);
+        run_controllers(shutdown.clone()).await;
+    }
+    shutdown.cancel();
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The enabled controllers and their metrics.
+#[derive(Clone)]
+struct Controllers {
+    connection: Option<capstan_core::metrics::ControllerMetrics>,
+    secret_rotation: Option<capstan_secret_rotation::controller::Metrics>,
+    service_scaling: Option<capstan_service_scaling::controller::Metrics>,
+    pipeline: Option<capstan_pipeline::controller::Metrics>,
+    aws_no_retries: bool,
+}
+
+impl Controllers {
+    fn register(args: &RunArgs, registry: &mut prometheus_client::registry::Registry) -> Self {
+        let on = |c: ControllerName| args.controllers.contains(&c);
+        Self {
+            connection: on(ControllerName::Connection)
+                .then(|| connections::register_metrics(registry)),
+            secret_rotation: on(ControllerName::SecretRotation)
+                .then(|| capstan_secret_rotation::controller::Metrics::register(registry)),
+            service_scaling: on(ControllerName::ServiceScaling)
+                .then(|| capstan_service_scaling::controller::Metrics::register(registry)),
+            pipeline: on(ControllerName::Pipeline)
+                .then(|| capstan_pipeline::controller::Metrics::register(registry)),
+            aws_no_retries: args.aws_no_retries,
+        }
+    }
+
+    /// Runs every enabled controller until `token` is cancelled.
+    async fn run(self, rt: Runtime, token: CancellationToken) {
+        let connection = async {
+            if let Some(m) = self.connection {
+                connections::run(rt.clone(), m, self.aws_no_retries, token.clone()).await;
+            }
+        };
+        let secret_rotation = async {
+            if let Some(m) = self.secret_rotation {
+                capstan_secret_rotation::controller::run(rt.clone(), m, token.clone()).await;
+            }
+        };
+        let service_scaling = async {
+            if let Some(m) = self.service_scaling {
+                capstan_service_scaling::controller::run(rt.clone(), m, token.clone()).await;
+            }
+        };
+        let pipeline = async {
+            if let Some(m) = self.pipeline {
+                capstan_pipeline::controller::run(rt.clone(), m, token.clone()).await;
+            }
+        };
+        tokio::join!(connection, secret_rotation, service_scaling, pipeline);
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// The host name plus a suffix unique to this process, when no pod name is given.
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "capstan".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{host}-{}-{nanos:x}", std::process::id())
+}

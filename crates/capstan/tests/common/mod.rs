@@ -1,0 +1,107 @@
+//! Runs `capstan run` as a real process against the test environment and reads its
+//! JSON log lines.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running manager process.
+pub struct Manager {
+    pub child: Child,
+    pub identity: String,
+    pub admin: SocketAddr,
+    /// Every log line so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts `capstan run` with a kubeconfig and extra arguments; waits until its admin
+/// server listens.
+pub async fn start(kubeconfig: &Path, identity: &str, extra: &[&str]) -> Manager {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .arg("run")
+        .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "json", "--identity", identity])
+        .args(["--log-level", "info,capstan=debug"])
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .env("CAPSTAN_AWS_NO_RETRIES", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning capstan");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sink = logs.clone();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("admin server listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let admin = match tokio::time::timeout(Duration::from_secs(60), rx).await {
+        Ok(Ok(addr)) => addr,
+        _ => panic!("capstan {identity} did not start its admin server; logs:\n{}", logs.lock().unwrap().join("\n")),
+    };
+    Manager { child, identity: identity.to_owned(), admin, logs }
+}
+
+impl Manager {
+    /// GETs a path of the admin server: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.admin)).await.expect("admin GET");
+        let code = resp.status().as_u16();
+        (code, resp.text().await.unwrap_or_default())
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub async fn await_ready(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (code, body) = self.get("/readyz").await;
+            if code == 200 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} not ready after {timeout:?}: {body}\nlogs:\n{}",
+                self.identity,
+                self.all_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn all_logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+}
