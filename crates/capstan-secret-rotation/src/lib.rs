@@ -1,1 +1,21 @@
-//! capstan-secret-rotation
+//! Capstan's secret rotation resource.
+//!
+//! - [`crd`]: the `SecretRotation` custom resource (`capstan.dev/v1alpha1`), its status,
+//!   condition types and reasons, and the rotate-now annotation.
+//! - [`validation`]: what the CRD's schema and CEL rules cannot check, reported by the
+//!   controller as a condition.
+//! - [`generator`]: generates passwords and keys from the spec with a CSPRNG.
+//! - [`template`]: the `{{ variable }}` templates of the delivered Secret.
+//!
+//! No controller yet: the reconciler that talks to Kubernetes, AWS, Vault and databases
+//! comes in a later step.
+
+pub mod controller;
+pub mod crd;
+pub mod generator;
+pub mod template;
+pub mod validation;
+
+pub use crd::{SecretRotation, SecretRotationSpec, SecretRotationStatus};
+pub use generator::PasswordGenerator;
+pub use validation::{FieldError, validate};
