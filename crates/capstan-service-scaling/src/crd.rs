@@ -1,0 +1,896 @@
+//! The `ServiceScaling` custom resource (`capstan.dev/v1alpha1`): scale one ECS service on
+//! CPU, memory and CloudWatch metrics with the Kubernetes HPA v2 semantics, with
+//! scheduled windows that move the bounds and a fallback for failing metrics.
+//!
+//! Validation that the schema can express lives here, so bad input is refused at
+//! admission with a field path: bounds (`minimum`), `pattern`s for durations, cron
+//! expressions and time zones, and CEL rules (`x-kubernetes-validations`) for the rules
+//! that span fields (min ≤ max, exactly one metric kind, one schedule form, end after
+//! start). Defaults for nested optional objects (behavior) are the HPA's and are applied
+//! by the algorithm, not by the API server: see [`crate::algorithm::ResolvedBehavior`].
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::KubeSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use capstan_core::schedule::{
+    CRON_MAX_LENGTH, CRON_PATTERN, DurationString, TIME_ZONE_MAX_LENGTH, TIME_ZONE_PATTERN,
+};
+
+/// Condition type: the controller can read and scale the service (HPA `AbleToScale`).
+pub const CONDITION_ABLE_TO_SCALE: &str = "AbleToScale";
+/// Condition type: metrics were computed and drive the replica count (HPA
+/// `ScalingActive`). `False` while suspended, paused, disabled (0 running) or when every
+/// metric fails.
+pub const CONDITION_SCALING_ACTIVE: &str = "ScalingActive";
+/// Condition type: the desired count was clamped by the bounds or a rate policy (HPA
+/// `ScalingLimited`).
+pub const CONDITION_SCALING_LIMITED: &str = "ScalingLimited";
+
+/// Scales one ECS service between bounds, on metrics, with the Kubernetes HPA v2
+/// semantics.
+// Each printcolumn repeats `type_ = ...`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "capstan.dev",
+    version = "v1alpha1",
+    kind = "ServiceScaling",
+    namespaced,
+    status = "ServiceScalingStatus",
+    shortname = "ssc",
+    category = "capstan",
+    derive = "PartialEq",
+    doc = "ServiceScaling scales one ECS service on CPU, memory and CloudWatch metrics with the Kubernetes HPA v2 semantics, with scheduled windows that move its bounds.",
+    printcolumn(
+        name = "Service",
+        type_ = "string",
+        json_path = ".spec.service.service"
+    ),
+    printcolumn(name = "Min", type_ = "integer", json_path = ".spec.minReplicas"),
+    printcolumn(name = "Max", type_ = "integer", json_path = ".spec.maxReplicas"),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
+    printcolumn(
+        name = "Running",
+        type_ = "integer",
+        json_path = ".status.runningReplicas"
+    ),
+    printcolumn(
+        name = "Active",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"ScalingActive\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").field_path(".minReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceScalingSpec {
+    /// The cluster-scoped ClusterConnection (AWS account, region and role, owned by the
+    /// cluster admin) through which the service is read and scaled.
+    pub connection_ref: ConnectionReference,
+
+    /// The ECS service to scale.
+    pub service: EcsServiceReference,
+
+    /// The lowest number of tasks outside scheduled windows (default 1). At least 1: as
+    /// with the HPA, a service with 0 tasks has no utilization to scale on, and a service
+    /// scaled to 0 by hand is left alone (autoscaling disabled) until it is scaled up again.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+
+    /// The highest number of tasks outside scheduled windows. At least minReplicas.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+
+    /// The metrics to scale on. Each proposes a task count; the largest proposal wins.
+    #[schemars(length(min = 1, max = 20))]
+    pub metrics: Vec<MetricSpec>,
+
+    /// How far a metric may drift from its target, as a fraction of the target, before
+    /// the service is scaled: a decimal string from "0" to "0.999" with at most three
+    /// decimals (default "0.1", the HPA's 10%). Within 1-tolerance ≤ value/target ≤
+    /// 1+tolerance (both ends inclusive) nothing changes. behavior.scaleUp.tolerance and
+    /// behavior.scaleDown.tolerance override it one direction at a time.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: Tolerance,
+
+    /// Stabilization windows and rate policies for scaling up and down, as in the HPA v2
+    /// `behavior` field. Omitted parts take the HPA defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<ScalingBehavior>,
+
+    /// Named windows that replace minReplicas and/or maxReplicas while they are open,
+    /// e.g. a floor of 20 tasks for a sales event. Metric scaling keeps working inside
+    /// the window's bounds. When several windows are open, the highest minReplicas among
+    /// those that set one is the floor, the highest maxReplicas among those that set one
+    /// is the ceiling, and a floor above the ceiling raises the ceiling to the floor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub schedules: Vec<ScheduleWindow>,
+
+    /// What to do when metrics keep failing. Without it, failing metrics hold the current
+    /// count (the HPA's behavior).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+
+    /// Stop evaluating and scaling; the service keeps its current task count.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Stop evaluating and scaling until this time (RFC 3339), then resume by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<DateTime<Utc>>,
+
+    /// How often metrics are read and the algorithm runs, as a duration such as "15s"
+    /// or "1m" (default "15s", the HPA's sync period). Must be greater than zero.
+    #[serde(default = "default_evaluation_interval")]
+    #[x_kube(validation = Rule::new("self.matches('[1-9]')").message("evaluationInterval must be greater than zero"))]
+    pub evaluation_interval: DurationString,
+
+    /// How the decision is applied: Direct (default) sets the service's desired count
+    /// through the ECS API; ApplicationAutoScaling moves the min and max capacity of the
+    /// service's Application Auto Scaling scalable target to the decided count.
+    #[serde(default)]
+    pub mode: ScalingMode,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_tolerance() -> Tolerance {
+    Tolerance::default()
+}
+
+fn default_evaluation_interval() -> DurationString {
+    DurationString::new("15s").unwrap_or_else(|_| unreachable!("15s is a valid duration"))
+}
+
+/// A reference to a ClusterConnection.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionReference {
+    /// The ClusterConnection's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// An ECS service, by cluster and service name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EcsServiceReference {
+    /// The ECS cluster's name or ARN.
+    #[schemars(length(min = 1, max = 2048))]
+    pub cluster: String,
+    /// The ECS service's name or ARN.
+    #[schemars(length(min = 1, max = 2048))]
+    pub service: String,
+}
+
+/// One metric to scale on. Exactly one of cpuUtilization, memoryUtilization and
+/// cloudWatch is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(validation = Rule::new("(has(self.cpuUtilization) ? 1 : 0) + (has(self.memoryUtilization) ? 1 : 0) + (has(self.cloudWatch) ? 1 : 0) == 1").message("exactly one of cpuUtilization, memoryUtilization or cloudWatch must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct MetricSpec {
+    /// Average CPU utilization of the service's running tasks (CloudWatch AWS/ECS
+    /// CPUUtilization), as a percentage of the tasks' reserved CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_utilization: Option<UtilizationTarget>,
+
+    /// Average memory utilization of the service's running tasks (CloudWatch AWS/ECS
+    /// MemoryUtilization), as a percentage of the tasks' reserved memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_utilization: Option<UtilizationTarget>,
+
+    /// Any CloudWatch metric, with a target for its total value or its value per task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_watch: Option<CloudWatchMetric>,
+}
+
+/// The kind of a [`MetricSpec`], once validated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MetricKind<'a> {
+    /// CPU utilization.
+    Cpu(&'a UtilizationTarget),
+    /// Memory utilization.
+    Memory(&'a UtilizationTarget),
+    /// A CloudWatch metric.
+    CloudWatch(&'a CloudWatchMetric),
+}
+
+impl MetricSpec {
+    /// The one kind that is set, or `None` when zero or several are (admission refuses
+    /// those; this guards objects stored before the rule existed).
+    pub fn kind(&self) -> Option<MetricKind<'_>> {
+        match (
+            &self.cpu_utilization,
+            &self.memory_utilization,
+            &self.cloud_watch,
+        ) {
+            (Some(t), None, None) => Some(MetricKind::Cpu(t)),
+            (None, Some(t), None) => Some(MetricKind::Memory(t)),
+            (None, None, Some(m)) => Some(MetricKind::CloudWatch(m)),
+            _ => None,
+        }
+    }
+
+    /// A short, stable name for status and logs: `cpu`, `memory`, or
+    /// `<namespace>/<metricName>`.
+    pub fn display_name(&self) -> String {
+        match self.kind() {
+            Some(MetricKind::Cpu(_)) => "cpu".to_owned(),
+            Some(MetricKind::Memory(_)) => "memory".to_owned(),
+            Some(MetricKind::CloudWatch(m)) => format!("{}/{}", m.namespace, m.metric_name),
+            None => "invalid".to_owned(),
+        }
+    }
+}
+
+/// A target average utilization.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UtilizationTarget {
+    /// The utilization to hold, in percent of the reservation (greater than 0; ECS
+    /// utilization can exceed 100 when tasks burst above their reservation).
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_percent: i32,
+}
+
+/// A CloudWatch metric and its target.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudWatchMetric {
+    /// The metric's namespace, e.g. "AWS/SQS".
+    #[schemars(length(min = 1, max = 255))]
+    pub namespace: String,
+    /// The metric's name, e.g. "ApproximateNumberOfMessagesVisible".
+    #[schemars(length(min = 1, max = 255))]
+    pub metric_name: String,
+    /// The dimensions that select one series, e.g. QueueName=orders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 30))]
+    pub dimensions: Vec<MetricDimension>,
+    /// The statistic over each period.
+    pub statistic: Statistic,
+    /// The value to hold.
+    pub target: CloudWatchTarget,
+}
+
+/// One CloudWatch dimension.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricDimension {
+    /// The dimension's name.
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+    /// The dimension's value.
+    #[schemars(length(min = 1, max = 1024))]
+    pub value: String,
+}
+
+/// A CloudWatch statistic.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Statistic {
+    /// The average of the datapoints.
+    Average,
+    /// The sum of the datapoints.
+    Sum,
+    /// The lowest datapoint.
+    Minimum,
+    /// The highest datapoint.
+    Maximum,
+    /// The number of datapoints.
+    SampleCount,
+}
+
+/// The target of a CloudWatch metric. Exactly one of value and averageValuePerTask is
+/// set; both are greater than 0.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.averageValuePerTask)").message("exactly one of value or averageValuePerTask must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct CloudWatchTarget {
+    /// The metric's total to hold across the service (HPA External `Value`): the task
+    /// count moves in proportion to value/target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "positive_number")]
+    pub value: Option<f64>,
+    /// The metric's value per running task to hold (HPA External `AverageValue`): the
+    /// proposal is ceil(metric/averageValuePerTask), e.g. queue depth per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "positive_number")]
+    pub average_value_per_task: Option<f64>,
+}
+
+fn positive_number(_generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": true,
+    })
+}
+
+/// A tolerance: a decimal string from "0" to "0.999", at most three decimals.
+///
+/// A string rather than a JSON number, so `0.1` is exactly one tenth (as the HPA's
+/// Quantity is) and the schema can bound it with a pattern; kept in per-mille.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(transparent)]
+pub struct Tolerance(String);
+
+/// The `pattern` of [`Tolerance`].
+pub const TOLERANCE_PATTERN: &str = r"^(0|0?\.[0-9]{1,3})$";
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self("0.1".to_owned())
+    }
+}
+
+impl Tolerance {
+    /// A tolerance from a decimal string, validated as the schema does.
+    pub fn new(value: impl Into<String>) -> Option<Self> {
+        let t = Self(value.into());
+        t.per_mille().map(|_| t)
+    }
+
+    /// A tolerance of `per_mille`/1000 (at most 999).
+    pub fn from_per_mille(per_mille: u16) -> Option<Self> {
+        (per_mille < 1000).then(|| Self(format!("0.{per_mille:03}")))
+    }
+
+    /// The string as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The tolerance in thousandths, or `None` if the string is not a valid tolerance.
+    pub fn per_mille(&self) -> Option<u16> {
+        let s = self.0.as_str();
+        if s == "0" {
+            return Some(0);
+        }
+        let frac = s.strip_prefix("0.").or_else(|| s.strip_prefix('.'))?;
+        if frac.is_empty() || frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let padded = format!("{frac:0<3}");
+        padded.parse().ok()
+    }
+
+    /// The tolerance as a fraction, or `None` if invalid.
+    pub fn fraction(&self) -> Option<f64> {
+        self.per_mille().map(|p| f64::from(p) / 1000.0)
+    }
+}
+
+impl JsonSchema for Tolerance {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Tolerance".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": TOLERANCE_PATTERN,
+            "maxLength": 5,
+        })
+    }
+}
+
+/// Scale-up and scale-down rules (the HPA v2 `behavior`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingBehavior {
+    /// Rules for scaling up. Defaults: stabilizationWindowSeconds 0, selectPolicy Max,
+    /// policies [Pods 4 per 15 s, Percent 100 per 15 s].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScalingRules>,
+    /// Rules for scaling down. Defaults: stabilizationWindowSeconds 300, selectPolicy
+    /// Max, policies [Percent 100 per 15 s].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScalingRules>,
+}
+
+/// Rules for one direction. A field left out takes the direction's HPA default; a
+/// policies list replaces the default list entirely.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// How far back, in seconds, past recommendations are considered: scaling up follows
+    /// the lowest recommendation in the window and scaling down the highest, so a brief
+    /// spike or dip does not move the service. 0 to 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_window_seconds: Option<i32>,
+    /// Which policy limit applies when several do: Max allows the largest change, Min
+    /// the smallest, Disabled forbids scaling in this direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_policy: Option<SelectPolicy>,
+    /// Rate limits on how much the task count may change within a period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 10))]
+    pub policies: Option<Vec<ScalingPolicy>>,
+    /// Overrides spec.tolerance for this direction only (same format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<Tolerance>,
+}
+
+/// How to pick among policy limits.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SelectPolicy {
+    /// The policy that allows the largest change.
+    Max,
+    /// The policy that allows the smallest change.
+    Min,
+    /// No scaling in this direction.
+    Disabled,
+}
+
+/// One rate limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPolicy {
+    /// Pods: a number of tasks; Percent: a percentage of the count at the start of the
+    /// period.
+    #[serde(rename = "type")]
+    pub type_: PolicyType,
+    /// How many tasks, or what percentage, may be added or removed per period (> 0).
+    #[schemars(range(min = 1))]
+    pub value: i32,
+    /// The period, in seconds, over which past changes count against the limit (1 to
+    /// 1800).
+    #[schemars(range(min = 1, max = 1800))]
+    pub period_seconds: i32,
+}
+
+/// The unit of a policy's value.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PolicyType {
+    /// A number of tasks.
+    Pods,
+    /// A percentage of the current task count.
+    Percent,
+}
+
+/// A window during which other bounds apply: either a cron start plus a duration, or an
+/// absolute start and end.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.cron) != has(self.start)").message("set either cron (with duration) or start (with end), not both and not neither"),
+    validation = Rule::new("!has(self.cron) || has(self.duration)").message("a cron window needs a duration").field_path(".duration"),
+    validation = Rule::new("!has(self.start) || has(self.end)").message("a window with a start needs an end").field_path(".end"),
+    validation = Rule::new("!has(self.end) || has(self.start)").message("end is only valid with start").field_path(".end"),
+    validation = Rule::new("!has(self.duration) || has(self.cron)").message("duration is only valid with cron").field_path(".duration"),
+    validation = Rule::new("!has(self.timeZone) || has(self.cron)").message("timeZone is only valid with cron; start and end carry their own offset").field_path(".timeZone"),
+    validation = Rule::new("!has(self.start) || !has(self.end) || self.end > self.start").message("end must be after start").field_path(".end"),
+    validation = Rule::new("has(self.minReplicas) || has(self.maxReplicas)").message("a window must set minReplicas, maxReplicas or both"),
+    validation = Rule::new("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").field_path(".minReplicas"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleWindow {
+    /// The window's name, unique within the object, e.g. "black-friday".
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// A 5-field cron expression (minute hour day-of-month month day-of-week) or a macro
+    /// such as "@daily"; the window opens at each time it fires, in timeZone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = CRON_MAX_LENGTH), regex(pattern = CRON_PATTERN))]
+    pub cron: Option<String>,
+
+    /// The IANA time zone of cron, e.g. "America/New_York" (default UTC). In the skipped
+    /// hour of a DST change a window set to open then opens at the end of the gap; in the
+    /// repeated hour it opens once, at the first occurrence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = TIME_ZONE_MAX_LENGTH), regex(pattern = TIME_ZONE_PATTERN))]
+    pub time_zone: Option<String>,
+
+    /// How long a cron window stays open after each firing, e.g. "14h" (greater than
+    /// zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('[1-9]')").message("duration must be greater than zero"))]
+    pub duration: Option<DurationString>,
+
+    /// When an absolute window opens (RFC 3339, e.g. "2026-11-27T00:00:00-05:00").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
+
+    /// When an absolute window closes (RFC 3339), after start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<DateTime<Utc>>,
+
+    /// The floor while the window is open (replaces spec.minReplicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: Option<i32>,
+
+    /// The ceiling while the window is open (replaces spec.maxReplicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: Option<i32>,
+}
+
+/// What to do when metrics keep failing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.action != 'SetReplicas' || has(self.replicas)").message("action SetReplicas needs replicas").field_path(".replicas"),
+    validation = Rule::new("self.action == 'SetReplicas' || !has(self.replicas)").message("replicas is only valid with action SetReplicas").field_path(".replicas"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Fallback {
+    /// How many evaluations in a row must fail (every metric failing) before the action
+    /// is taken (at least 1).
+    #[schemars(range(min = 1, max = 1000))]
+    pub after_failed_evaluations: i32,
+    /// Hold keeps the current task count; SetReplicas moves to replicas, clamped to the
+    /// bounds in force.
+    pub action: FallbackAction,
+    /// The task count for SetReplicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub replicas: Option<i32>,
+}
+
+/// A fallback action.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FallbackAction {
+    /// Keep the current task count.
+    Hold,
+    /// Go to a declared task count.
+    SetReplicas,
+}
+
+/// How a decision is applied to the service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ScalingMode {
+    /// Set the service's desired count with ECS UpdateService.
+    #[default]
+    Direct,
+    /// Pin the Application Auto Scaling scalable target's min and max capacity to the
+    /// decided count, for accounts that manage ECS capacity through it.
+    ApplicationAutoScaling,
+}
+
+/// The observed state of a ServiceScaling. Written only when a field a reader would see
+/// changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceScalingStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// AbleToScale, ScalingActive and ScalingLimited, with the HPA's meanings, plus
+    /// Ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "capstan_core::conditions::schema")]
+    pub conditions: Vec<Condition>,
+
+    /// The service's desired count as last read from ECS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_replicas: Option<i32>,
+
+    /// The count the last evaluation decided on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+
+    /// The service's running task count as last read from ECS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_replicas: Option<i32>,
+
+    /// The last value of each metric and the count it proposed, in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub current_metrics: Vec<MetricStatus>,
+
+    /// The names of the schedule windows open at the last evaluation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_schedules: Vec<String>,
+
+    /// When the controller last changed the service's task count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<DateTime<Utc>>,
+
+    /// Whether that change went up or down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_direction: Option<ScaleDirection>,
+
+    /// How many evaluations in a row failed to read any metric (0 when the last one
+    /// succeeded).
+    #[serde(default)]
+    pub consecutive_failed_evaluations: i32,
+}
+
+/// The last reading of one metric.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    /// `cpu`, `memory`, or `<namespace>/<metricName>`.
+    pub name: String,
+    /// For utilization metrics: the average utilization in whole percent (truncated, as
+    /// the HPA reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_utilization_percent: Option<i32>,
+    /// For CloudWatch metrics: the value compared with the target (the total, or the
+    /// value per task), rounded to three significant digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_value: Option<String>,
+    /// The task count this metric proposed; absent when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposed_replicas: Option<i32>,
+    /// Why the metric could not be read, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The direction of a scale.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ScaleDirection {
+    /// More tasks.
+    Up,
+    /// Fewer tasks.
+    Down,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn crd_json() -> Value {
+        serde_json::to_value(ServiceScaling::crd()).expect("CRD serializes")
+    }
+
+    fn schema() -> Value {
+        crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    fn rules(v: &Value) -> Vec<String> {
+        v["x-kubernetes-validations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["rule"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn crd_identity() {
+        let crd = crd_json();
+        assert_eq!(crd["metadata"]["name"], "servicescalings.capstan.dev");
+        assert_eq!(crd["spec"]["group"], capstan_core::API_GROUP);
+        assert_eq!(
+            crd["spec"]["versions"][0]["name"],
+            capstan_core::API_VERSION
+        );
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["names"]["kind"], "ServiceScaling");
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!(["ssc"]));
+        assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
+        let columns: Vec<_> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .expect("printer columns")
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                "Service", "Min", "Max", "Desired", "Running", "Active", "Age"
+            ]
+        );
+    }
+
+    /// The CEL rules that refuse bad input at admission are in the generated schema,
+    /// at the level they are scoped to.
+    #[test]
+    fn crd_carries_cel_rules() {
+        let s = schema();
+        let spec = &s["properties"]["spec"];
+        assert_eq!(
+            spec["x-kubernetes-validations"][0],
+            json!({
+                "rule": "self.minReplicas <= self.maxReplicas",
+                "message": "minReplicas must be less than or equal to maxReplicas",
+                "fieldPath": ".minReplicas",
+            })
+        );
+        let metric = &spec["properties"]["metrics"]["items"];
+        assert!(rules(metric)[0].contains("has(self.cpuUtilization)"));
+        let target = &metric["properties"]["cloudWatch"]["properties"]["target"];
+        assert_eq!(
+            rules(target),
+            ["has(self.value) != has(self.averageValuePerTask)"]
+        );
+        let window = &spec["properties"]["schedules"]["items"];
+        let window_rules = rules(window);
+        for want in [
+            "has(self.cron) != has(self.start)",
+            "!has(self.cron) || has(self.duration)",
+            "!has(self.start) || has(self.end)",
+            "!has(self.start) || !has(self.end) || self.end > self.start",
+        ] {
+            assert!(window_rules.iter().any(|r| r == want), "missing {want}");
+        }
+        assert_eq!(
+            rules(&window["properties"]["duration"]),
+            ["self.matches('[1-9]')"]
+        );
+        assert_eq!(
+            rules(&spec["properties"]["evaluationInterval"]),
+            ["self.matches('[1-9]')"]
+        );
+        let fallback = &spec["properties"]["fallback"];
+        assert_eq!(rules(fallback).len(), 2);
+    }
+
+    /// List-maps: status.conditions keyed by type, spec.schedules keyed by name.
+    #[test]
+    fn crd_carries_list_map_markers() {
+        let s = schema();
+        let conditions = &s["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+        let schedules = &s["properties"]["spec"]["properties"]["schedules"];
+        assert_eq!(schedules["x-kubernetes-list-type"], "map");
+        assert_eq!(schedules["x-kubernetes-list-map-keys"], json!(["name"]));
+        assert_eq!(
+            schedules["items"]["required"],
+            json!(["name"]),
+            "a list-map key must be required"
+        );
+    }
+
+    /// Bounds, patterns and defaults the API server applies.
+    #[test]
+    fn crd_carries_bounds_patterns_and_defaults() {
+        let s = schema();
+        let spec = &s["properties"]["spec"]["properties"];
+        assert_eq!(spec["minReplicas"]["minimum"], 1.0);
+        assert_eq!(spec["minReplicas"]["default"], 1);
+        assert_eq!(spec["tolerance"]["default"], "0.1");
+        assert_eq!(spec["tolerance"]["pattern"], TOLERANCE_PATTERN);
+        assert_eq!(spec["evaluationInterval"]["default"], "15s");
+        assert_eq!(
+            spec["evaluationInterval"]["pattern"],
+            capstan_core::schedule::DURATION_PATTERN
+        );
+        assert_eq!(spec["mode"]["default"], "Direct");
+        assert_eq!(spec["metrics"]["minItems"], 1);
+        let metric = &spec["metrics"]["items"]["properties"];
+        assert_eq!(
+            metric["cpuUtilization"]["properties"]["targetPercent"]["minimum"],
+            1.0
+        );
+        let target = &metric["cloudWatch"]["properties"]["target"]["properties"];
+        assert_eq!(target["value"]["exclusiveMinimum"], true);
+        assert_eq!(target["averageValuePerTask"]["exclusiveMinimum"], true);
+        let window = &spec["schedules"]["items"]["properties"];
+        assert_eq!(window["cron"]["pattern"], CRON_PATTERN);
+        assert_eq!(window["timeZone"]["pattern"], TIME_ZONE_PATTERN);
+        assert_eq!(window["start"]["format"], "date-time");
+        let policy = &spec["behavior"]["properties"]["scaleUp"]["properties"]["policies"];
+        assert_eq!(
+            policy["items"]["properties"]["periodSeconds"]["maximum"],
+            1800.0
+        );
+    }
+
+    /// Every field in the schema has a description (it is the `kubectl explain` text).
+    #[test]
+    fn every_field_is_documented() {
+        fn walk(path: &str, v: &Value, missing: &mut Vec<String>) {
+            if let Some(props) = v["properties"].as_object() {
+                for (name, p) in props {
+                    let here = format!("{path}.{name}");
+                    // Condition is k8s-openapi's and documented there.
+                    if p["description"].as_str().is_none_or(str::is_empty) {
+                        missing.push(here.clone());
+                    }
+                    if !here.contains(".conditions") {
+                        walk(&here, p, missing);
+                    }
+                }
+            }
+            if v["items"].is_object() {
+                walk(&format!("{path}[]"), &v["items"], missing);
+            }
+        }
+        let s = schema();
+        let mut missing = Vec::new();
+        walk("", &s["properties"]["spec"], &mut missing);
+        walk(".status", &s["properties"]["status"], &mut missing);
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn structural_schema_has_no_refs_or_one_of() {
+        let text = serde_json::to_string(&schema()).expect("serializes");
+        assert!(!text.contains("$ref"), "schema must be inlined");
+        assert!(!text.contains("\"oneOf\""));
+        assert!(!text.contains("\"anyOf\""));
+    }
+
+    /// A minimal object deserializes with the documented defaults.
+    #[test]
+    fn minimal_spec_takes_defaults() {
+        let spec: ServiceScalingSpec = serde_json::from_value(json!({
+            "connectionRef": {"name": "prod"},
+            "service": {"cluster": "main", "service": "web"},
+            "maxReplicas": 10,
+            "metrics": [{"cpuUtilization": {"targetPercent": 60}}],
+        }))
+        .expect("deserializes");
+        assert_eq!(spec.min_replicas, 1);
+        assert_eq!(spec.tolerance.per_mille(), Some(100));
+        assert_eq!(
+            spec.evaluation_interval.duration(),
+            Ok(std::time::Duration::from_secs(15))
+        );
+        assert_eq!(spec.mode, ScalingMode::Direct);
+        assert!(!spec.suspend);
+        assert!(
+            matches!(spec.metrics[0].kind(), Some(MetricKind::Cpu(t)) if t.target_percent == 60)
+        );
+        assert_eq!(spec.metrics[0].display_name(), "cpu");
+    }
+
+    #[test]
+    fn tolerance_parses_per_mille() {
+        let cases = [
+            ("0", Some(0)),
+            ("0.1", Some(100)),
+            (".05", Some(50)),
+            ("0.125", Some(125)),
+            ("0.999", Some(999)),
+            ("0.", None),
+            ("0.0", Some(0)),
+            ("1", None),
+            ("0.1234", None),
+            ("-0.1", None),
+            ("10%", None),
+            ("", None),
+        ];
+        let re = regex::Regex::new(TOLERANCE_PATTERN).expect("pattern compiles");
+        for (s, want) in cases {
+            assert_eq!(Tolerance(s.to_owned()).per_mille(), want, "{s}");
+            assert_eq!(
+                re.is_match(s),
+                want.is_some(),
+                "pattern and parser agree on {s:?}"
+            );
+        }
+        assert_eq!(
+            Tolerance::from_per_mille(50).and_then(|t| t.per_mille()),
+            Some(50)
+        );
+        assert_eq!(Tolerance::from_per_mille(1000), None);
+    }
+}
