@@ -1,0 +1,509 @@
+//! The `Pipeline` custom resource (`capstan.dev/v1alpha1`, short name `pl`).
+//!
+//! A Pipeline moves one revision (an image tag or digest, or a git sha) through an ordered
+//! list of stages: `Test` and `Build` (Kubernetes Jobs), `Deploy` (an ECS service gets a
+//! new task definition revision with the revision's image) and `SmokeTest` (a Job run
+//! against what was just deployed). When a stage fails, every Deploy stage of the run
+//! that already changed its service and has `rollbackOnFailure` is rolled back to the
+//! task definition it replaced, newest first. With `promotion: Manual`, the run waits
+//! before each `production` Deploy stage until the `capstan.dev/promote` annotation
+//! names the revision.
+//!
+//! Changing `spec.revision` starts a new run; the stage order is the list order.
+//!
+//! Validation that a schema can express is in the schema and its CEL rules; the rest is
+//! [`crate::validation::validate`], reported by the controller as a condition.
+
+use capstan_core::connection::ConnectionRef;
+use capstan_core::schedule::DurationString;
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Annotation that approves a `production` Deploy stage under `promotion: Manual`: its
+/// value must equal `spec.revision`, so an approval never carries over to a newer
+/// revision.
+pub const PROMOTE_ANNOTATION: &str = "capstan.dev/promote";
+
+/// Most stages a Pipeline may have (bounds the CEL uniqueness check).
+pub const MAX_STAGES: usize = 16;
+
+/// Longest `status.stages[].message`, in bytes.
+pub const STAGE_MESSAGE_MAX_LEN: usize = 1024;
+
+/// Condition types written to `status.conditions`.
+pub mod condition_types {
+    /// `spec.revision` went through every stage (or the last run of it did).
+    pub const READY: &str = "Ready";
+    /// A run is in progress (including waiting for promotion).
+    pub const PROGRESSING: &str = "Progressing";
+    /// The last run failed and its deployments were rolled back.
+    pub const ROLLED_BACK: &str = "RolledBack";
+}
+
+/// Condition reasons (CamelCase, stable).
+pub mod reasons {
+    /// Ready=True: every stage succeeded for `spec.revision`.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// Ready=False: a stage failed; the message names it.
+    pub const STAGE_FAILED: &str = "StageFailed";
+    /// Ready=False: the spec fails validation; waits for a change.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Ready=False: the referenced ClusterConnection is missing, not ready or not allowed.
+    pub const CONNECTION_NOT_READY: &str = "ConnectionNotReady";
+    /// Progressing=True: a stage is running.
+    pub const STAGE_RUNNING: &str = "StageRunning";
+    /// Progressing=True: waiting for the `capstan.dev/promote` annotation.
+    pub const WAITING_FOR_PROMOTION: &str = "WaitingForPromotion";
+    /// Progressing=True: rolling back deployments after a failure.
+    pub const ROLLING_BACK: &str = "RollingBack";
+    /// Progressing=False: the run finished.
+    pub const RUN_FINISHED: &str = "RunFinished";
+    /// Progressing=False: `spec.suspend` is true.
+    pub const SUSPENDED: &str = "Suspended";
+    /// RolledBack=True: deployments of the failed run were restored.
+    pub const ROLLBACK_SUCCEEDED: &str = "RollbackSucceeded";
+    /// RolledBack=True with Ready=False: a rollback itself failed; needs a human.
+    pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+}
+
+// Patterns (RE2 syntax: the API server evaluates them with Go's regexp).
+
+/// DNS-1123 label: stage names become part of Job names.
+pub(crate) const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Image tags, digests (`sha256:...`), git shas, versions.
+pub(crate) const REVISION_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$";
+/// Names and ARNs of ECS clusters and services.
+pub(crate) const AWS_ID_PATTERN: &str = r"^[A-Za-z0-9/_+=.@:-]+$";
+/// ECS container names.
+pub(crate) const CONTAINER_NAME_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_-]*$";
+/// Image references, possibly with `{{ revision }}`; no whitespace except inside braces.
+pub(crate) const IMAGE_TEMPLATE_PATTERN: &str = r"^([^\s{}]|\{\{ *revision *\}\})+$";
+
+// CEL rules, named so tests can find them. Every rule that iterates sits on a list bounded
+// by maxItems whose strings are bounded by maxLength.
+
+pub(crate) const RULE_UNIQUE_STAGE_NAMES: &str =
+    "self.all(s, self.exists_one(t, t.name == s.name))";
+pub(crate) const RULE_DEPLOY_NEEDS_CONNECTION: &str =
+    "!self.stages.exists(s, s.type == 'Deploy') || has(self.connectionRef)";
+pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.deploy) && !has(self.job)) : (has(self.job) && !has(self.deploy))";
+
+/// Moves a revision through test, build, deploy and smoke-test stages on ECS, rolling
+/// deployments back when a stage fails.
+// Printer columns repeat `type_ = "string"`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "capstan.dev",
+    version = "v1alpha1",
+    kind = "Pipeline",
+    namespaced,
+    status = "PipelineStatus",
+    shortname = "pl",
+    category = "capstan",
+    derive = "PartialEq",
+    doc = "Moves a revision through test, build, staging deploy, smoke test and production deploy on ECS, with automatic rollback when a stage fails.",
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".spec.revision",
+        description = "The revision to deliver"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where the current run is"
+    ),
+    printcolumn(
+        name = "Stage",
+        type_ = "string",
+        json_path = ".status.currentStage",
+        description = "The stage running or waiting"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether spec.revision went through every stage"
+    ),
+    printcolumn(
+        name = "Last success",
+        type_ = "string",
+        json_path = ".status.lastSuccessfulRevision",
+        description = "The last revision that went through every stage",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(RULE_DEPLOY_NEEDS_CONNECTION)
+    .message("connectionRef is required when a stage has type Deploy")
+    .field_path(".connectionRef")
+    .reason(Reason::FieldValueRequired))]
+pub struct PipelineSpec {
+    /// The cluster-scoped ClusterConnection (an AWS account) through which Deploy stages
+    /// reach ECS. Required when a stage has type `Deploy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_ref: Option<ConnectionRef>,
+
+    /// What to deliver: an image tag (`1.4.2`), digest (`sha256:...`) or git sha,
+    /// substituted for `{{ revision }}` in images, commands, arguments and environment
+    /// values. Changing it starts a new run.
+    #[schemars(length(min = 1, max = 255), regex(pattern = REVISION_PATTERN))]
+    pub revision: String,
+
+    /// The stages, run one after another in list order. Names must be unique.
+    #[schemars(length(min = 1, max = 16))]
+    // No `reason`: with FieldValueDuplicate the API server prints a bare "Duplicate
+    // value" and drops the message.
+    #[x_kube(validation = Rule::new(RULE_UNIQUE_STAGE_NAMES).message("stage names must be unique"))]
+    pub stages: Vec<Stage>,
+
+    /// `Manual`: the run waits before each `production` Deploy stage until the
+    /// `capstan.dev/promote` annotation equals `spec.revision`. `Auto`: no waiting.
+    #[serde(default)]
+    pub promotion: Promotion,
+
+    /// Stops starting stages. A stage already running finishes (a Job is not killed, a
+    /// deployment is watched to the end) and a rollback in progress completes.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// When production deploys may start.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Promotion {
+    /// Wait for the `capstan.dev/promote` annotation before each `production` Deploy.
+    #[default]
+    Manual,
+    /// Deploy to production as soon as the stages before it succeed.
+    Auto,
+}
+
+/// One step of a run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(RULE_STAGE_SHAPE)
+    .message("a Deploy stage needs deploy (and no job); Test, Build and SmokeTest stages need job (and no deploy)"))]
+pub struct Stage {
+    /// Name of the stage, unique in the Pipeline; part of the names of its Jobs.
+    #[schemars(length(min = 1, max = 40), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// What the stage does. `Test`, `Build` and `SmokeTest` run `job`; `Deploy` runs
+    /// `deploy`. A failing `SmokeTest` (or any stage after a Deploy) rolls deployments
+    /// back.
+    #[serde(rename = "type")]
+    pub type_: StageType,
+    /// The Kubernetes Job of a `Test`, `Build` or `SmokeTest` stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobStage>,
+    /// The ECS deployment of a `Deploy` stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployStage>,
+}
+
+/// Kinds of stage.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageType {
+    /// Run tests in a Job.
+    Test,
+    /// Build an artefact (e.g. push an image) in a Job.
+    Build,
+    /// Deploy the revision to an ECS service.
+    Deploy,
+    /// Check a deployment in a Job; failure rolls deployments back.
+    SmokeTest,
+}
+
+impl StageType {
+    /// The spelling used in the spec, status and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Test => "Test",
+            Self::Build => "Build",
+            Self::Deploy => "Deploy",
+            Self::SmokeTest => "SmokeTest",
+        }
+    }
+
+    /// Whether the stage runs a Job (as opposed to deploying).
+    pub fn runs_job(self) -> bool {
+        !matches!(self, Self::Deploy)
+    }
+}
+
+/// What a stage does, resolved from `type` and the matching section.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StageAction<'a> {
+    /// Run a Job (`Test`, `Build`, `SmokeTest`).
+    Job(&'a JobStage),
+    /// Deploy to ECS.
+    Deploy(&'a DeployStage),
+}
+
+impl Stage {
+    /// The stage's action, or `None` when `type` and the sections disagree (refused at
+    /// admission; reported by validation).
+    pub fn action(&self) -> Option<StageAction<'_>> {
+        match (self.type_, &self.job, &self.deploy) {
+            (StageType::Deploy, None, Some(d)) => Some(StageAction::Deploy(d)),
+            (t, Some(j), None) if t.runs_job() => Some(StageAction::Job(j)),
+            _ => None,
+        }
+    }
+}
+
+/// A Kubernetes Job run in the Pipeline's namespace. It succeeds when the Job completes.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStage {
+    /// Container image; `{{ revision }}` is replaced by `spec.revision`.
+    #[schemars(length(min = 1, max = 512), regex(pattern = IMAGE_TEMPLATE_PATTERN))]
+    pub image: String,
+    /// Entrypoint; the image's when empty. `{{ revision }}` is replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 4096)))]
+    pub command: Vec<String>,
+    /// Arguments; `{{ revision }}` is replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
+    pub args: Vec<String>,
+    /// Environment variables, as in a Pod; `{{ revision }}` is replaced in `value`.
+    /// Secrets come in through `valueFrom.secretKeyRef`, never as literal values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+    /// ServiceAccount the Job's Pod runs as; the namespace's `default` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    /// How long the Job may run before the stage fails (`activeDeadlineSeconds`).
+    #[serde(default = "default_job_timeout")]
+    pub timeout: DurationString,
+    /// Retries of a failed Pod before the stage fails (the Job's `backoffLimit`).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+}
+
+/// A deployment of the revision to an ECS service: a new revision of the service's task
+/// definition with `containerName`'s image replaced, then `UpdateService`, then waiting
+/// for the deployment to complete.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployStage {
+    /// Name or ARN of the ECS cluster.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = AWS_ID_PATTERN))]
+    pub cluster: String,
+    /// Name or ARN of the ECS service.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = AWS_ID_PATTERN))]
+    pub service: String,
+    /// Container of the task definition whose image is replaced.
+    #[schemars(length(min = 1, max = 255), regex(pattern = CONTAINER_NAME_PATTERN))]
+    pub container_name: String,
+    /// Image to deploy; `{{ revision }}` is replaced by `spec.revision`, e.g.
+    /// `123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop:{{ revision }}`.
+    #[schemars(length(min = 1, max = 512), regex(pattern = IMAGE_TEMPLATE_PATTERN))]
+    pub image: String,
+    /// Restore the previous task definition when this deployment or a later stage fails.
+    #[serde(default = "default_true")]
+    pub rollback_on_failure: bool,
+    /// How long the deployment may take to reach a steady state before it counts as
+    /// failed.
+    #[serde(default = "default_deploy_timeout")]
+    pub timeout: DurationString,
+    /// A production deploy: with `promotion: Manual` it waits for approval.
+    #[serde(default)]
+    pub production: bool,
+}
+
+// Literals that capstan-core's own tests show `DurationString::new` accepts; no user input.
+fn default_job_timeout() -> DurationString {
+    DurationString::new("30m").expect("`30m` is a valid duration")
+}
+
+fn default_deploy_timeout() -> DurationString {
+    DurationString::new("15m").expect("`15m` is a valid duration")
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Observed state of a Pipeline.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and RolledBack, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "capstan_core::conditions::schema")]
+    pub conditions: Vec<Condition>,
+    /// Where the current (or last) run is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PipelinePhase>,
+    /// The revision the current (or last) run is moving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// The stage running, waiting for promotion or rolling back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_stage: Option<String>,
+    /// The last revision that went through every stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_revision: Option<String>,
+    /// One entry per stage of the current (or last) run, in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "stage_statuses_schema")]
+    pub stages: Vec<StageStatus>,
+    /// Rollbacks performed over the Pipeline's life (one per failed run that rolled
+    /// anything back).
+    #[serde(default)]
+    pub rollbacks: i64,
+}
+
+/// `status.stages`: a list-map keyed by `name`, so each stage's entry merges by name.
+fn stage_statuses_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut s = generator.subschema_for::<Vec<StageStatus>>();
+    s.insert("x-kubernetes-list-type".into(), "map".into());
+    s.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["name"]),
+    );
+    s
+}
+
+impl capstan_core::conditions::ObjectStatus for PipelineStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+    }
+}
+
+/// Where a run is.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PipelinePhase {
+    /// Accepted, no stage started yet.
+    Pending,
+    /// A stage is running.
+    Running,
+    /// Waiting for `capstan.dev/promote` before a production deploy.
+    WaitingForPromotion,
+    /// Rolling deployments back after a failure.
+    RollingBack,
+    /// Every stage succeeded.
+    Succeeded,
+    /// A stage failed; deployments were rolled back where configured.
+    Failed,
+    /// `spec.suspend` is true.
+    Suspended,
+}
+
+/// The state of one stage in the current (or last) run.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Name of the stage.
+    pub name: String,
+    /// Where the stage is.
+    pub phase: StagePhase,
+    /// When the stage started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    /// When the stage finished (or its rollback did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    /// What happened, for a human: the failure, the Job's last state, the rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The Job this stage created (Test, Build, SmokeTest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// The task definition ARN this stage deployed (Deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_definition: Option<String>,
+    /// The task definition ARN the service ran before, restored by a rollback (Deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_task_definition: Option<String>,
+}
+
+impl StageStatus {
+    /// A stage that has not started.
+    pub fn pending(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            phase: StagePhase::Pending,
+            started: None,
+            finished: None,
+            message: None,
+            job_name: None,
+            task_definition: None,
+            previous_task_definition: None,
+        }
+    }
+
+    /// Sets the message, cut to [`STAGE_MESSAGE_MAX_LEN`] bytes on a character boundary
+    /// (Job logs and AWS errors can be long).
+    pub fn set_message(&mut self, message: &str) {
+        let mut cut = message.len().min(STAGE_MESSAGE_MAX_LEN);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.message = Some(message[..cut].to_owned());
+    }
+}
+
+/// Where a stage is.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StagePhase {
+    /// Not started.
+    Pending,
+    /// Waiting for `capstan.dev/promote`.
+    WaitingForPromotion,
+    /// Running.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// Not run because an earlier stage failed.
+    Skipped,
+    /// Deployed, then rolled back after a failure.
+    RolledBack,
+}
+
+impl PipelineStatus {
+    /// Status for a new run of `spec`: every stage pending, the revision recorded,
+    /// everything else kept.
+    pub fn start_run(&mut self, spec: &PipelineSpec) {
+        self.phase = Some(PipelinePhase::Pending);
+        self.current_revision = Some(spec.revision.clone());
+        self.current_stage = None;
+        self.stages = spec
+            .stages
+            .iter()
+            .map(|s| StageStatus::pending(&s.name))
+            .collect();
+    }
+
+    /// The status entry of a stage.
+    pub fn stage_mut(&mut self, name: &str) -> Option<&mut StageStatus> {
+        self.stages.iter_mut().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,479 @@
+//! Tests of the generated CRD: names and columns, CEL rules in place and evaluated with
+//! kube-cel, list-map markers, descriptions on every field, serde round trips.
+
+use k8s_openapi::api::core::v1::EnvVar;
+use kube::CustomResourceExt;
+use kube::core::cel::Validator;
+use serde_json::{Value, json};
+
+use super::*;
+
+const EXAMPLE_YAML: &str = include_str!("../../examples/pipeline-shop.yaml");
+
+fn dur(s: &str) -> DurationString {
+    DurationString::new(s).expect("valid duration")
+}
+
+fn job(image: &str, command: &[&str], args: &[&str], timeout: &str) -> Option<JobStage> {
+    Some(JobStage {
+        image: image.into(),
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        args: args.iter().map(|s| (*s).to_owned()).collect(),
+        env: vec![],
+        service_account_name: None,
+        timeout: dur(timeout),
+        backoff_limit: 0,
+    })
+}
+
+fn deploy(cluster: &str, timeout: &str, production: bool) -> Option<DeployStage> {
+    Some(DeployStage {
+        cluster: cluster.into(),
+        service: "shop".into(),
+        container_name: "app".into(),
+        image: "123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop:{{ revision }}".into(),
+        rollback_on_failure: true,
+        timeout: dur(timeout),
+        production,
+    })
+}
+
+fn stage(
+    name: &str,
+    type_: StageType,
+    job: Option<JobStage>,
+    deploy: Option<DeployStage>,
+) -> Stage {
+    Stage {
+        name: name.into(),
+        type_,
+        job,
+        deploy,
+    }
+}
+
+/// The spec of `examples/pipeline-shop.yaml`, built in Rust.
+pub(crate) fn example_spec() -> PipelineSpec {
+    let mut build = job(
+        "gcr.io/kaniko-project/executor:v1.23.0",
+        &[],
+        &["--destination=123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop:{{ revision }}"],
+        "30m",
+    );
+    if let Some(b) = build.as_mut() {
+        b.env = vec![EnvVar {
+            name: "REVISION".into(),
+            value: Some("{{ revision }}".into()),
+            value_from: None,
+        }];
+        b.service_account_name = Some("image-builder".into());
+        b.backoff_limit = 1;
+    }
+    PipelineSpec {
+        connection_ref: Some(ConnectionRef {
+            name: "aws-prod".into(),
+        }),
+        revision: "1.4.2".into(),
+        stages: vec![
+            stage(
+                "unit-tests",
+                StageType::Test,
+                job(
+                    "registry.example.com/shop-test:{{ revision }}",
+                    &["make", "test"],
+                    &[],
+                    "20m",
+                ),
+                None,
+            ),
+            stage("build", StageType::Build, build, None),
+            stage(
+                "staging",
+                StageType::Deploy,
+                None,
+                deploy("staging", "15m", false),
+            ),
+            stage(
+                "smoke-staging",
+                StageType::SmokeTest,
+                job(
+                    "registry.example.com/shop-smoke:latest",
+                    &[],
+                    &[
+                        "--base-url=https://staging.shop.example.com",
+                        "--expect-version={{ revision }}",
+                    ],
+                    "5m",
+                ),
+                None,
+            ),
+            stage(
+                "production",
+                StageType::Deploy,
+                None,
+                deploy("production", "20m", true),
+            ),
+            stage(
+                "smoke-production",
+                StageType::SmokeTest,
+                job(
+                    "registry.example.com/shop-smoke:latest",
+                    &[],
+                    &[
+                        "--base-url=https://shop.example.com",
+                        "--expect-version={{ revision }}",
+                    ],
+                    "5m",
+                ),
+                None,
+            ),
+        ],
+        promotion: Promotion::Manual,
+        suspend: false,
+    }
+}
+
+/// YAML parsed the way the API server sees it (via JSON values).
+fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+    let value: Value = serde_yaml::from_str(yaml).expect("YAML parses");
+    serde_json::from_value(value).expect("matches the type")
+}
+
+fn schema() -> Value {
+    let crd = serde_json::to_value(Pipeline::crd()).expect("CRD serializes");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn node(path: &str) -> Value {
+    let mut n = schema();
+    for part in path.split('.') {
+        n = if part == "[]" {
+            n["items"].clone()
+        } else {
+            n["properties"][part].clone()
+        };
+        assert!(!n.is_null(), "no schema at {path} (missing {part})");
+    }
+    n
+}
+
+/// Every CEL rule in the schema, with the path of the node that carries it.
+fn all_rules() -> Vec<(String, Value)> {
+    fn walk(path: &str, n: &Value, out: &mut Vec<(String, Value)>) {
+        if !n.is_object() {
+            return;
+        }
+        for r in n["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            out.push((path.to_owned(), r.clone()));
+        }
+        for (name, p) in n["properties"].as_object().into_iter().flatten() {
+            walk(&format!("{path}.{name}"), p, out);
+        }
+        walk(&format!("{path}.[]"), &n["items"], out);
+    }
+    let mut out = Vec::new();
+    walk("", &schema(), &mut out);
+    out
+}
+
+fn cel_failures(object: &Value) -> Vec<String> {
+    match Validator::new().validate(&schema(), object, None) {
+        Ok(()) => vec![],
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn example_value() -> Value {
+    from_yaml(EXAMPLE_YAML)
+}
+
+#[test]
+fn crd_names_scope_and_subresources() {
+    let crd = Pipeline::crd();
+    assert_eq!(crd.metadata.name.as_deref(), Some("pipelines.capstan.dev"));
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["pl".to_owned()]));
+    assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+    assert!(
+        crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
+    let columns: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| format!("{}={}", c.name, c.json_path))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Revision=.spec.revision",
+            "Phase=.status.phase",
+            "Stage=.status.currentStage",
+            "Ready=.status.conditions[?(@.type==\"Ready\")].status",
+            "Last success=.status.lastSuccessfulRevision",
+            "Age=.metadata.creationTimestamp",
+        ]
+    );
+}
+
+#[test]
+fn every_cel_rule_sits_where_it_applies() {
+    let rules: Vec<(String, String)> = all_rules()
+        .into_iter()
+        .map(|(p, r)| (p, r["rule"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    let want = [
+        (".spec", RULE_DEPLOY_NEEDS_CONNECTION),
+        (".spec.stages", RULE_UNIQUE_STAGE_NAMES),
+        (".spec.stages.[]", RULE_STAGE_SHAPE),
+    ];
+    for (path, rule) in want {
+        assert!(
+            rules.contains(&(path.to_owned(), rule.to_owned())),
+            "{path} lacks {rule}: {rules:?}"
+        );
+    }
+    assert_eq!(rules.len(), want.len());
+    for (path, rule) in all_rules() {
+        assert!(
+            rule["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{path}: {rule}"
+        );
+    }
+}
+
+#[test]
+fn stage_list_is_bounded_for_the_uniqueness_rule() {
+    let stages = node("spec.stages");
+    assert_eq!(stages["minItems"], 1);
+    assert_eq!(stages["maxItems"], 16);
+    assert_eq!(node("spec.stages.[].name")["maxLength"], 40);
+    assert_eq!(
+        node("spec.stages.[].type")["enum"],
+        json!(["Test", "Build", "Deploy", "SmokeTest"])
+    );
+}
+
+#[test]
+fn conditions_and_stage_statuses_are_list_maps() {
+    let conditions = node("status.conditions");
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+    let stages = node("status.stages");
+    assert_eq!(stages["x-kubernetes-list-type"], "map");
+    assert_eq!(stages["x-kubernetes-list-map-keys"], json!(["name"]));
+    assert!(
+        stages["items"]["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("name")))
+    );
+}
+
+#[test]
+fn defaults_are_in_the_schema() {
+    assert_eq!(node("spec.promotion")["default"], "Manual");
+    assert_eq!(
+        node("spec.stages.[].deploy.rollbackOnFailure")["default"],
+        true
+    );
+    assert_eq!(node("spec.stages.[].deploy.timeout")["default"], "15m");
+    assert_eq!(node("spec.stages.[].job.timeout")["default"], "30m");
+    assert_eq!(
+        node("spec.stages.[].job.timeout")["pattern"],
+        capstan_core::schedule::DURATION_PATTERN
+    );
+}
+
+/// Every property in the schema has a description: it is what `kubectl explain` shows.
+#[test]
+fn every_field_is_documented() {
+    fn walk(path: &str, n: &Value, missing: &mut Vec<String>) {
+        if !n.is_object() {
+            return;
+        }
+        for (name, p) in n["properties"].as_object().into_iter().flatten() {
+            let here = format!("{path}.{name}");
+            let inherited =
+                path.is_empty() && ["metadata", "apiVersion", "kind"].contains(&name.as_str());
+            // EnvVar's own fields are documented by Kubernetes.
+            let foreign = path.ends_with(".env.[]") || path.contains(".valueFrom");
+            if !inherited && !foreign && p["description"].as_str().is_none_or(str::is_empty) {
+                missing.push(here.clone());
+            }
+            walk(&here, p, missing);
+        }
+        walk(&format!("{path}.[]"), &n["items"], missing);
+    }
+    let mut missing = Vec::new();
+    walk("", &schema(), &mut missing);
+    assert!(missing.is_empty(), "undocumented: {missing:?}");
+}
+
+#[test]
+fn example_round_trips_through_serde() {
+    let parsed: Pipeline = from_yaml(EXAMPLE_YAML);
+    assert_eq!(parsed.spec, example_spec());
+    let json = serde_json::to_value(&parsed).expect("serializes");
+    assert_eq!(json["spec"]["stages"][2]["type"], "Deploy");
+    assert!(json["spec"]["stages"][2].get("job").is_none());
+    let back: Pipeline = serde_json::from_value(json).expect("deserializes");
+    assert_eq!(back, parsed);
+}
+
+#[test]
+fn a_minimal_pipeline_gets_defaults() {
+    let spec: PipelineSpec = from_yaml(
+        r#"
+revision: abc123
+stages:
+  - name: test
+    type: Test
+    job: { image: "busybox" }
+"#,
+    );
+    assert_eq!(spec.promotion, Promotion::Manual);
+    assert!(!spec.suspend);
+    let Some(StageAction::Job(job)) = spec.stages[0].action() else {
+        panic!("a job stage")
+    };
+    assert_eq!(job.timeout.as_str(), "30m");
+    assert_eq!(job.backoff_limit, 0);
+    assert_eq!(crate::validation::validate(&spec), Ok(()));
+}
+
+#[test]
+fn the_example_passes_every_cel_rule() {
+    assert_eq!(cel_failures(&example_value()), Vec::<String>::new());
+}
+
+/// Each case breaks the example in one way; the CEL rules must refuse it.
+#[test]
+fn cel_rules_refuse_bad_specs() {
+    type Case = (&'static str, fn(&mut Value), &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "duplicate stage names",
+            |v| v["spec"]["stages"][1]["name"] = json!("unit-tests"),
+            "stage names must be unique",
+        ),
+        (
+            "deploy without connection",
+            |v| {
+                v["spec"]
+                    .as_object_mut()
+                    .expect("spec")
+                    .remove("connectionRef");
+            },
+            "connectionRef is required when a stage has type Deploy",
+        ),
+        (
+            "deploy stage without deploy",
+            |v| {
+                v["spec"]["stages"][2]
+                    .as_object_mut()
+                    .expect("stage")
+                    .remove("deploy");
+            },
+            "a Deploy stage needs deploy",
+        ),
+        (
+            "test stage with deploy too",
+            |v| v["spec"]["stages"][0]["deploy"] = v["spec"]["stages"][2]["deploy"].clone(),
+            "a Deploy stage needs deploy",
+        ),
+        (
+            "test stage typed Deploy",
+            |v| v["spec"]["stages"][0]["type"] = json!("Deploy"),
+            "a Deploy stage needs deploy",
+        ),
+    ];
+    for (name, break_it, want) in cases {
+        let mut v = example_value();
+        break_it(&mut v);
+        let failures = cel_failures(&v);
+        assert!(
+            failures.iter().any(|f| f.contains(want)),
+            "{name}: want a failure containing {want:?}, got {failures:?}"
+        );
+    }
+}
+
+#[test]
+fn job_only_pipelines_need_no_connection() {
+    let mut v = example_value();
+    v["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("connectionRef");
+    let stages = v["spec"]["stages"].as_array_mut().expect("stages");
+    stages.retain(|s| s["type"] == "Test" || s["type"] == "Build");
+    assert_eq!(cel_failures(&v), Vec::<String>::new());
+}
+
+#[test]
+fn cel_rules_stay_within_the_cost_budget() {
+    let compiled = kube::core::cel::compile_schema(&schema());
+    assert!(
+        !compiled.has_errors(),
+        "{:?}",
+        compiled.compilation_errors()
+    );
+    for (path, rule) in all_rules() {
+        let rule = rule["rule"].as_str().unwrap_or_default().to_owned();
+        if rule == RULE_UNIQUE_STAGE_NAMES {
+            // kube-cel's heuristic assumes 1000 items for `self` whatever its maxItems;
+            // kube-apiserver 1.36 accepts the rule. What keeps it cheap is the bound:
+            // 16 x 16 comparisons of names of at most 40 bytes.
+            assert_eq!(node("spec.stages")["maxItems"], 16);
+            assert_eq!(node("spec.stages.[].name")["maxLength"], 40);
+            continue;
+        }
+        let warnings = kube::core::cel::estimate_rule_cost(&rule, &compiled);
+        assert!(warnings.is_empty(), "{path}: {rule}: {warnings:?}");
+    }
+}
+
+#[test]
+fn a_new_run_resets_stage_statuses() {
+    let spec = example_spec();
+    let mut status = PipelineStatus {
+        last_successful_revision: Some("1.4.1".into()),
+        rollbacks: 2,
+        ..PipelineStatus::default()
+    };
+    status.start_run(&spec);
+    assert_eq!(status.phase, Some(PipelinePhase::Pending));
+    assert_eq!(status.current_revision.as_deref(), Some("1.4.2"));
+    assert_eq!(status.stages.len(), 6);
+    assert!(status.stages.iter().all(|s| s.phase == StagePhase::Pending));
+    assert_eq!(status.last_successful_revision.as_deref(), Some("1.4.1"));
+    assert_eq!(status.rollbacks, 2);
+    let staging = status.stage_mut("staging").expect("exists");
+    staging.phase = StagePhase::RolledBack;
+    staging.set_message(&"é".repeat(STAGE_MESSAGE_MAX_LEN));
+    let message = staging.message.clone().unwrap_or_default();
+    assert!(message.len() <= STAGE_MESSAGE_MAX_LEN && message.len() >= STAGE_MESSAGE_MAX_LEN - 1);
+    let json = serde_json::to_value(&status).expect("serializes");
+    assert_eq!(json["stages"][2]["phase"], "RolledBack");
+    let back: PipelineStatus = serde_json::from_value(json).expect("deserializes");
+    assert_eq!(back, status);
+}
+
+#[test]
+fn stage_actions_follow_the_type() {
+    let spec = example_spec();
+    assert!(matches!(spec.stages[0].action(), Some(StageAction::Job(_))));
+    assert!(matches!(spec.stages[2].action(), Some(StageAction::Deploy(d)) if !d.production));
+    assert!(matches!(spec.stages[4].action(), Some(StageAction::Deploy(d)) if d.production));
+    let mut broken = spec.stages[0].clone();
+    broken.type_ = StageType::Deploy;
+    assert_eq!(broken.action(), None);
+}

@@ -1,0 +1,318 @@
+//! Validation of a [`PipelineSpec`] beyond the CRD schema and its CEL rules: templates,
+//! timeouts, stage order (a SmokeTest needs a Deploy before it), two Deploy stages on one
+//! service. The admission rules (unique names, stage shape, connection for Deploy) are
+//! checked again so the controller never acts on a spec an older CRD let through. The
+//! controller reports failures as Ready=False/InvalidSpec and waits for a change.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use capstan_core::schedule::DurationString;
+
+use crate::crd::{MAX_STAGES, PipelineSpec, StageAction, StageType};
+use crate::template;
+
+/// Longest timeout a stage may have.
+pub const MAX_STAGE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// One problem with a spec: the field (`spec.stages[2].deploy.image`) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the offending field, from `spec`.
+    pub path: String,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// Joins errors into one condition message (`path: message; path: message`).
+pub fn summarize(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Checks a spec. Returns every problem found.
+pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    if spec.revision.is_empty() || spec.revision.chars().any(char::is_whitespace) {
+        errors.push(FieldError::new(
+            "spec.revision",
+            "must be a tag, digest or sha without spaces",
+        ));
+    }
+    if spec.stages.is_empty() || spec.stages.len() > MAX_STAGES {
+        errors.push(FieldError::new(
+            "spec.stages",
+            format!("must have 1 to {MAX_STAGES} stages"),
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut deployed_services = BTreeSet::new();
+    let mut seen_deploy = false;
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let path = format!("spec.stages[{i}]");
+        if !names.insert(stage.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{path}.name"),
+                format!("`{}` is used by an earlier stage", stage.name),
+            ));
+        }
+        match stage.action() {
+            None => errors.push(FieldError::new(
+                path.clone(),
+                "a Deploy stage needs deploy (and no job); Test, Build and SmokeTest stages need job (and no deploy)",
+            )),
+            Some(StageAction::Job(job)) => {
+                check_template(&format!("{path}.job.image"), &job.image, &mut errors);
+                for (j, c) in job.command.iter().enumerate() {
+                    check_template(&format!("{path}.job.command[{j}]"), c, &mut errors);
+                }
+                for (j, a) in job.args.iter().enumerate() {
+                    check_template(&format!("{path}.job.args[{j}]"), a, &mut errors);
+                }
+                for (j, e) in job.env.iter().enumerate() {
+                    if let Some(v) = &e.value {
+                        check_template(&format!("{path}.job.env[{j}].value"), v, &mut errors);
+                    }
+                }
+                check_timeout(&format!("{path}.job.timeout"), &job.timeout, &mut errors);
+            }
+            Some(StageAction::Deploy(deploy)) => {
+                seen_deploy = true;
+                check_template(&format!("{path}.deploy.image"), &deploy.image, &mut errors);
+                check_timeout(&format!("{path}.deploy.timeout"), &deploy.timeout, &mut errors);
+                if !deployed_services.insert((deploy.cluster.as_str(), deploy.service.as_str())) {
+                    errors.push(FieldError::new(
+                        format!("{path}.deploy.service"),
+                        "an earlier Deploy stage already deploys this service; rollbacks would undo each other",
+                    ));
+                }
+            }
+        }
+        if stage.type_ == StageType::SmokeTest && !seen_deploy {
+            errors.push(FieldError::new(
+                format!("{path}.type"),
+                "a SmokeTest stage must come after a Deploy stage",
+            ));
+        }
+    }
+    if seen_deploy && spec.connection_ref.is_none() {
+        errors.push(FieldError::new(
+            "spec.connectionRef",
+            "required when a stage has type Deploy",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_template(path: &str, text: &str, errors: &mut Vec<FieldError>) {
+    if let Err(e) = template::check(text) {
+        errors.push(FieldError::new(path, e.to_string()));
+    }
+}
+
+fn check_timeout(path: &str, timeout: &DurationString, errors: &mut Vec<FieldError>) {
+    match timeout.duration() {
+        Ok(d) if d >= Duration::from_secs(1) && d <= MAX_STAGE_TIMEOUT => {}
+        Ok(_) => errors.push(FieldError::new(path, "must be between 1s and 24h")),
+        Err(e) => errors.push(FieldError::new(path, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::crd::tests::example_spec;
+    use crate::crd::{JobStage, Stage};
+
+    fn dur(s: &str) -> DurationString {
+        DurationString::new(s).expect("valid duration")
+    }
+
+    fn paths(spec: &PipelineSpec) -> Vec<String> {
+        match validate(spec) {
+            Ok(()) => vec![],
+            Err(errors) => errors.into_iter().map(|e| e.path).collect(),
+        }
+    }
+
+    fn job_stage(name: &str, type_: StageType) -> Stage {
+        Stage {
+            name: name.into(),
+            type_,
+            job: Some(JobStage {
+                image: "busybox".into(),
+                command: vec![],
+                args: vec![],
+                env: vec![],
+                service_account_name: None,
+                timeout: dur("5m"),
+                backoff_limit: 0,
+            }),
+            deploy: None,
+        }
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        assert_eq!(validate(&example_spec()), Ok(()));
+    }
+
+    /// Each case breaks one thing and names the field the error must point at.
+    #[test]
+    fn invalid_specs_are_reported_at_the_right_field() {
+        type Case = (&'static str, fn(&mut PipelineSpec), &'static str);
+        let cases: Vec<Case> = vec![
+            ("no stages", |s| s.stages.clear(), "spec.stages"),
+            (
+                "duplicate name",
+                |s| s.stages[1].name = s.stages[0].name.clone(),
+                "spec.stages[1].name",
+            ),
+            (
+                "deploy without connection",
+                |s| s.connection_ref = None,
+                "spec.connectionRef",
+            ),
+            (
+                "deploy stage with a job",
+                |s| s.stages[2].job = job_stage("x", StageType::Test).job,
+                "spec.stages[2]",
+            ),
+            (
+                "test stage without job",
+                |s| s.stages[0].job = None,
+                "spec.stages[0]",
+            ),
+            (
+                "unknown template variable",
+                |s| {
+                    if let Some(d) = s.stages[2].deploy.as_mut() {
+                        d.image = "repo/app:{{ tag }}".into();
+                    }
+                },
+                "spec.stages[2].deploy.image",
+            ),
+            (
+                "unclosed template in args",
+                |s| {
+                    if let Some(j) = s.stages[0].job.as_mut() {
+                        j.args = vec!["--rev={{ revision".into()];
+                    }
+                },
+                "spec.stages[0].job.args[0]",
+            ),
+            (
+                "zero timeout",
+                |s| {
+                    if let Some(j) = s.stages[0].job.as_mut() {
+                        j.timeout = dur("0s");
+                    }
+                },
+                "spec.stages[0].job.timeout",
+            ),
+            (
+                "timeout over a day",
+                |s| {
+                    if let Some(d) = s.stages[2].deploy.as_mut() {
+                        d.timeout = dur("25h");
+                    }
+                },
+                "spec.stages[2].deploy.timeout",
+            ),
+            (
+                "smoke test before any deploy",
+                |s| {
+                    s.stages
+                        .insert(0, job_stage("early-smoke", StageType::SmokeTest))
+                },
+                "spec.stages[0].type",
+            ),
+            (
+                "same service deployed twice",
+                |s| {
+                    let mut again = s.stages[2].clone();
+                    again.name = "again".into();
+                    s.stages.push(again);
+                },
+                "spec.stages[6].deploy.service",
+            ),
+            (
+                "revision with a space",
+                |s| s.revision = "1 2".into(),
+                "spec.revision",
+            ),
+        ];
+        for (name, break_it, want) in cases {
+            let mut spec = example_spec();
+            break_it(&mut spec);
+            let got = paths(&spec);
+            assert!(
+                got.iter().any(|p| p == want),
+                "{name}: want {want}, got {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_are_summarized() {
+        let mut spec = example_spec();
+        spec.connection_ref = None;
+        spec.revision = "a b".into();
+        let errors = validate(&spec).expect_err("two problems");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(
+            summarize(&errors),
+            "spec.revision: must be a tag, digest or sha without spaces; spec.connectionRef: required when a stage has type Deploy"
+        );
+    }
+
+    proptest! {
+        /// Duplicates are reported exactly when a name repeats, once per repeat.
+        #[test]
+        fn duplicate_names_are_found(names in prop::collection::vec("[a-c]{1,2}", 1..=16)) {
+            let mut spec = example_spec();
+            spec.stages = names.iter().map(|n| job_stage(n, StageType::Test)).collect();
+            let distinct: BTreeSet<&String> = names.iter().collect();
+            let duplicates = paths(&spec).iter().filter(|p| p.ends_with(".name")).count();
+            prop_assert_eq!(duplicates, names.len() - distinct.len());
+        }
+
+        /// Rendering replaces every placeholder and leaves no braces behind.
+        #[test]
+        fn revisions_render_into_templates(
+            revision in "[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,40}",
+            prefix in "[a-z0-9./:-]{0,20}",
+        ) {
+            let text = format!("{prefix}{{{{ revision }}}}@{{{{revision}}}}");
+            let rendered = template::render(&text, &revision).expect("renders");
+            prop_assert_eq!(rendered, format!("{prefix}{revision}@{revision}"));
+        }
+    }
+}
