@@ -6,9 +6,8 @@
 //!   controller as a condition.
 //! - [`generator`]: generates passwords and keys from the spec with a CSPRNG.
 //! - [`template`]: the `{{ variable }}` templates of the delivered Secret.
-//!
-//! No controller yet: the reconciler that talks to Kubernetes, AWS, Vault and databases
-//! comes in a later step.
+//! - [`controller`]: so far only the connection gate and spec validation, reported as
+//!   conditions; the rotation itself (backends, databases, delivery) comes in a later step.
 
 pub mod controller;
 pub mod crd;
