@@ -62,7 +62,12 @@ impl<'a> Desired<'a> {
         reason: &'a str,
         message: impl Into<String>,
     ) -> Self {
-        Self { type_, status: status.into(), reason, message: message.into() }
+        Self {
+            type_,
+            status: status.into(),
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -121,7 +126,10 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 pub fn schema(generator: &mut SchemaGenerator) -> Schema {
     let mut s = generator.subschema_for::<Vec<Condition>>();
     s.insert("x-kubernetes-list-type".into(), "map".into());
-    s.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    s.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
     s
 }
 
@@ -144,15 +152,35 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_changes() {
         let mut c = Vec::new();
-        assert!(set(&mut c, Desired::new(READY, false, "Pending", "waiting"), Some(1), t(0)));
+        assert!(set(
+            &mut c,
+            Desired::new(READY, false, "Pending", "waiting"),
+            Some(1),
+            t(0)
+        ));
         let first = c[0].last_transition_time.clone();
         // Same status, new reason: visible change, same transition time.
-        assert!(set(&mut c, Desired::new(READY, false, "Blocked", "other"), Some(1), t(10)));
+        assert!(set(
+            &mut c,
+            Desired::new(READY, false, "Blocked", "other"),
+            Some(1),
+            t(10)
+        ));
         assert_eq!(c[0].last_transition_time, first);
         // Identical: nothing changed, nothing to write.
-        assert!(!set(&mut c, Desired::new(READY, false, "Blocked", "other"), Some(1), t(20)));
+        assert!(!set(
+            &mut c,
+            Desired::new(READY, false, "Blocked", "other"),
+            Some(1),
+            t(20)
+        ));
         // Status flips: the transition time moves.
-        assert!(set(&mut c, Desired::new(READY, true, "Ready", "ok"), Some(1), t(30)));
+        assert!(set(
+            &mut c,
+            Desired::new(READY, true, "Ready", "ok"),
+            Some(1),
+            t(30)
+        ));
         assert_eq!(c[0].last_transition_time, to_k8s_time(t(30)));
         assert_eq!(c.len(), 1);
         assert!(is_true(&c, READY));
@@ -161,8 +189,18 @@ mod tests {
     #[test]
     fn a_new_generation_is_a_change() {
         let mut c = Vec::new();
-        set(&mut c, Desired::new(READY, true, "Ready", "ok"), Some(1), t(0));
-        assert!(set(&mut c, Desired::new(READY, true, "Ready", "ok"), Some(2), t(1)));
+        set(
+            &mut c,
+            Desired::new(READY, true, "Ready", "ok"),
+            Some(1),
+            t(0),
+        );
+        assert!(set(
+            &mut c,
+            Desired::new(READY, true, "Ready", "ok"),
+            Some(2),
+            t(1)
+        ));
     }
 
     #[test]

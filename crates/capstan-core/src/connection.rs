@@ -231,7 +231,11 @@ impl ConnectionKind {
 impl ClusterConnectionSpec {
     /// Which system this connection points at.
     pub fn kind(&self) -> ConnectionKind {
-        if self.vault.is_some() { ConnectionKind::Vault } else { ConnectionKind::Aws }
+        if self.vault.is_some() {
+            ConnectionKind::Vault
+        } else {
+            ConnectionKind::Aws
+        }
     }
 }
 
@@ -242,11 +246,16 @@ impl AllowedNamespaces {
         if self.names.iter().any(|n| n == namespace) {
             return true;
         }
-        let Some(selector) = &self.selector else { return false };
+        let Some(selector) = &self.selector else {
+            return false;
+        };
         // An empty selector ({}) would select everything; an administrator who means
         // "every namespace" must say so with an explicit expression.
         if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && selector.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+            && selector
+                .match_expressions
+                .as_ref()
+                .is_none_or(|e| e.is_empty())
         {
             return false;
         }
@@ -333,13 +342,19 @@ pub async fn resolve(
     expected: ConnectionKind,
 ) -> Result<ClusterConnection, ConnectionRefError> {
     let name = &reference.name;
-    let kube_err = |source| ConnectionRefError::Kube { name: name.clone(), source };
+    let kube_err = |source| ConnectionRefError::Kube {
+        name: name.clone(),
+        source,
+    };
     let conn = Api::<ClusterConnection>::all(client.clone())
         .get_opt(name)
         .await
         .map_err(kube_err)?
         .ok_or_else(|| ConnectionRefError::NotFound { name: name.clone() })?;
-    let ns = Api::<Namespace>::all(client.clone()).get_opt(namespace).await.map_err(kube_err)?;
+    let ns = Api::<Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await
+        .map_err(kube_err)?;
     let labels = ns.map(|n| n.labels().clone()).unwrap_or_default();
     check(&conn, namespace, &labels, expected)?;
     Ok(conn)
@@ -353,8 +368,15 @@ pub fn check(
     expected: ConnectionKind,
 ) -> Result<(), ConnectionRefError> {
     let name = conn.name_any();
-    if !conn.spec.allowed_namespaces.allows(namespace, namespace_labels) {
-        return Err(ConnectionRefError::NotAllowed { name, namespace: namespace.to_owned() });
+    if !conn
+        .spec
+        .allowed_namespaces
+        .allows(namespace, namespace_labels)
+    {
+        return Err(ConnectionRefError::NotAllowed {
+            name,
+            namespace: namespace.to_owned(),
+        });
     }
     let actual = conn.spec.kind();
     if actual != expected {
@@ -391,7 +413,10 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     #[test]
@@ -437,7 +462,10 @@ mod tests {
 
     #[test]
     fn a_vault_reference_to_an_aws_connection_is_refused() {
-        let conn = aws_conn(AllowedNamespaces { names: vec!["a".into()], selector: None });
+        let conn = aws_conn(AllowedNamespaces {
+            names: vec!["a".into()],
+            selector: None,
+        });
         let err = check(&conn, "a", &labels(&[]), ConnectionKind::Vault).unwrap_err();
         assert_eq!(err.reason(), "ConnectionWrongKind");
     }

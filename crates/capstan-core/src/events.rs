@@ -12,7 +12,10 @@ use kube::{Client, Resource};
 pub fn recorder(client: Client, controller: &str, instance: &str) -> Recorder {
     Recorder::new(
         client,
-        Reporter { controller: controller.to_owned(), instance: Some(instance.to_owned()) },
+        Reporter {
+            controller: controller.to_owned(),
+            instance: Some(instance.to_owned()),
+        },
     )
 }
 

@@ -6,21 +6,30 @@
 //! naming the connection, then waits: the controllers also watch ClusterConnections
 //! ([`watch_connections`]), so an administrator's change to the connection re-runs the
 //! objects that reference it.
+//!
+//! The gate only decides; the caller writes the conditions together with its own, so
+//! one reconcile makes at most one status write.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::Controller;
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::conditions::{Desired, ObjectStatus, READY};
-use crate::connection::{ClusterConnection, ConnectionKind, ConnectionRef, resolve};
+use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::controller::Action;
+use tokio_util::sync::CancellationToken;
+
+use crate::conditions::{Desired, ObjectStatus, READY, Status};
+use crate::connection::{
+    ClusterConnection, ConnectionKind, ConnectionRef, ConnectionRefError, resolve,
+};
+use crate::metrics::ControllerMetrics;
 use crate::runtime::Runtime;
+use crate::runtime::run_controller;
 use crate::ssa::update_status;
 
 /// The condition saying whether the object's connection may be used.
@@ -28,72 +37,45 @@ pub const CONNECTION_READY: &str = "ConnectionReady";
 /// Reason of `ConnectionReady=True`.
 pub const CONNECTION_ALLOWED: &str = "ConnectionAllowed";
 
-/// What the gate decided.
+/// What the gate decided, with the conditions the caller writes (in one status write
+/// together with its own).
 #[derive(Debug)]
 pub enum Gate {
-    /// Go on; the resolved connection, if the object names one.
-    Proceed(Option<Box<ClusterConnection>>),
-    /// Refused and reported in status; return this action.
-    Refused(Action),
+    /// Go on: the resolved connection (if the object names one) and
+    /// `ConnectionReady=True` (if it does).
+    Proceed(Option<Box<ClusterConnection>>, Vec<Desired<'static>>),
+    /// Refused: `ConnectionReady=False` and `Ready=False` with the reason; write them and
+    /// wait for a change (to the object or to the connection).
+    Refused(Vec<Desired<'static>>),
 }
 
-/// Resolves `reference` for `obj`. On refusal, writes the conditions and returns
-/// [`Gate::Refused`]; on success, records `ConnectionReady=True` and returns the
-/// connection. Errors are transient API failures only.
-pub async fn connection_gate<K, S>(
+/// Resolves `reference` for an object in `namespace`. Errors are transient API
+/// failures only; refusals are a [`Gate::Refused`].
+pub async fn connection_gate(
     rt: &Runtime,
-    obj: &K,
-    status: Option<&S>,
+    namespace: &str,
     reference: Option<&ConnectionRef>,
     kind: ConnectionKind,
-    field_manager: &str,
-) -> Result<Gate, kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-    S: ObjectStatus,
-{
-    let Some(reference) = reference else { return Ok(Gate::Proceed(None)) };
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(rt.client.clone(), &ns);
-    let now = rt.clock.now();
-    match resolve(&rt.client, reference, &ns, kind).await {
+) -> Result<Gate, kube::Error> {
+    let Some(reference) = reference else {
+        return Ok(Gate::Proceed(None, Vec::new()));
+    };
+    match resolve(&rt.client, reference, namespace, kind).await {
         Ok(conn) => {
-            let msg = format!("ClusterConnection {:?} allows namespace {ns:?}", reference.name);
-            update_status(
-                &api,
-                obj,
-                status,
-                field_manager,
-                now,
-                vec![Desired::new(CONNECTION_READY, true, CONNECTION_ALLOWED, msg)],
-                |_| {},
-            )
-            .await?;
-            Ok(Gate::Proceed(Some(Box::new(conn))))
+            let msg = format!(
+                "ClusterConnection {:?} allows namespace {namespace:?}",
+                reference.name
+            );
+            let ready = Desired::new(CONNECTION_READY, true, CONNECTION_ALLOWED, msg);
+            Ok(Gate::Proceed(Some(Box::new(conn)), vec![ready]))
         }
-        Err(e) if e.is_transient() => match e {
-            crate::connection::ConnectionRefError::Kube { source, .. } => Err(source),
-            _ => Ok(Gate::Refused(Action::requeue(std::time::Duration::from_secs(30)))),
-        },
+        Err(ConnectionRefError::Kube { source, .. }) => Err(source),
         Err(e) => {
-            tracing::info!(object = %obj.name_any(), namespace = %ns, reason = e.reason(), "connection refused");
-            update_status(
-                &api,
-                obj,
-                status,
-                field_manager,
-                now,
-                vec![
-                    Desired::new(CONNECTION_READY, false, e.reason(), e.to_string()),
-                    Desired::new(READY, false, e.reason(), e.to_string()),
-                ],
-                |_| {},
-            )
-            .await?;
-            Ok(Gate::Refused(Action::await_change()))
+            tracing::info!(namespace, reason = e.reason(), "connection refused: {e}");
+            Ok(Gate::Refused(vec![
+                Desired::new(CONNECTION_READY, false, e.reason(), e.to_string()),
+                Desired::new(READY, false, e.reason(), e.to_string()),
+            ]))
         }
     }
 }
@@ -103,20 +85,137 @@ where
 pub fn watch_connections<K>(
     rt: &Runtime,
     controller: Controller<K>,
-    connection_of: fn(&K) -> Option<&str>,
+    connection_of: fn(&K) -> Option<&ConnectionRef>,
 ) -> Controller<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let store = controller.store();
     let api: Api<ClusterConnection> = Api::all(rt.client.clone());
-    controller.watches(api, watcher::Config::default().any_semantic(), move |conn| {
-        let name = conn.name_any();
-        store
-            .state()
-            .into_iter()
-            .filter(|o: &Arc<K>| connection_of(o) == Some(name.as_str()))
-            .map(|o| ObjectRef::from_obj(&*o))
-            .collect::<Vec<_>>()
-    })
+    controller.watches(
+        api,
+        watcher::Config::default().any_semantic(),
+        move |conn| {
+            let name = conn.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|o: &Arc<K>| connection_of(o).is_some_and(|r| r.name == name))
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        },
+    )
+}
+
+/// The reason a resource gives while its domain step is not part of the build.
+pub const NOT_IMPLEMENTED: &str = "NotImplemented";
+/// The reason a resource gives when its spec fails the controller's validation.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
+/// What a resource whose domain step is not built yet needs to be reconciled.
+#[derive(Debug)]
+pub struct Unimplemented<K> {
+    /// The controller's name (logs, readiness).
+    pub name: &'static str,
+    /// The field manager of its status writes.
+    pub field_manager: &'static str,
+    /// The connection an object names.
+    pub connection_of: fn(&K) -> Option<&ConnectionRef>,
+    /// The kind of system that connection must point at.
+    pub kind_of: fn(&K) -> ConnectionKind,
+    /// The controller's own validation: `Err` holds the message.
+    pub validate: fn(&K) -> Result<(), String>,
+    /// What is missing, said in `Ready`'s message.
+    pub missing: &'static str,
+}
+
+struct UnimplementedCtx<K> {
+    rt: Runtime,
+    metrics: ControllerMetrics,
+    spec: Unimplemented<K>,
+}
+
+/// Runs a controller whose domain step is not built yet: per object, the gate, then the
+/// controller's validation, then an honest `Ready=Unknown, NotImplemented` naming what
+/// is missing, in one status write; never a false `Ready=True`.
+pub async fn run_unimplemented<K, S>(
+    rt: Runtime,
+    metrics: ControllerMetrics,
+    spec: Unimplemented<K>,
+    status_of: fn(&K) -> Option<&S>,
+    shutdown: CancellationToken,
+) where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    S: ObjectStatus + Send + Sync + 'static,
+{
+    let name = spec.name;
+    let connection_of = spec.connection_of;
+    let ctx = Arc::new(UnimplementedCtx {
+        rt: rt.clone(),
+        metrics,
+        spec,
+    });
+    let reconcile = move |obj: Arc<K>, ctx: Arc<UnimplementedCtx<K>>| async move {
+        let _timer = ctx.metrics.start();
+        let spec = &ctx.spec;
+        let ns = obj.namespace().unwrap_or_default();
+        let conditions = match connection_gate(
+            &ctx.rt,
+            &ns,
+            (spec.connection_of)(&obj),
+            (spec.kind_of)(&obj),
+        )
+        .await?
+        {
+            Gate::Refused(conditions) => conditions,
+            Gate::Proceed(_, mut conditions) => {
+                conditions.push(match (spec.validate)(&obj) {
+                    Err(msg) => Desired::new(READY, false, INVALID_SPEC, msg),
+                    Ok(()) => Desired::new(
+                        READY,
+                        Status::Unknown,
+                        NOT_IMPLEMENTED,
+                        format!(
+                            "the spec is valid and its connection allowed; {}",
+                            spec.missing
+                        ),
+                    ),
+                });
+                conditions
+            }
+        };
+        let api: Api<K> = Api::namespaced(ctx.rt.client.clone(), &ns);
+        let now = ctx.rt.clock.now();
+        update_status(
+            &api,
+            obj.as_ref(),
+            status_of(&obj),
+            spec.field_manager,
+            now,
+            conditions,
+            |_| {},
+        )
+        .await?;
+        Ok::<_, kube::Error>(Action::await_change())
+    };
+    let error_policy = |_obj: Arc<K>, err: &kube::Error, ctx: Arc<UnimplementedCtx<K>>| {
+        ctx.metrics.failure(err);
+        Action::requeue(std::time::Duration::from_secs(15))
+    };
+    run_controller(
+        &rt,
+        name,
+        ctx,
+        reconcile,
+        error_policy,
+        |c, _| watch_connections(&rt, c, connection_of),
+        shutdown,
+    )
+    .await;
 }

@@ -43,7 +43,11 @@ impl ControllerMetrics {
             failures: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
         };
-        sub.register("reconciles", "Reconciliations started", m.reconciles.clone());
+        sub.register(
+            "reconciles",
+            "Reconciliations started",
+            m.reconciles.clone(),
+        );
         sub.register(
             "reconcile_failures",
             "Reconciliations that failed, by error category",
@@ -60,12 +64,19 @@ impl ControllerMetrics {
     /// Counts a reconcile and times it until the returned guard drops.
     pub fn start(&self) -> ReconcileTimer {
         self.reconciles.inc();
-        ReconcileTimer { start: Instant::now(), histogram: self.duration.clone() }
+        ReconcileTimer {
+            start: Instant::now(),
+            histogram: self.duration.clone(),
+        }
     }
 
     /// Counts a failed reconcile under the error's category.
     pub fn failure(&self, error: &dyn Categorized) {
-        self.failures.get_or_create(&CategoryLabels { category: error.category().into() }).inc();
+        self.failures
+            .get_or_create(&CategoryLabels {
+                category: error.category().into(),
+            })
+            .inc();
     }
 }
 
@@ -107,7 +118,10 @@ mod tests {
         m.failure(&E);
         let mut out = String::new();
         encode(&mut out, &r).unwrap_or_default();
-        assert!(out.contains("capstan_secret_rotation_reconciles_total 1"), "{out}");
+        assert!(
+            out.contains("capstan_secret_rotation_reconciles_total 1"),
+            "{out}"
+        );
         assert!(
             out.contains(
                 "capstan_secret_rotation_reconcile_failures_total{category=\"backend_unreachable\"} 1"

@@ -90,7 +90,10 @@ mod tests {
             user: String,
             password: SecretValue,
         }
-        let l = Login { user: "app".into(), password: SecretValue::new("canary-123") };
+        let l = Login {
+            user: "app".into(),
+            password: SecretValue::new("canary-123"),
+        };
         let printed = format!("{l:?}");
         assert!(printed.contains("app"));
         assert!(!printed.contains("canary-123"), "{printed}");

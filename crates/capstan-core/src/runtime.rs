@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::future::join_all;
+use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
-use k8s_openapi::NamespaceResourceScope;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -61,14 +61,25 @@ impl Readiness {
     /// Registers a flag, initially not ready.
     pub fn register(&self, name: &str) -> ReadyFlag {
         self.lock().insert(name.to_owned(), false);
-        ReadyFlag { readiness: self.clone(), name: name.to_owned() }
+        ReadyFlag {
+            readiness: self.clone(),
+            name: name.to_owned(),
+        }
     }
 
     /// Whether every registered flag is set, and the names of those that are not.
     pub fn check(&self) -> Result<(), Vec<String>> {
-        let waiting: Vec<String> =
-            self.lock().iter().filter(|(_, ready)| !**ready).map(|(n, _)| n.clone()).collect();
-        if waiting.is_empty() { Ok(()) } else { Err(waiting) }
+        let waiting: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(waiting)
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
@@ -102,7 +113,12 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
     shutdown: CancellationToken,
 ) where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Eq + Hash + Clone + Debug + Unpin,
     Ctx: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,

@@ -30,8 +30,12 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(field_manager).force(), &Patch::Apply(&patch))
-        .await
+    api.patch_status(
+        name,
+        &PatchParams::apply(field_manager).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
 }
 
 /// Applies a whole object (its name and namespace taken from `obj`), owned by
@@ -40,8 +44,12 @@ pub async fn apply<K>(api: &Api<K>, obj: &K, field_manager: &str) -> Result<K, k
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
-    api.patch(&obj.name_any(), &PatchParams::apply(field_manager).force(), &Patch::Apply(obj))
-        .await
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply(field_manager).force(),
+        &Patch::Apply(obj),
+    )
+    .await
 }
 
 /// Computes a new status from the current one with `update`, stamps the generation

@@ -9,6 +9,7 @@
 //! The stage scheduler and the controller that runs Jobs and ECS deployments come in a
 //! later step.
 
+pub mod controller;
 pub mod crd;
 pub mod template;
 pub mod validation;

@@ -9,6 +9,7 @@
 //! start). Defaults for nested optional objects (behavior) are the HPA's and are applied
 //! by the algorithm, not by the API server: see [`crate::algorithm::ResolvedBehavior`].
 
+use capstan_core::connection::ConnectionRef;
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -78,7 +79,7 @@ pub const CONDITION_SCALING_LIMITED: &str = "ScalingLimited";
 pub struct ServiceScalingSpec {
     /// The cluster-scoped ClusterConnection (AWS account, region and role, owned by the
     /// cluster admin) through which the service is read and scaled.
-    pub connection_ref: ConnectionReference,
+    pub connection_ref: ConnectionRef,
 
     /// The ECS service to scale.
     pub service: EcsServiceReference,
@@ -157,15 +158,6 @@ fn default_tolerance() -> Tolerance {
 
 fn default_evaluation_interval() -> DurationString {
     DurationString::new("15s").unwrap_or_else(|_| unreachable!("15s is a valid duration"))
-}
-
-/// A reference to a ClusterConnection.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionReference {
-    /// The ClusterConnection's name.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
 }
 
 /// An ECS service, by cluster and service name.
@@ -650,6 +642,15 @@ pub enum ScaleDirection {
     Up,
     /// Fewer tasks.
     Down,
+}
+
+impl capstan_core::conditions::ObjectStatus for ServiceScalingStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+    }
 }
 
 #[cfg(test)]

@@ -6,5 +6,6 @@
 //! - [`replay`]: a deterministic simulation of a sales event, for tests and `make bench`.
 
 pub mod algorithm;
+pub mod controller;
 pub mod crd;
 pub mod replay;

@@ -32,7 +32,10 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { registry, readiness });
+        .with_state(AdminState {
+            registry,
+            readiness,
+        });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the admin server to {addr}: {e}"))?;
@@ -53,7 +56,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
         Err(e) => (
@@ -67,8 +73,9 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match state.readiness.check() {
         Ok(()) => (StatusCode::OK, "ok".to_owned()),
-        Err(waiting) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for: {}", waiting.join(", ")))
-        }
+        Err(waiting) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for: {}", waiting.join(", ")),
+        ),
     }
 }

@@ -51,7 +51,12 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Namespaces to watch (comma-separated); all namespaces when empty.
-    #[arg(long, env = "CAPSTAN_NAMESPACES", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "CAPSTAN_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     pub namespaces: Vec<String>,
 
     /// Controllers to start (comma-separated).
@@ -114,6 +119,11 @@ pub struct RunArgs {
 
     /// Turn off the AWS SDK's retries (tests against an emulator that answers
     /// unimplemented calls with a retryable 500). Never needed in production.
-    #[arg(long, env = "CAPSTAN_AWS_NO_RETRIES", default_value_t = false, hide = true)]
+    #[arg(
+        long,
+        env = "CAPSTAN_AWS_NO_RETRIES",
+        default_value_t = false,
+        hide = true
+    )]
     pub aws_no_retries: bool,
 }

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use capstan_aws::{ClientOptions, Retries, StaticCredentials};
 use capstan_core::conditions::{self, Desired, READY};
-use capstan_core::connection::{
-    AwsConnection, ClusterConnection, ClusterConnectionStatus, LocalSecretRef, VaultConnection,
-};
+use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef, VaultConnection};
 use capstan_core::error::Categorized;
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::redact::SecretValue;
@@ -37,7 +35,11 @@ const RETRY: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("Secret {namespace}/{name} {problem}")]
-    CredentialsSecret { namespace: String, name: String, problem: String },
+    CredentialsSecret {
+        namespace: String,
+        name: String,
+        problem: String,
+    },
     #[error(transparent)]
     Aws(#[from] capstan_aws::AwsError),
     #[error("Vault at {address}: {problem}")]
@@ -94,7 +96,11 @@ pub async fn run(
         .with_config(kube::runtime::Config::default().concurrency(rt.concurrency));
     let store = controller.store();
     let aws_options = ClientOptions {
-        retries: if aws_no_retries { Retries::Off } else { Retries::Standard(3) },
+        retries: if aws_no_retries {
+            Retries::Off
+        } else {
+            Retries::Standard(3)
+        },
         session_name: format!("capstan-{}", rt.instance),
         ..ClientOptions::default()
     };
@@ -102,7 +108,12 @@ pub async fn run(
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_else(|_| reqwest::Client::new());
-    let ctx = Arc::new(Ctx { rt, metrics, aws_options, http });
+    let ctx = Arc::new(Ctx {
+        rt,
+        metrics,
+        aws_options,
+        http,
+    });
     let ready = async move {
         if store.wait_until_ready().await.is_ok() {
             flag.set(true);
@@ -130,7 +141,10 @@ async fn reconcile(conn: Arc<ClusterConnection>, ctx: Arc<Ctx>) -> Result<Action
     status.kind = Some(conn.spec.kind().as_str().to_owned());
     let now = ctx.rt.clock.now();
     let (desired, requeue) = match &checked {
-        Ok(detail) => (Desired::new(READY, true, "Reachable", detail.clone()), RECHECK),
+        Ok(detail) => (
+            Desired::new(READY, true, "Reachable", detail.clone()),
+            RECHECK,
+        ),
         Err(e) => {
             ctx.metrics.failure(e);
             tracing::warn!(connection = %name, error = %e, "connection check failed");
@@ -138,7 +152,12 @@ async fn reconcile(conn: Arc<ClusterConnection>, ctx: Arc<Ctx>) -> Result<Action
         }
     };
     let before = conn.status.clone().unwrap_or_default();
-    conditions::set(&mut status.conditions, desired, conn.metadata.generation, now);
+    conditions::set(
+        &mut status.conditions,
+        desired,
+        conn.metadata.generation,
+        now,
+    );
     if status != before {
         let api: Api<ClusterConnection> = Api::all(ctx.rt.client.clone());
         ssa::apply_status(&api, &name, FIELD_MANAGER, &status).await?;
@@ -155,19 +174,28 @@ async fn check_aws(ctx: &Ctx, name: &str, aws: &AwsConnection) -> Result<String,
     let creds = match &aws.credentials_secret_ref {
         None => None,
         Some(r) => Some(StaticCredentials {
-            access_key_id: read_secret_key(ctx, r, "AWS_ACCESS_KEY_ID").await?.expose().to_owned(),
+            access_key_id: read_secret_key(ctx, r, "AWS_ACCESS_KEY_ID")
+                .await?
+                .expose()
+                .to_owned(),
             secret_access_key: read_secret_key(ctx, r, "AWS_SECRET_ACCESS_KEY").await?,
             session_token: read_secret_key(ctx, r, "AWS_SESSION_TOKEN").await.ok(),
         }),
     };
     let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
     let id = capstan_aws::check_identity(name, aws, &config).await?;
-    Ok(format!("authenticated in account {} as {}", id.account, id.arn))
+    Ok(format!(
+        "authenticated in account {} as {}",
+        id.account, id.arn
+    ))
 }
 
 async fn check_vault(ctx: &Ctx, vault: &VaultConnection) -> Result<String, CheckError> {
     let address = vault.address.trim_end_matches('/').to_owned();
-    let fail = |problem: String| CheckError::Vault { address: address.clone(), problem };
+    let fail = |problem: String| CheckError::Vault {
+        address: address.clone(),
+        problem,
+    };
     let health = ctx
         .http
         .get(format!("{address}/v1/sys/health"))
@@ -177,20 +205,30 @@ async fn check_vault(ctx: &Ctx, vault: &VaultConnection) -> Result<String, Check
     // 200 active, 429 standby, 473 performance standby: all serve reads.
     let code = health.status().as_u16();
     if !matches!(code, 200 | 429 | 473) {
-        return Err(fail(format!("health check answered HTTP {code} (sealed or uninitialised)")));
+        return Err(fail(format!(
+            "health check answered HTTP {code} (sealed or uninitialised)"
+        )));
     }
     let Some(token_auth) = &vault.auth.token else {
         return Ok("server healthy; login is checked on first use".into());
     };
     let token = read_secret_key(ctx, &token_auth.secret_ref, "token").await?;
-    let mut req =
-        ctx.http.get(format!("{address}/v1/auth/token/lookup-self")).header("X-Vault-Token", token.expose());
+    let mut req = ctx
+        .http
+        .get(format!("{address}/v1/auth/token/lookup-self"))
+        .header("X-Vault-Token", token.expose());
     if let Some(ns) = &vault.namespace {
         req = req.header("X-Vault-Namespace", ns);
     }
-    let resp = req.send().await.map_err(|e| fail(format!("token lookup failed: {}", without_url(&e))))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| fail(format!("token lookup failed: {}", without_url(&e))))?;
     if !resp.status().is_success() {
-        return Err(fail(format!("token refused (HTTP {})", resp.status().as_u16())));
+        return Err(fail(format!(
+            "token refused (HTTP {})",
+            resp.status().as_u16()
+        )));
     }
     Ok("server healthy; token accepted".into())
 }

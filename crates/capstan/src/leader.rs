@@ -76,14 +76,13 @@ where
             tokio::pin!(run);
             tokio::select! {
                 _ = &mut run => false,
-                changed = async {
+                () = async {
                     loop {
                         if leading.changed().await.is_err() || !*leading.borrow_and_update() {
                             break;
                         }
                     }
                 } => {
-                    let _ = changed;
                     token.cancel();
                     run.await;
                     true
@@ -100,15 +99,21 @@ where
 
 /// Whether another identity holds an unexpired lease.
 async fn held_by_other(leases: &Api<Lease>, params: &Params) -> bool {
-    let Ok(Some(lease)) = leases.get_opt(&params.lease_name).await else { return false };
+    let Ok(Some(lease)) = leases.get_opt(&params.lease_name).await else {
+        return false;
+    };
     let Some(spec) = lease.spec else { return false };
-    spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty() && h != params.identity)
+    spec.holder_identity
+        .as_deref()
+        .is_some_and(|h| !h.is_empty() && h != params.identity)
 }
 
 /// Gives the lease up so that a successor need not wait for it to expire.
 async fn release(
     leading: tokio::sync::watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
+    task: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
 ) -> anyhow::Result<()> {
     drop(leading);
     match task.await {

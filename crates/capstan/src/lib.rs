@@ -23,7 +23,12 @@ use crate::cli::{ControllerName, RunArgs};
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log_level)?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let namespaces: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
+    let namespaces: Vec<String> = args
+        .namespaces
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         identity = %identity,
@@ -36,8 +41,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("building the Kubernetes client: {e}"))?;
-    crds::wait_established(&client, &crds::needed(&args.controllers), Duration::from_secs(args.crd_wait))
-        .await?;
+    crds::wait_established(
+        &client,
+        &crds::needed(&args.controllers),
+        Duration::from_secs(args.crd_wait),
+    )
+    .await?;
 
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
@@ -56,9 +65,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Every metric is registered before the registry is shared with the admin server.
     let mut registry = capstan_core::metrics::new_registry();
     let controllers = Controllers::register(&args, &mut registry);
-    let (addr, admin) =
-        admin::serve(args.metrics_addr, Arc::new(registry), readiness.clone(), shutdown.clone())
-            .await?;
+    let (addr, admin) = admin::serve(
+        args.metrics_addr,
+        Arc::new(registry),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     tracing::info!(%addr, "admin server listening (/metrics, /healthz, /readyz)");
 
     let run_controllers = {
@@ -66,7 +79,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         move |token: CancellationToken| controllers.clone().run(runtime.clone(), token)
     };
     if args.leader_elect {
-        let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| args.own_namespace.clone());
+        let lease_ns = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| args.own_namespace.clone());
         let params = leader::Params {
             lease_name: args.lease_name.clone(),
             namespace: lease_ns,

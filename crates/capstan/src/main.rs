@@ -2,7 +2,6 @@
 //! the CRDs, start the admin server, take part in leader election, run the enabled
 //! controllers while leading, and stop cleanly on SIGTERM or SIGINT.
 
-
 use std::process::ExitCode;
 
 use capstan::cli::{Cli, Command};
@@ -23,7 +22,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting the async runtime: {e}");
@@ -41,4 +43,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

@@ -21,7 +21,11 @@ pub fn init(format: Option<LogFormat>, filter: &str) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Text => builder.init(),
     }
     Ok(())

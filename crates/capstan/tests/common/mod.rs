@@ -1,7 +1,7 @@
 //! Runs `capstan run` as a real process against the test environment and reads its
 //! JSON log lines.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,7 +26,14 @@ pub struct Manager {
 pub async fn start(kubeconfig: &Path, identity: &str, extra: &[&str]) -> Manager {
     let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
         .arg("run")
-        .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "json", "--identity", identity])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--identity",
+            identity,
+        ])
         .args(["--log-level", "info,capstan=debug"])
         .args(extra)
         .env("KUBECONFIG", kubeconfig)
@@ -46,10 +53,10 @@ pub async fn start(kubeconfig: &Path, identity: &str, extra: &[&str]) -> Manager
         while let Ok(Some(line)) = lines.next_line().await {
             if line.contains("admin server listening") {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
+                if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr);
                 }
             }
             sink.lock().unwrap().push(line);
@@ -57,15 +64,25 @@ pub async fn start(kubeconfig: &Path, identity: &str, extra: &[&str]) -> Manager
     });
     let admin = match tokio::time::timeout(Duration::from_secs(60), rx).await {
         Ok(Ok(addr)) => addr,
-        _ => panic!("capstan {identity} did not start its admin server; logs:\n{}", logs.lock().unwrap().join("\n")),
+        _ => panic!(
+            "capstan {identity} did not start its admin server; logs:\n{}",
+            logs.lock().unwrap().join("\n")
+        ),
     };
-    Manager { child, identity: identity.to_owned(), admin, logs }
+    Manager {
+        child,
+        identity: identity.to_owned(),
+        admin,
+        logs,
+    }
 }
 
 impl Manager {
     /// GETs a path of the admin server: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let resp = reqwest::get(format!("http://{}{path}", self.admin)).await.expect("admin GET");
+        let resp = reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .expect("admin GET");
         let code = resp.status().as_u16();
         (code, resp.text().await.unwrap_or_default())
     }
