@@ -128,7 +128,9 @@ pub async fn sdk_config(
         ));
     }
     let base = loader.load().await;
-    let Some(role) = &conn.role_arn else { return base };
+    let Some(role) = &conn.role_arn else {
+        return base;
+    };
     let mut builder = AssumeRoleProvider::builder(role.clone())
         .session_name(options.session_name.clone())
         .region(Region::new(conn.region.clone()))
@@ -137,7 +139,9 @@ pub async fn sdk_config(
         builder = builder.external_id(id.clone());
     }
     let provider = builder.build().await;
-    base.into_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build()
+    base.into_builder()
+        .credentials_provider(SharedCredentialsProvider::new(provider))
+        .build()
 }
 
 /// The AWS identity behind a configuration.
@@ -156,12 +160,14 @@ pub async fn check_identity(
     conn: &AwsConnection,
     config: &SdkConfig,
 ) -> Result<Identity, AwsError> {
-    let out = aws_sdk_sts::Client::new(config).get_caller_identity().send().await.map_err(|e| {
-        AwsError::Identity {
+    let out = aws_sdk_sts::Client::new(config)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| AwsError::Identity {
             connection: connection.into(),
             message: aws_sdk_sts::error::DisplayErrorContext(&e).to_string(),
-        }
-    })?;
+        })?;
     let identity = Identity {
         account: out.account().unwrap_or_default().to_owned(),
         arn: out.arn().unwrap_or_default().to_owned(),
