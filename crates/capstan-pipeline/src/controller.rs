@@ -40,13 +40,9 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
         connection_of: |o: &Pipeline| o.spec.connection_ref.as_ref(),
         kind_of: |_: &Pipeline| ConnectionKind::Aws,
         validate: |o: &Pipeline| {
-            crate::validation::validate(&o.spec).map_err(|errors| {
-                errors
-                    .iter()
-                    .map(|e| format!("spec.{}: {}", e.path, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
+            // FieldError paths already start at `spec.`.
+            crate::validation::validate(&o.spec)
+                .map_err(|errors| crate::validation::summarize(&errors))
         },
         missing: "running stages is not part of this Capstan build yet",
     };

@@ -45,13 +45,9 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
             _ => ConnectionKind::Aws,
         },
         validate: |o: &SecretRotation| {
-            crate::validation::validate(&o.spec).map_err(|errors| {
-                errors
-                    .iter()
-                    .map(|e| format!("spec.{}: {}", e.path, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
+            // FieldError paths already start at `spec.`.
+            crate::validation::validate(&o.spec)
+                .map_err(|errors| crate::validation::summarize(&errors))
         },
         missing: "rotation is not part of this Capstan build yet",
     };
