@@ -13,6 +13,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::Controller;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -80,8 +81,11 @@ pub async fn connection_gate(
     }
 }
 
-/// Adds a watch on ClusterConnections to a controller: a change to a connection
-/// re-runs every object (in the controller's cache) that names it.
+/// Adds watches on ClusterConnections and Namespaces to a controller: a change to a
+/// connection re-runs every object (in the controller's cache) that names it, and a
+/// change to a namespace (its labels may now match a connection's selector) re-runs
+/// the objects in it that name a connection. So a refusal waits for a change instead
+/// of polling.
 pub fn watch_connections<K>(
     rt: &Runtime,
     controller: Controller<K>,
@@ -91,20 +95,31 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let store = controller.store();
-    let api: Api<ClusterConnection> = Api::all(rt.client.clone());
-    controller.watches(
-        api,
-        watcher::Config::default().any_semantic(),
-        move |conn| {
+    let by_connection = store.clone();
+    let connections: Api<ClusterConnection> = Api::all(rt.client.clone());
+    let namespaces: Api<Namespace> = Api::all(rt.client.clone());
+    let config = || watcher::Config::default().any_semantic();
+    controller
+        .watches(connections, config(), move |conn| {
             let name = conn.name_any();
-            store
+            by_connection
                 .state()
                 .into_iter()
                 .filter(|o: &Arc<K>| connection_of(o).is_some_and(|r| r.name == name))
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
-        },
-    )
+        })
+        .watches(namespaces, config(), move |ns| {
+            let name = ns.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|o: &Arc<K>| {
+                    o.namespace().as_deref() == Some(name.as_str()) && connection_of(o).is_some()
+                })
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        })
 }
 
 /// The reason a resource gives while its domain step is not part of the build.

@@ -8,6 +8,9 @@ use capstan::cli::{Cli, Command};
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // kube, reqwest and the AWS SDK each bring rustls; with more than one crypto
+    // provider compiled in, rustls needs to be told which is the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { dir } => match capstan::crds::write(dir.as_deref()) {

@@ -1,0 +1,193 @@
+//! The CRDs against a real kube-apiserver: bad input is refused at admission with the
+//! offending field path in the message; good input is accepted.
+
+use capstan_core::connection::ClusterConnection;
+use capstan_pipeline::crd::Pipeline;
+use capstan_secret_rotation::crd::SecretRotation;
+use capstan_service_scaling::crd::ServiceScaling;
+use capstan_testenv::{TempNamespace, TestEnv};
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+
+async fn create<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    ns: Option<&str>,
+    obj: Value,
+) -> Result<(), String> {
+    let ar = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let mut obj = obj;
+    obj["apiVersion"] = json!(K::api_version(&()));
+    obj["kind"] = json!(K::kind(&()));
+    let dynamic: DynamicObject = serde_json::from_value(obj).expect("object");
+    match api.create(&PostParams::default(), &dynamic).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 422 => Err(s.message),
+        Err(e) => panic!("unexpected error (not a validation refusal): {e}"),
+    }
+}
+
+fn rotation(name: &str) -> Value {
+    json!({
+        "metadata": { "name": name },
+        "spec": {
+            "connectionRef": { "name": "aws-payments" },
+            "backend": { "awsSecretsManager": { "secretId": "payments/api-key" } },
+            "target": { "none": {} },
+            "schedule": { "interval": "720h" }
+        }
+    })
+}
+
+/// Each case breaks a valid SecretRotation in one way; the API server must refuse it
+/// and name the field.
+#[tokio::test]
+async fn invalid_secret_rotations_are_refused_with_the_field_path() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let client = kube.client().await;
+    create::<SecretRotation>(&client, Some(ns.name()), rotation("valid"))
+        .await
+        .expect("the valid SecretRotation is accepted");
+
+    type Case = (&'static str, fn(&mut Value), &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "two backends",
+            |v| v["spec"]["backend"]["kubernetes"] = json!({"secretName": "x"}),
+            "spec.backend",
+        ),
+        (
+            "no backend",
+            |v| v["spec"]["backend"] = json!({}),
+            "spec.backend",
+        ),
+        (
+            "two targets",
+            |v| {
+                v["spec"]["target"]["mysql"] =
+                    json!({"host": "db", "username": "u", "adminSecretRef": {"name": "a"}})
+            },
+            "spec.target",
+        ),
+        (
+            "malformed interval",
+            |v| v["spec"]["schedule"]["interval"] = json!("every day"),
+            "spec.schedule.interval",
+        ),
+        (
+            "interval and cron",
+            |v| v["spec"]["schedule"]["cron"] = json!("0 3 * * *"),
+            "spec.schedule",
+        ),
+        (
+            "generator too short for its classes",
+            |v| v["spec"]["generator"] = json!({"length": 2}),
+            "spec.generator",
+        ),
+        (
+            "alternating users without a database",
+            |v| v["spec"]["strategy"] = json!({"alternatingUsers": {}}),
+            "spec.strategy",
+        ),
+        (
+            "single user with rollouts, unacknowledged",
+            |v| {
+                v["spec"]["target"] = json!({"postgres": {"host": "db", "database": "app", "username": "app", "adminSecretRef": {"name": "admin"}}});
+                v["spec"]["strategy"] = json!({"singleUser": {}});
+                v["spec"]["delivery"] =
+                    json!({"rollouts": [{"kind": "Deployment", "name": "api"}]});
+            },
+            "spec.strategy",
+        ),
+        (
+            "aws backend without a connection",
+            |v| {
+                v["spec"]
+                    .as_object_mut()
+                    .expect("spec")
+                    .remove("connectionRef");
+            },
+            "spec",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, mutate, path)) in cases.into_iter().enumerate() {
+        let mut obj = rotation(&format!("bad-{i}"));
+        mutate(&mut obj);
+        match create::<SecretRotation>(&client, Some(ns.name()), obj).await {
+            Ok(()) => failures.push(format!("{what}: accepted")),
+            Err(msg) if msg.contains(&format!("{path}:")) || msg.contains(&format!("{path}.")) => {}
+            Err(msg) => failures.push(format!("{what}: refused without field path {path}: {msg}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// ServiceScaling: min above max and a zero target are refused with their paths.
+#[tokio::test]
+async fn invalid_service_scalings_are_refused_with_the_field_path() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let client = kube.client().await;
+    let base = |name: &str| {
+        json!({
+            "metadata": { "name": name },
+            "spec": {
+                "connectionRef": { "name": "aws-shop" },
+                "service": { "cluster": "shop", "service": "web" },
+                "minReplicas": 2,
+                "maxReplicas": 10,
+                "metrics": [ { "cpuUtilization": { "targetPercent": 60 } } ]
+            }
+        })
+    };
+    create::<ServiceScaling>(&client, Some(ns.name()), base("ok"))
+        .await
+        .expect("valid accepted");
+    let mut min_above_max = base("min-above-max");
+    min_above_max["spec"]["minReplicas"] = json!(20);
+    let msg = create::<ServiceScaling>(&client, Some(ns.name()), min_above_max)
+        .await
+        .expect_err("refused");
+    assert!(msg.contains("spec.minReplicas"), "{msg}");
+    let mut zero = base("zero-target");
+    zero["spec"]["metrics"][0]["cpuUtilization"]["targetPercent"] = json!(0);
+    let msg = create::<ServiceScaling>(&client, Some(ns.name()), zero)
+        .await
+        .expect_err("refused");
+    assert!(
+        msg.contains("spec.metrics[0].cpuUtilization.targetPercent"),
+        "{msg}"
+    );
+}
+
+/// ClusterConnection: neither aws nor vault, or both, is refused; a Pipeline without
+/// stages is refused.
+#[tokio::test]
+async fn invalid_connections_and_pipelines_are_refused() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let client = kube.client().await;
+    let name = format!("neither-{}", ns.name());
+    let msg = create::<ClusterConnection>(
+        &client,
+        None,
+        json!({"metadata": {"name": name}, "spec": {}}),
+    )
+    .await
+    .expect_err("refused");
+    assert!(msg.contains("exactly one of aws or vault"), "{msg}");
+    let msg = create::<Pipeline>(
+        &client,
+        Some(ns.name()),
+        json!({"metadata": {"name": "empty"}, "spec": {"revision": "abc123", "stages": []}}),
+    )
+    .await
+    .expect_err("refused");
+    assert!(msg.contains("spec.stages"), "{msg}");
+}
