@@ -86,6 +86,9 @@ verdict() { # kind ns name reason
   echo "    FAIL: $1 $2/$3 reports '${got}', expected $4" >&2; ok=false
 }
 verdict secretrotation payments card-vault-key NotImplemented
+verdict secretrotation payments orders-db NotImplemented
+verdict servicescaling shop web NotImplemented
+verdict pipeline shop shop NotImplemented
 verdict secretrotation shop sneaky-card-key ConnectionNotAllowed
 show
 grep -E "ERROR|panicked" "$state/capstan.log" && { echo "capstan logged errors" >&2; ok=false; }

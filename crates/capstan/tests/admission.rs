@@ -191,3 +191,52 @@ async fn invalid_connections_and_pipelines_are_refused() {
     .expect_err("refused");
     assert!(msg.contains("spec.stages"), "{msg}");
 }
+
+/// Every example under manifests/examples is accepted by the API server (server-side
+/// dry run), so the documentation cannot drift from the schema.
+#[tokio::test]
+async fn every_example_is_accepted() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let client = kube.client().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/examples");
+    let mut seen = 0;
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("read");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut obj: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+            let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+            let ar = match kind.as_str() {
+                "ClusterConnection" => ApiResource::erase::<ClusterConnection>(&()),
+                "SecretRotation" => ApiResource::erase::<SecretRotation>(&()),
+                "ServiceScaling" => ApiResource::erase::<ServiceScaling>(&()),
+                "Pipeline" => ApiResource::erase::<Pipeline>(&()),
+                other => panic!("{}: unexpected kind {other}", path.display()),
+            };
+            let api: Api<DynamicObject> = if kind == "ClusterConnection" {
+                Api::all_with(client.clone(), &ar)
+            } else {
+                obj["metadata"]["namespace"] = json!(ns.name());
+                Api::namespaced_with(client.clone(), ns.name(), &ar)
+            };
+            let dynamic: DynamicObject = serde_json::from_value(obj).expect("object");
+            api.create(
+                &PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                },
+                &dynamic,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{} ({kind}) refused: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 6, "only {seen} examples found in {}", dir.display());
+}
