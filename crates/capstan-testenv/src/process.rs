@@ -429,7 +429,7 @@ pub(crate) async fn http_ok(
     url: &str,
     expect: Option<&str>,
 ) -> std::result::Result<(), String> {
-    let resp = client.get(url).send().await.map_err(|e| format!("{e}"))?;
+    let resp = client.get(url).send().await.map_err(|e| error_chain(&e))?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -440,6 +440,18 @@ pub(crate) async fn http_ok(
         Some(text) if !body.contains(text) => Err(format!("GET {url}: {body:?} lacks {text:?}")),
         _ => Ok(()),
     }
+}
+
+/// An error and its sources, `outer: inner: innermost`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A random string of ASCII letters and digits (passwords, tokens, names).
@@ -475,4 +487,108 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
         .map_err(|e| Error::other(format!("writing {}", path.display()), e))?;
     f.write_all(contents)
         .map_err(|e| Error::other(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn shutdown_kills_process_groups_with_their_children_and_removes_the_dir() {
+        let sup = Supervisor::new(false).expect("supervisor");
+        let dir = sup.service_dir("sleeper").expect("dir");
+        let log = dir.join("sleeper.log");
+        // A leader with a child that leaves the group, as PostgreSQL's children do.
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg("setsid sleep 1000 & echo child $!; exec sleep 1000");
+        let spawned = sup.spawn("sleeper", &mut cmd, &log, &[]).expect("spawn");
+        let start = Instant::now();
+        let child = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(pid) = text
+                .strip_prefix("child ")
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no child pid");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(alive(spawned.pid) && alive(child));
+        let root = sup.root().to_owned();
+        assert!(root.is_dir());
+        sup.shutdown();
+        assert!(!alive(spawned.pid), "leader survived");
+        assert!(!alive(child), "child in its own group survived");
+        assert!(!root.exists(), "{} not removed", root.display());
+    }
+
+    #[tokio::test]
+    async fn early_exit_is_reported_with_the_log() {
+        let sup = Supervisor::new(false).expect("supervisor");
+        let dir = sup.service_dir("failing").expect("dir");
+        let log = dir.join("failing.log");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo 'listen tcp: bind: address already in use' >&2; exit 3");
+        let spawned = sup.spawn("failing", &mut cmd, &log, &[]).expect("spawn");
+        let err = wait_ready(&sup, &spawned, Duration::from_secs(10), "probe", || async {
+            Err::<(), _>("not yet".to_owned())
+        })
+        .await
+        .expect_err("the process exits");
+        let text = err.to_string();
+        assert!(text.starts_with("failing: exited"), "{text}");
+        assert!(text.contains(&log.display().to_string()), "{text}");
+        assert!(text.contains("address already in use"), "{text}");
+        assert!(err.is_port_clash());
+        sup.shutdown();
+    }
+
+    #[tokio::test]
+    async fn port_clashes_are_retried_other_errors_are_not() {
+        let mut calls = 0;
+        let res = with_port_retry(|| {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(Error::Service {
+                        service: "x".to_owned(),
+                        message: "exited".to_owned(),
+                        log: PathBuf::from("/dev/null"),
+                        tail: "bind: Address already in use".to_owned(),
+                    })
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(res.expect("third try works"), 3);
+
+        let mut calls = 0;
+        let res: Result<()> = with_port_retry(|| {
+            calls += 1;
+            async { Err(Error::other("x", "no such file")) }
+        })
+        .await;
+        assert!(res.is_err());
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn free_ports_are_not_handed_out_twice() {
+        let sup = Supervisor::new(false).expect("supervisor");
+        let ports: HashSet<u16> = (0..20).map(|_| sup.free_port().expect("port")).collect();
+        assert_eq!(ports.len(), 20);
+        sup.shutdown();
+    }
 }
