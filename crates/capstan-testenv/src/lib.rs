@@ -39,7 +39,7 @@
 //!
 //! `cargo test` runs each test binary as one process, so each binary starts its services
 //! once. (A runner that runs every test in a process of its own, like cargo-nextest,
-//! would start them per test: point such runs at one `capstan-testenv up` instead.)
+//! starts them once per test: slower, still correct.)
 //!
 //! Services are shared by the tests of a binary: give every test its own namespace
 //! ([`TempNamespace`], [`with_temp_ns`]), AWS resource names, Vault paths and databases.
