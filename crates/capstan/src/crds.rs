@@ -16,11 +16,57 @@ use crate::cli::ControllerName;
 /// Every CRD, in a stable order: (file stem, definition).
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("clusterconnections", ClusterConnection::crd()),
-        ("secretrotations", SecretRotation::crd()),
-        ("servicescalings", ServiceScaling::crd()),
-        ("pipelines", Pipeline::crd()),
+        ("clusterconnections", tidy(ClusterConnection::crd())),
+        ("secretrotations", tidy(SecretRotation::crd())),
+        ("servicescalings", tidy(ServiceScaling::crd())),
+        ("pipelines", tidy(Pipeline::crd())),
     ]
+}
+
+/// Joins the wrapped lines of each doc-comment description into paragraphs, so that
+/// `kubectl explain` wraps them to the terminal instead of at the source's 100 columns.
+fn tidy(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(s) if k == "description" => *s = reflow(s),
+                        _ => walk(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// One line per paragraph; list items (`- `) and blank-line breaks are kept.
+fn reflow(text: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut joining = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            out.push(String::new());
+            joining = false;
+        } else if joining && !line.starts_with("- ") {
+            if let Some(last) = out.last_mut() {
+                last.push(' ');
+                last.push_str(line);
+            }
+        } else {
+            out.push(line.to_owned());
+            joining = true;
+        }
+    }
+    out.join("\n")
 }
 
 /// Prints all CRDs as one YAML stream, or writes `<plural>.yaml` files into `dir`.
@@ -89,4 +135,19 @@ fn is_established(crd: &CustomResourceDefinition) -> bool {
             cs.iter()
                 .any(|c| c.type_ == "Established" && c.status == "True")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reflow;
+
+    #[test]
+    fn reflow_joins_wrapped_lines_and_keeps_paragraphs_and_lists() {
+        let text =
+            "The namespaces allowed.\nA second line.\n\nNew paragraph:\n- one\n- two\n  continued";
+        assert_eq!(
+            reflow(text),
+            "The namespaces allowed. A second line.\n\nNew paragraph:\n- one\n- two continued"
+        );
+    }
 }
