@@ -17,7 +17,6 @@ use capstan_core::redact::SecretValue;
 use capstan_core::runtime::Runtime;
 use capstan_core::ssa;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
@@ -247,24 +246,11 @@ async fn read_secret_key(
     r: &LocalSecretRef,
     default_key: &str,
 ) -> Result<SecretValue, CheckError> {
-    let key = r.key.as_deref().unwrap_or(default_key);
-    let ns = &ctx.rt.own_namespace;
-    let err = |problem: String| CheckError::CredentialsSecret {
-        namespace: ns.clone(),
-        name: r.name.clone(),
-        problem,
-    };
-    let secret = Api::<Secret>::namespaced(ctx.rt.client.clone(), ns)
-        .get_opt(&r.name)
+    capstan_core::secret_ref::read_key(&ctx.rt.client, &ctx.rt.own_namespace, r, default_key)
         .await
-        .map_err(|e| err(format!("cannot be read: {e}")))?
-        .ok_or_else(|| err("does not exist".into()))?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .ok_or_else(|| err(format!("has no key {key:?}")))?;
-    String::from_utf8(bytes.0.clone())
-        .map(SecretValue::new)
-        .map_err(|_| err(format!("key {key:?} is not UTF-8")))
+        .map_err(|e| CheckError::CredentialsSecret {
+            namespace: e.namespace,
+            name: e.name,
+            problem: e.problem,
+        })
 }
