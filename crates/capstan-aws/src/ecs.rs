@@ -17,6 +17,10 @@ use aws_sdk_ecs::error::ProvideErrorMetadata;
 use aws_sdk_ecs::types::DeploymentRolloutState;
 use capstan_core::error::Categorized;
 
+/// The SDK, for callers that need a type or call Capstan itself does not wrap (tests
+/// creating services).
+pub use aws_sdk_ecs as sdk;
+
 /// The most services one DescribeServices call accepts.
 pub const DESCRIBE_SERVICES_MAX: usize = 10;
 

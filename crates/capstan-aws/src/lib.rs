@@ -10,6 +10,8 @@
 //! The standard `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` variables are
 //! honoured by the SDK's loader; an `endpointUrl` in the connection takes precedence.
 
+pub mod autoscaling;
+pub mod cloudwatch;
 pub mod ecs;
 
 use std::time::Duration;

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod redact;
 pub mod runtime;
 pub mod schedule;
+pub mod secret_ref;
 pub mod ssa;
 
 /// The API group of every Capstan resource.
