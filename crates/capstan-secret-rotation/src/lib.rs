@@ -12,6 +12,7 @@
 pub mod controller;
 pub mod crd;
 pub mod generator;
+pub mod rotation;
 pub mod template;
 pub mod validation;
 
