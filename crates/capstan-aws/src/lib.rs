@@ -13,6 +13,7 @@
 pub mod autoscaling;
 pub mod cloudwatch;
 pub mod ecs;
+pub mod secrets_manager;
 
 use std::time::Duration;
 

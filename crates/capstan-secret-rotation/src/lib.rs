@@ -9,10 +9,12 @@
 //! - [`controller`]: so far only the connection gate and spec validation, reported as
 //!   conditions; the rotation itself (backends, databases, delivery) comes in a later step.
 
+pub mod backend;
 pub mod controller;
 pub mod crd;
 pub mod generator;
 pub mod rotation;
+pub mod target;
 pub mod template;
 pub mod validation;
 

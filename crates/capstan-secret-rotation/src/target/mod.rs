@@ -1,0 +1,362 @@
+//! Credential targets of a SecretRotation: what a new value is set on and tested against,
+//! behind [`CredentialTarget`].
+//!
+//! - [`PostgresTarget`]: a PostgreSQL role. The password is sent as a SCRAM-SHA-256
+//!   verifier computed here (`ALTER ROLE .. PASSWORD 'SCRAM-SHA-256$...'`), so the
+//!   plaintext never reaches the server, its logs or `pg_stat_activity`.
+//! - [`MysqlTarget`]: a MySQL/MariaDB account; see its module for how the password is
+//!   sent.
+//! - [`NoTarget`]: nothing to set (API keys, tokens).
+//!
+//! [`TargetError`] separates a definitive refusal of the value itself
+//! ([`TargetError::Rejected`], e.g. a password policy), which must never be replayed,
+//! from transient failures (refused connections, too many clients, timeouts) and from the
+//! other outcomes. Usernames reach SQL only quoted ([`quote_pg_ident`],
+//! [`quote_mysql_string`]); no error message carries a password.
+
+mod mysql;
+mod postgres;
+
+use capstan_core::error::Categorized;
+use capstan_core::redact::SecretValue;
+
+pub use mysql::{MysqlPasswordForm, MysqlTarget, mysql_native_password_hash};
+pub use postgres::{PostgresTarget, PostgresTls};
+
+/// What a rotated credential is set on.
+#[async_trait::async_trait]
+pub trait CredentialTarget: Send + Sync + std::fmt::Debug {
+    /// Checks the admin connection works (used to report unreachable/denied before changing anything).
+    async fn check(&self) -> Result<(), TargetError>;
+    /// Ensures `username` exists; with `like = Some(other)`, creates it with the same grants/role
+    /// memberships as `other` if missing (alternating users). Idempotent.
+    async fn ensure_user(&self, username: &str, like: Option<&str>) -> Result<(), TargetError>;
+    /// Sets the password. PostgreSQL: send a SCRAM-SHA-256 verifier (ALTER ROLE .. PASSWORD '<verifier>'),
+    /// never the plaintext, so it cannot reach server logs. MySQL/MariaDB: the closest equivalent
+    /// (see [`MysqlTarget`]).
+    async fn set_password(&self, username: &str, password: &SecretValue)
+    -> Result<(), TargetError>;
+    /// Logs in as `username` with `password` and runs a trivial query. Ok(()) or a TargetError.
+    async fn test_login(&self, username: &str, password: &SecretValue) -> Result<(), TargetError>;
+}
+
+/// Why a target call failed. `target` names the server (`PostgreSQL 10.0.0.5:5432`);
+/// no variant ever holds a password.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TargetError {
+    /// The server refused the value itself (a password policy: MariaDB's
+    /// `simple_password_check`, MySQL's `validate_password`, PostgreSQL's `passwordcheck`
+    /// or `credcheck`). Replaying the same value fails again: discard it.
+    #[error("{target}: the new password for {user:?} was rejected: {reason}")]
+    Rejected {
+        /// The server.
+        target: String,
+        /// The user whose password was being set.
+        user: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// Logging in as the user failed (the test step).
+    #[error("{target}: login as {user:?} failed: {detail}")]
+    LoginFailed {
+        /// The server.
+        target: String,
+        /// The user.
+        user: String,
+        /// What the server said.
+        detail: String,
+    },
+    /// The user does not exist.
+    #[error("{target}: user {user:?} does not exist")]
+    NotFound {
+        /// The server.
+        target: String,
+        /// The missing user.
+        user: String,
+    },
+    /// The admin login failed or lacks a privilege.
+    #[error("{target}: access denied to the admin user: {detail}")]
+    AccessDenied {
+        /// The server.
+        target: String,
+        /// What the server said.
+        detail: String,
+    },
+    /// Refused connection, timeout, too many clients, a server shutting down or in
+    /// recovery, a lock or deadlock, an admin account temporarily locked: retrying may
+    /// help.
+    #[error("{target}: unavailable: {detail}")]
+    Unavailable {
+        /// The server.
+        target: String,
+        /// What failed.
+        detail: String,
+    },
+    /// Anything else that retrying does not fix (bad TLS settings or CA bundle, an
+    /// invalid username, an unexpected server error).
+    #[error("{target}: {detail}")]
+    Invalid {
+        /// The server.
+        target: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl TargetError {
+    /// Whether the server refused the value itself: never replay it.
+    pub fn is_definitive_rejection(&self) -> bool {
+        matches!(self, TargetError::Rejected { .. })
+    }
+
+    /// Whether retrying the same call later may succeed without any change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TargetError::Unavailable { .. })
+    }
+
+    /// CamelCase condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TargetError::Rejected { .. } => "TargetRejected",
+            TargetError::LoginFailed { .. } => "TargetLoginFailed",
+            TargetError::NotFound { .. } => "TargetUserNotFound",
+            TargetError::AccessDenied { .. } => "TargetAccessDenied",
+            TargetError::Unavailable { .. } => "TargetUnavailable",
+            TargetError::Invalid { .. } => "TargetInvalid",
+        }
+    }
+
+    /// The same error with every occurrence of `secrets` (and their percent-encoded
+    /// forms) in its texts replaced by `[redacted]`: a server that echoes a statement
+    /// cannot carry a password out.
+    pub(crate) fn scrubbed(self, secrets: &[&SecretValue]) -> Self {
+        let s = |t: String| crate::crd::scrub(&t, secrets);
+        match self {
+            TargetError::Rejected {
+                target,
+                user,
+                reason,
+            } => TargetError::Rejected {
+                target,
+                user,
+                reason: s(reason),
+            },
+            TargetError::LoginFailed {
+                target,
+                user,
+                detail,
+            } => TargetError::LoginFailed {
+                target,
+                user,
+                detail: s(detail),
+            },
+            e @ TargetError::NotFound { .. } => e,
+            TargetError::AccessDenied { target, detail } => TargetError::AccessDenied {
+                target,
+                detail: s(detail),
+            },
+            TargetError::Unavailable { target, detail } => TargetError::Unavailable {
+                target,
+                detail: s(detail),
+            },
+            TargetError::Invalid { target, detail } => TargetError::Invalid {
+                target,
+                detail: s(detail),
+            },
+        }
+    }
+}
+
+impl Categorized for TargetError {
+    fn category(&self) -> &'static str {
+        match self {
+            TargetError::Rejected { .. } => "target_rejected",
+            TargetError::LoginFailed { .. } => "target_login_failed",
+            TargetError::NotFound { .. } => "target_user_not_found",
+            TargetError::AccessDenied { .. } => "target_access_denied",
+            TargetError::Unavailable { .. } => "target_unavailable",
+            TargetError::Invalid { .. } => "target_invalid",
+        }
+    }
+}
+
+/// The `none` target: the value is only stored and delivered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTarget;
+
+#[async_trait::async_trait]
+impl CredentialTarget for NoTarget {
+    async fn check(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn ensure_user(&self, _username: &str, _like: Option<&str>) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn set_password(
+        &self,
+        _username: &str,
+        _password: &SecretValue,
+    ) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn test_login(
+        &self,
+        _username: &str,
+        _password: &SecretValue,
+    ) -> Result<(), TargetError> {
+        Ok(())
+    }
+}
+
+/// A PostgreSQL identifier in double quotes, inner quotes doubled (`quote_ident`).
+pub fn quote_pg_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A MySQL/MariaDB identifier in backticks, inner backticks doubled.
+pub fn quote_mysql_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A MySQL/MariaDB string literal in single quotes, with `\` and `'` escaped (valid
+/// whether or not `NO_BACKSLASH_ESCAPES` is set only for strings without a backslash;
+/// [`MysqlTarget`] clears that mode on its sessions).
+pub fn quote_mysql_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\u{1a}' => out.push_str("\\Z"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Checks a username before it goes into SQL (quoted anyway): not empty, at most
+/// `max_len` bytes, no NUL.
+fn check_username(target: &str, username: &str, max_len: usize) -> Result<(), TargetError> {
+    if username.is_empty() || username.len() > max_len || username.contains('\0') {
+        return Err(TargetError::Invalid {
+            target: target.to_owned(),
+            detail: format!("username {username:?} must be 1 to {max_len} bytes without NUL"),
+        });
+    }
+    Ok(())
+}
+
+/// Rustls roots from a PEM bundle.
+fn root_store(target: &str, ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, TargetError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let invalid = |detail: String| TargetError::Invalid {
+        target: target.to_owned(),
+        detail,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| invalid(format!("CA bundle: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(format!("CA bundle: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid("CA bundle holds no certificate".into()));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                // Unparsable system certificates are skipped, as libpq does.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(invalid(
+                    "no CA bundle given and no system root certificates found".into(),
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_strings_are_quoted() {
+        assert_eq!(quote_pg_ident("app"), "\"app\"");
+        assert_eq!(quote_pg_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_mysql_ident("a`b"), "`a``b`");
+        assert_eq!(quote_mysql_string("it's\\x"), "'it''s\\\\x'");
+    }
+
+    #[test]
+    fn only_rejections_are_definitive_and_only_unavailable_is_transient() {
+        let t = || "PostgreSQL h:1".to_owned();
+        let all = [
+            TargetError::Rejected {
+                target: t(),
+                user: "u".into(),
+                reason: "policy".into(),
+            },
+            TargetError::LoginFailed {
+                target: t(),
+                user: "u".into(),
+                detail: "d".into(),
+            },
+            TargetError::NotFound {
+                target: t(),
+                user: "u".into(),
+            },
+            TargetError::AccessDenied {
+                target: t(),
+                detail: "d".into(),
+            },
+            TargetError::Unavailable {
+                target: t(),
+                detail: "refused".into(),
+            },
+            TargetError::Invalid {
+                target: t(),
+                detail: "d".into(),
+            },
+        ];
+        let rejections: Vec<_> = all.iter().filter(|e| e.is_definitive_rejection()).collect();
+        assert_eq!(rejections.len(), 1);
+        assert_eq!(rejections[0].reason(), "TargetRejected");
+        let transient: Vec<_> = all.iter().filter(|e| e.is_transient()).collect();
+        assert_eq!(transient.len(), 1);
+        assert_eq!(transient[0].category(), "target_unavailable");
+        let reasons: std::collections::BTreeSet<_> = all.iter().map(TargetError::reason).collect();
+        assert_eq!(reasons.len(), all.len());
+    }
+
+    #[test]
+    fn usernames_are_bounded() {
+        assert!(check_username("t", "app", 63).is_ok());
+        assert!(check_username("t", "", 63).is_err());
+        assert!(check_username("t", &"a".repeat(64), 63).is_err());
+        assert!(check_username("t", "a\0", 63).is_err());
+    }
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_invalid() {
+        assert!(matches!(
+            root_store("t", Some(b"not a pem")),
+            Err(TargetError::Invalid { .. })
+        ));
+    }
+}
