@@ -1,62 +1,1141 @@
 //! The SecretRotation controller.
 //!
-//! Reconcile pipeline: (1) resolve the connection the object names and refuse a
-//! namespace it does not allow ([`capstan_core::gate`]); (2) validate what the schema
-//! cannot ([`crate::validation::validate`]), reporting `Ready=False, InvalidSpec`;
-//! (3) rotate. Step 3, the four-step rotation protocol with delivery, is not in this
-//! build: objects that pass steps 1 and 2 say so with `Ready=Unknown, NotImplemented`,
-//! never a false `Ready=True`.
+//! Reconcile pipeline, one object at a time:
+//!
+//! 1. **gate**: resolve the ClusterConnection the object names and refuse a namespace it
+//!    does not allow ([`capstan_core::gate::connection_gate`]);
+//! 2. **validate** what the schema cannot ([`crate::validation::validate`]) and read the
+//!    policy ([`Policy::from_spec`]); an invalid spec waits for a change;
+//! 3. **decide** ([`rotation::plan`]): nothing due → write status, requeue at the next
+//!    rotation time (no backend or target call at all between rotations);
+//! 4. **build clients** ([`crate::context::build_clients`]): backend and target from the
+//!    spec, the admin Secret from the object's namespace, Vault/AWS from the connection;
+//!    before a rotation starts, check that the backend and target answer, so that an
+//!    unresolvable reference gives `Ready=False` naming it with nothing changed;
+//! 5. **claim** the step in status with an update conditioned on the resourceVersion
+//!    read (a stale Capstan, whose view is older, gets 409 and stops);
+//! 6. **do exactly one side effect** (store pending, set on the target, test, promote,
+//!    deliver), **record it** (which claims the next step), and go on until the
+//!    rotation is finished, waits for a rollout, or fails; then requeue.
+//!
+//! A crash anywhere resumes from what the backend shows ([`rotation::resume`]). Every
+//! step and delivery writes one audit line ([`crate::audit`]); Events mark rotations
+//! started, finished and failed.
 
-use capstan_core::connection::ConnectionKind;
-use capstan_core::gate::{Unimplemented, run_unimplemented};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_core::clock::from_k8s_time;
+use capstan_core::conditions::{self, Desired, Status};
+use capstan_core::connection::{ClusterConnection, ConnectionKind};
+use capstan_core::error::Categorized;
+use capstan_core::gate::{Gate, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
-use capstan_core::runtime::Runtime;
+use capstan_core::runtime::{Runtime, run_controller};
+use chrono::{DateTime, Utc};
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::SecretRotation;
+use crate::audit::{self, Subject};
+use crate::backend::{BackendError, Credential, RotationId, Version};
+use crate::context::{Clients, Context, RefError, build_clients};
+use crate::crd::{
+    Backend, ROTATE_NOW_ANNOTATION, RotationFailure, RotationInProgress, RotationOutcome,
+    RotationStep, RotationSummary, RotationTrigger, SecretRotation, SecretRotationStatus, Target,
+    condition_types as ct, reasons,
+};
+use crate::delivery;
+use crate::generator::PasswordGenerator;
+use crate::rotation::{self, BackendView, Outcome, Plan, Policy, Resume, Transition, Users};
+use crate::target::TargetError;
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "capstan-secret-rotation";
 
+/// Event reasons (CamelCase, stable).
+pub mod events {
+    /// A rotation started.
+    pub const ROTATION_STARTED: &str = "RotationStarted";
+    /// A rotation finished: the new credential is current and delivered.
+    pub const ROTATION_SUCCEEDED: &str = "RotationSucceeded";
+    /// An attempt failed definitively; a fresh value is tried.
+    pub const ATTEMPT_FAILED: &str = "RotationAttemptFailed";
+    /// Every attempt failed; the previous credential stays current.
+    pub const ROTATION_FAILED: &str = "RotationFailed";
+    /// A reference (admin Secret, database, Vault path, AWS secret) cannot be resolved.
+    pub const REFERENCE_UNRESOLVED: &str = "ReferenceUnresolved";
+}
+
+/// How often a rotation waiting for its rollouts looks again.
+const DELIVERY_POLL: Duration = Duration::from_secs(2);
+
+/// Label set of `rotations_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `succeeded` or `failed`.
+    pub outcome: String,
+}
+
 /// The controller's metrics, under `capstan_secret_rotation_`.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    controller: ControllerMetrics,
+    /// Reconciles, failures, durations.
+    pub controller: ControllerMetrics,
+    rotations: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    overdue: Gauge,
 }
 
 impl Metrics {
     /// Registers the metrics.
     pub fn register(registry: &mut Registry) -> Self {
-        Self {
-            controller: ControllerMetrics::register(registry, "secret_rotation"),
+        let controller = ControllerMetrics::register(registry, "secret_rotation");
+        let m = Self {
+            controller,
+            rotations: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
+            overdue: Gauge::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("secret_rotation");
+        sub.register(
+            "rotations",
+            "Finished rotations, by outcome (succeeded, failed)",
+            m.rotations.clone(),
+        );
+        sub.register(
+            "rotation_duration_seconds",
+            "Time from a rotation's start to its end (delivery included), in seconds",
+            m.duration.clone(),
+        );
+        sub.register(
+            "objects_overdue",
+            "SecretRotations whose scheduled rotation time passed without a successful rotation",
+            m.overdue.clone(),
+        );
+        m
+    }
+
+    fn rotation_finished(&self, outcome: RotationOutcome, seconds: f64) {
+        let outcome = match outcome {
+            RotationOutcome::Succeeded => "succeeded",
+            RotationOutcome::Failed => "failed",
+        };
+        self.rotations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.duration.observe(seconds.max(0.0));
+    }
+
+    pub(crate) fn set_overdue(&self, n: usize) {
+        self.overdue.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// Why a reconcile failed. Messages name objects, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes call failed.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The status claim was lost: someone (a stale or newer Capstan) wrote first.
+    #[error("status claim lost on {0}: another writer changed the object")]
+    ClaimLost(String),
+}
+
+impl Categorized for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(e) => e.category(),
+            Error::ClaimLost(_) => "claim_lost",
         }
     }
 }
 
 /// Runs the controller until `shutdown`.
 pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
-    let spec = Unimplemented {
-        name: "secret-rotation",
-        field_manager: FIELD_MANAGER,
-        connection_of: |o: &SecretRotation| o.spec.connection_ref.as_ref(),
-        kind_of: |o: &SecretRotation| match o.spec.backend.kind() {
-            crate::crd::BackendKind::Vault => ConnectionKind::Vault,
-            _ => ConnectionKind::Aws,
-        },
-        validate: |o: &SecretRotation| {
-            // FieldError paths already start at `spec.`.
-            crate::validation::validate(&o.spec)
-                .map_err(|errors| crate::validation::summarize(&errors))
-        },
-        missing: "rotation is not part of this Capstan build yet",
-    };
-    run_unimplemented(
-        rt,
-        metrics.controller,
-        spec,
-        |o: &SecretRotation| o.status.as_ref(),
+    failpoints_from_env();
+    let ctx = Arc::new(Context::new(rt.clone(), metrics));
+    run_controller(
+        &rt,
+        "secret-rotation",
+        ctx,
+        reconcile,
+        error_policy,
+        |c, _| watch_connections(&rt, c, |o: &SecretRotation| o.spec.connection_ref.as_ref()),
         shutdown,
     )
     .await;
+}
+
+fn error_policy(obj: Arc<SecretRotation>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.controller.failure(err);
+    match err {
+        // A newer view is on its way through the watch.
+        Error::ClaimLost(_) => Action::requeue(Duration::from_millis(500)),
+        _ => Action::requeue(rotation::backoff(ctx.failed(&key_of(&obj)))),
+    }
+}
+
+fn key_of(obj: &SecretRotation) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+// ---------------------------------------------------------------------------------------
+// Failpoints (tests only): `FAILPOINTS="secret-rotation::after-SetTarget=return"` makes
+// the process abort right after that side effect, before it is recorded.
+
+fn failpoints_from_env() {
+    #[cfg(feature = "failpoints")]
+    if let Ok(spec) = std::env::var("FAILPOINTS") {
+        for part in spec.split(';').filter(|p| !p.trim().is_empty()) {
+            if let Some((name, actions)) = part.split_once('=') {
+                if let Err(e) = fail::cfg(name.trim(), actions.trim()) {
+                    tracing::warn!(failpoint = name, error = %e, "bad failpoint");
+                }
+            }
+        }
+    }
+}
+
+/// A crash-injection point after a side effect: with the `failpoints` feature and the
+/// point configured to `return`, the process aborts here (as a crash would); `sleep(ms)`
+/// and `pause` hold the reconcile. Compiled out otherwise.
+fn crash_point(_name: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        let _: Option<()> = fail::eval(_name, |_| {
+            tracing::warn!(failpoint = _name, "failpoint: aborting");
+            std::process::abort()
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Status writes, conditioned on the resourceVersion last read or written.
+
+struct Writer {
+    api: Api<SecretRotation>,
+    obj: SecretRotation,
+}
+
+impl Writer {
+    /// Replaces the status, failing with [`Error::ClaimLost`] if the object changed since
+    /// it was read (HTTP 409).
+    async fn write(&mut self, status: &SecretRotationStatus) -> Result<(), Error> {
+        let mut o = self.obj.clone();
+        o.status = Some(status.clone());
+        o.metadata.managed_fields = None;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        match self.api.replace_status(&o.name_any(), &params, &o).await {
+            Ok(new) => {
+                self.obj = new;
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::ClaimLost(key_of(&self.obj))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn status(&self) -> SecretRotationStatus {
+        self.obj.status.clone().unwrap_or_default()
+    }
+}
+
+/// What the conditions say beyond the status record.
+struct View<'a> {
+    policy: Option<&'a Policy>,
+    created: DateTime<Utc>,
+    now: DateTime<Utc>,
+    idle_reason: &'static str,
+    ready_override: Option<(&'static str, String)>,
+    delivery_empty: bool,
+    gate: Vec<Desired<'static>>,
+}
+
+/// Sets the four conditions (plus the gate's) on `status` from the record and `view`.
+fn set_conditions(status: &mut SecretRotationStatus, generation: Option<i64>, view: View<'_>) {
+    let mut desired = view.gate;
+    let last_failed = status.recent_rotations.first().filter(|r| {
+        r.outcome == RotationOutcome::Failed
+            && status.last_rotation_time.is_none_or(|t| t < r.finished)
+    });
+    desired.push(match (&view.ready_override, last_failed) {
+        (Some((reason, msg)), _) => Desired::new(ct::READY, false, reason, msg.clone()),
+        (None, Some(f)) => Desired::new(
+            ct::READY,
+            false,
+            reasons::ROTATION_FAILED,
+            format!(
+                "rotation {} failed after {} attempt(s) ({}); the previous credential stays current",
+                f.id,
+                f.attempts,
+                f.failure_reason.as_deref().unwrap_or("unknown")
+            ),
+        ),
+        (None, None) if status.last_rotation_time.is_some() => Desired::new(
+            ct::READY,
+            true,
+            reasons::CREDENTIAL_CURRENT,
+            format!(
+                "version {} is current, tested and delivered",
+                status.current_version.as_deref().unwrap_or("-")
+            ),
+        ),
+        (None, None) => Desired::new(
+            ct::READY,
+            Status::Unknown,
+            reasons::AWAITING_FIRST_ROTATION,
+            "no rotation has completed yet",
+        ),
+    });
+    desired.push(match &status.rotation {
+        Some(r) => {
+            let retrying = r.attempt > 1
+                || status
+                    .last_failure
+                    .as_ref()
+                    .is_some_and(|f| f.time() >= r.started);
+            let reason = match (retrying, r.trigger) {
+                (true, _) => reasons::RETRYING,
+                (false, RotationTrigger::Initial) => reasons::INITIAL_ROTATION,
+                (false, RotationTrigger::Schedule) => reasons::SCHEDULED,
+                (false, RotationTrigger::RotateNow) => reasons::ROTATE_NOW_REQUESTED,
+            };
+            Desired::new(
+                ct::ROTATING,
+                true,
+                reason,
+                format!(
+                    "rotation {}: step {}, attempt {}",
+                    r.id,
+                    r.step.as_str(),
+                    r.attempt
+                ),
+            )
+        }
+        None => Desired::new(
+            ct::ROTATING,
+            false,
+            view.idle_reason,
+            match view.idle_reason {
+                reasons::SUSPENDED => "spec.suspend is true".to_owned(),
+                reasons::OUTSIDE_WINDOW => "a rotation is due; waiting for the window".into(),
+                _ => "no rotation due".into(),
+            },
+        ),
+    });
+    desired.push(if view.delivery_empty {
+        Desired::new(
+            ct::DELIVERED,
+            true,
+            reasons::NOTHING_TO_DELIVER,
+            "spec.delivery is empty",
+        )
+    } else if status
+        .rotation
+        .as_ref()
+        .is_some_and(|r| r.step == RotationStep::Deliver)
+    {
+        Desired::new(
+            ct::DELIVERED,
+            false,
+            reasons::DELIVERY_IN_PROGRESS,
+            "waiting for the delivery of the new version",
+        )
+    } else if status.last_rotation_time.is_some() {
+        Desired::new(
+            ct::DELIVERED,
+            true,
+            reasons::DELIVERED,
+            format!(
+                "version {} delivered",
+                status.current_version.as_deref().unwrap_or("-")
+            ),
+        )
+    } else {
+        Desired::new(
+            ct::DELIVERED,
+            Status::Unknown,
+            reasons::AWAITING_FIRST_ROTATION,
+            "nothing delivered yet",
+        )
+    });
+    let late = view
+        .policy
+        .is_some_and(|p| rotation::overdue(p, status, view.created, view.now));
+    desired.push(if late {
+        Desired::new(
+            ct::OVERDUE,
+            true,
+            reasons::ROTATION_OVERDUE,
+            "the scheduled rotation time passed without a successful rotation",
+        )
+    } else {
+        Desired::new(ct::OVERDUE, false, reasons::ON_SCHEDULE, "on schedule")
+    });
+    status.observed_generation = generation;
+    for d in desired {
+        conditions::set(&mut status.conditions, d, generation, view.now);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Everything one pass needs about its object.
+struct Pass<'a> {
+    ctx: &'a Context,
+    key: String,
+    uid: String,
+    obj: &'a SecretRotation,
+    policy: Policy,
+    created: DateTime<Utc>,
+    gate: Vec<Desired<'static>>,
+    has_target: bool,
+    delivery_empty: bool,
+}
+
+impl Pass<'_> {
+    fn view(&self, idle: &'static str, ready_override: Option<(&'static str, String)>) -> View<'_> {
+        View {
+            policy: Some(&self.policy),
+            created: self.created,
+            now: self.ctx.rt.clock.now(),
+            idle_reason: idle,
+            ready_override,
+            delivery_empty: self.delivery_empty,
+            gate: self.gate.clone(),
+        }
+    }
+
+    fn subject<'s>(&'s self, r: &'s RotationInProgress) -> Subject<'s> {
+        Subject {
+            object: &self.key,
+            backend: self.obj.spec.backend.kind(),
+            target: self.obj.spec.target.kind(),
+            instance: &self.ctx.rt.instance,
+            rotation: &r.id,
+            attempt: r.attempt,
+        }
+    }
+
+    fn id(&self, r: &RotationInProgress) -> RotationId {
+        RotationId::new(
+            self.uid.clone(),
+            rotation::rotation_number(r),
+            u32::try_from(r.attempt).unwrap_or(1),
+        )
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: String) {
+        capstan_core::events::publish(&self.ctx.recorder, self.obj, type_, reason, "Rotate", note)
+            .await;
+    }
+
+    /// The status with kinds, next time and conditions set.
+    fn finish_status(
+        &self,
+        status: &mut SecretRotationStatus,
+        idle: &'static str,
+        ready_override: Option<(&'static str, String)>,
+    ) {
+        status.backend = Some(self.obj.spec.backend.kind());
+        status.target = Some(self.obj.spec.target.kind());
+        let now = self.ctx.rt.clock.now();
+        status.next_rotation_time =
+            match rotation::plan(&self.policy, status, None, self.created, now) {
+                Plan::Wait { until, .. } => until,
+                Plan::Start { .. } => Some(now),
+                Plan::Continue => None,
+            };
+        if self.policy.suspend {
+            status.next_rotation_time = None;
+        }
+        set_conditions(
+            status,
+            self.obj.meta().generation,
+            self.view(idle, ready_override),
+        );
+        let late = conditions::is_true(&status.conditions, ct::OVERDUE);
+        self.ctx.set_overdue(&self.key, late);
+    }
+}
+
+async fn reconcile(obj: Arc<SecretRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.controller.start();
+    let ns = obj.namespace().unwrap_or_default();
+    let key = key_of(&obj);
+    let mut w = Writer {
+        api: Api::namespaced(ctx.rt.client.clone(), &ns),
+        obj: (*obj).clone(),
+    };
+    let now = ctx.rt.clock.now();
+    let status = w.status();
+    let generation = obj.meta().generation;
+    let created = obj
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, from_k8s_time);
+
+    // 1. Gate.
+    let kind = match obj.spec.backend {
+        Backend::Vault(_) => ConnectionKind::Vault,
+        _ => ConnectionKind::Aws,
+    };
+    let (connection, gate) =
+        match connection_gate(&ctx.rt, &ns, obj.spec.connection_ref.as_ref(), kind).await? {
+            Gate::Refused(conds) => {
+                let mut st = status.clone();
+                st.observed_generation = generation;
+                for d in conds {
+                    conditions::set(&mut st.conditions, d, generation, now);
+                }
+                if st != status {
+                    w.write(&st).await?;
+                }
+                return Ok(Action::await_change());
+            }
+            Gate::Proceed(conn, conds) => (conn, conds),
+        };
+
+    // 2. Validate.
+    let delivery_empty = obj.spec.delivery.as_ref().is_none_or(|d| d.is_empty());
+    let policy = match crate::validation::validate(&obj.spec)
+        .map_err(|e| crate::validation::summarize(&e))
+        .and_then(|()| Policy::from_spec(&obj.spec))
+    {
+        Ok(p) => p,
+        Err(msg) => {
+            let mut st = status.clone();
+            set_conditions(
+                &mut st,
+                generation,
+                View {
+                    policy: None,
+                    created,
+                    now,
+                    idle_reason: reasons::IDLE,
+                    ready_override: Some((reasons::INVALID_SPEC, msg)),
+                    delivery_empty,
+                    gate,
+                },
+            );
+            if st != status {
+                w.write(&st).await?;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+    let pass = Pass {
+        ctx: &ctx,
+        key: key.clone(),
+        uid: obj.uid().unwrap_or_default(),
+        obj: &obj,
+        policy,
+        created,
+        gate,
+        has_target: !matches!(obj.spec.target, Target::ValueOnly(_)),
+        delivery_empty,
+    };
+
+    // 3. Decide.
+    let token = obj
+        .annotations()
+        .get(ROTATE_NOW_ANNOTATION)
+        .map(String::as_str);
+    match rotation::plan(&pass.policy, &status, token, created, now) {
+        Plan::Wait { reason, until } => {
+            let mut st = status.clone();
+            pass.finish_status(&mut st, reason, None);
+            if st != status {
+                w.write(&st).await?;
+            }
+            Ok(match until {
+                Some(t) => Action::requeue(rotation::until(t, now).max(Duration::from_millis(200))),
+                None => Action::await_change(),
+            })
+        }
+        Plan::Start { trigger, token } => {
+            let clients = match clients_or_report(&pass, &mut w, connection.as_deref()).await? {
+                Ok(c) => c,
+                Err(action) => return Ok(action),
+            };
+            // Everything the rotation needs must answer before anything changes.
+            let current = match precheck(&clients).await {
+                Ok(current) => current,
+                Err(e) => return report_unresolved(&pass, &mut w, e).await,
+            };
+            let mut st = status.clone();
+            let active = st
+                .active_username
+                .clone()
+                .or_else(|| current.as_ref().and_then(|v| v.credential.username.clone()));
+            let username = rotation::next_username(&pass.policy.users, active.as_deref());
+            let r = rotation::start(trigger, token.clone(), username, now);
+            if token.is_some() {
+                st.observed_rotate_now_token = token;
+            }
+            st.current_version = current.map(|v| v.id);
+            st.rotation = Some(r.clone());
+            pass.finish_status(&mut st, reasons::IDLE, None);
+            w.write(&st).await?;
+            ctx.succeeded(&key);
+            pass.event(
+                EventType::Normal,
+                events::ROTATION_STARTED,
+                format!("rotation {} started ({:?})", r.id, r.trigger),
+            )
+            .await;
+            run_steps(&pass, &mut w, &clients).await
+        }
+        Plan::Continue => {
+            let clients = match clients_or_report(&pass, &mut w, connection.as_deref()).await? {
+                Ok(c) => c,
+                Err(action) => return Ok(action),
+            };
+            run_steps(&pass, &mut w, &clients).await
+        }
+    }
+}
+
+/// Builds the clients, or reports the unresolvable reference and says when to retry.
+async fn clients_or_report(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    connection: Option<&ClusterConnection>,
+) -> Result<Result<Clients, Action>, Error> {
+    let ns = pass.obj.namespace().unwrap_or_default();
+    match build_clients(pass.ctx, &ns, &pass.obj.spec, connection).await {
+        Ok(c) => Ok(Ok(c)),
+        Err(e) => report_unresolved(pass, w, e).await.map(Err),
+    }
+}
+
+async fn precheck(clients: &Clients) -> Result<Option<Version>, RefError> {
+    clients.target.check().await.map_err(|e| RefError {
+        reason: e.reason(),
+        message: e.to_string(),
+    })?;
+    clients.backend.current().await.map_err(|e| RefError {
+        reason: e.reason(),
+        message: e.to_string(),
+    })
+}
+
+/// `Ready=False` naming the reference; nothing else changes. Retried with backoff.
+async fn report_unresolved(pass: &Pass<'_>, w: &mut Writer, e: RefError) -> Result<Action, Error> {
+    let before = w.status();
+    let mut st = before.clone();
+    let was = conditions::find(&before.conditions, ct::READY).map(|c| c.reason.clone());
+    pass.finish_status(&mut st, reasons::IDLE, Some((e.reason, e.message.clone())));
+    if st != before {
+        w.write(&st).await?;
+    }
+    if was.as_deref() != Some(e.reason) {
+        tracing::info!(object = %pass.key, reason = e.reason, "reference unresolved: {}", e.message);
+        pass.event(EventType::Warning, events::REFERENCE_UNRESOLVED, e.message)
+            .await;
+    }
+    Ok(Action::requeue(rotation::backoff(
+        pass.ctx.failed(&pass.key),
+    )))
+}
+
+/// How one step ended, with what the record needs.
+enum StepResult {
+    Done(Option<String>),
+    Waiting,
+    Transient(&'static str, String),
+    Rejected(&'static str, String),
+    ClaimLost(String),
+}
+
+fn from_backend(e: BackendError) -> StepResult {
+    if e.is_conflict() {
+        StepResult::ClaimLost(e.to_string())
+    } else {
+        StepResult::Transient(e.reason(), e.to_string())
+    }
+}
+
+fn from_target(e: TargetError, testing: bool) -> StepResult {
+    let login_failed = matches!(e, TargetError::LoginFailed { .. });
+    if e.is_definitive_rejection() || (testing && login_failed) {
+        StepResult::Rejected(e.reason(), e.to_string())
+    } else {
+        StepResult::Transient(e.reason(), e.to_string())
+    }
+}
+
+/// Runs the steps of the rotation in progress: claim, one side effect, record, until it
+/// finishes, waits, or fails.
+async fn run_steps(pass: &Pass<'_>, w: &mut Writer, clients: &Clients) -> Result<Action, Error> {
+    let backend = clients.backend.as_ref();
+    let mut st = w.status();
+    let Some(mut r) = st.rotation.clone() else {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    };
+
+    // Resume from what the backend shows (after a crash, or a takeover).
+    let id = pass.id(&r);
+    let current = match backend.current().await {
+        Ok(c) => c,
+        Err(e) => return record_result(pass, w, st, r, from_backend(e)).await,
+    };
+    let pending = match backend.pending(&id).await {
+        Ok(p) => p,
+        Err(e) => return record_result(pass, w, st, r, from_backend(e)).await,
+    };
+    let token = id.token();
+    let view = BackendView {
+        promoted: current
+            .as_ref()
+            .is_some_and(|v| v.rotation_token.as_deref() == Some(token.as_str())),
+        pending: pending.is_some(),
+    };
+    let mut claimed = true;
+    match rotation::resume(r.step, view) {
+        Resume::Run(step) if step != r.step => {
+            if view.promoted
+                && st.current_version.as_deref() != current.as_ref().map(|v| v.id.as_str())
+            {
+                st.previous_version = st.current_version.take();
+                st.current_version = current.as_ref().map(|v| v.id.clone());
+                st.active_username = r.username.clone();
+            }
+            r.step = step;
+            claimed = false;
+        }
+        Resume::Run(_) => {}
+        Resume::PendingLost => {
+            return record_result(
+                pass,
+                w,
+                st,
+                r,
+                StepResult::Rejected(
+                    "PendingLost",
+                    "the pending value of this attempt is gone".into(),
+                ),
+            )
+            .await;
+        }
+    }
+
+    loop {
+        if !claimed {
+            st.rotation = Some(r.clone());
+            pass.finish_status(&mut st, reasons::IDLE, None);
+            w.write(&st).await?;
+        }
+        let result = execute(pass, &mut st, &r, clients).await;
+        match result {
+            StepResult::Done(version) => {
+                audit::step(&pass.subject(&r), r.step, version.as_deref(), "done");
+                crash_point(&format!("secret-rotation::after-{}", r.step.as_str()));
+                pass.ctx.succeeded(&pass.key);
+                match rotation::after_step(
+                    &r,
+                    Outcome::Done,
+                    pass.has_target,
+                    pass.policy.max_attempts,
+                    0,
+                ) {
+                    Transition::Advance(next) => {
+                        r = next;
+                        claimed = false;
+                    }
+                    Transition::Finished => return finish(pass, w, st, r).await,
+                    // Done never retries or gives up.
+                    _ => return Ok(Action::requeue(Duration::from_millis(200))),
+                }
+            }
+            StepResult::Rejected(reason, msg) => {
+                audit::step(
+                    &pass.subject(&r),
+                    r.step,
+                    r.pending_version.as_deref(),
+                    "rejected",
+                );
+                match rotation::after_step(
+                    &r,
+                    Outcome::Rejected,
+                    pass.has_target,
+                    pass.policy.max_attempts,
+                    0,
+                ) {
+                    Transition::NewAttempt(next) => {
+                        let _ = backend.discard_pending(&pass.id(&r)).await;
+                        st.last_failure = Some(RotationFailure::new(
+                            pass.ctx.rt.clock.now(),
+                            r.step,
+                            reason,
+                            &msg,
+                            &[],
+                        ));
+                        pass.event(
+                            EventType::Warning,
+                            events::ATTEMPT_FAILED,
+                            format!("rotation {} attempt {} failed at {}: {reason}; trying a fresh value", r.id, r.attempt, r.step.as_str()),
+                        )
+                        .await;
+                        r = next;
+                        claimed = false;
+                    }
+                    _ => return give_up(pass, w, st, r, clients, reason, &msg).await,
+                }
+            }
+            other => return record_result(pass, w, st, r, other).await,
+        }
+    }
+}
+
+/// Records a result that ends this pass (waiting, transient failure, lost claim,
+/// rejection found while resuming).
+async fn record_result(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    mut st: SecretRotationStatus,
+    r: RotationInProgress,
+    result: StepResult,
+) -> Result<Action, Error> {
+    let now = pass.ctx.rt.clock.now();
+    match result {
+        StepResult::Waiting | StepResult::Done(_) => {
+            st.rotation = Some(r);
+            pass.finish_status(&mut st, reasons::IDLE, None);
+            if st != w.status() {
+                w.write(&st).await?;
+            }
+            Ok(Action::requeue(DELIVERY_POLL))
+        }
+        StepResult::Transient(reason, msg) => {
+            audit::step(
+                &pass.subject(&r),
+                r.step,
+                r.pending_version.as_deref(),
+                "retry",
+            );
+            tracing::info!(object = %pass.key, step = r.step.as_str(), reason, "step failed, will retry: {msg}");
+            st.last_failure = Some(RotationFailure::new(now, r.step, reason, &msg, &[]));
+            st.rotation = Some(r);
+            pass.finish_status(&mut st, reasons::IDLE, None);
+            w.write(&st).await?;
+            Ok(Action::requeue(rotation::backoff(
+                pass.ctx.failed(&pass.key),
+            )))
+        }
+        StepResult::ClaimLost(msg) => {
+            audit::step(
+                &pass.subject(&r),
+                r.step,
+                r.pending_version.as_deref(),
+                "claim-lost",
+            );
+            tracing::warn!(object = %pass.key, step = r.step.as_str(), "claim lost: {msg}");
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        StepResult::Rejected(reason, msg) => {
+            // Found while resuming: a new attempt, claimed, then the next pass goes on.
+            match rotation::after_step(
+                &r,
+                Outcome::Rejected,
+                pass.has_target,
+                pass.policy.max_attempts,
+                0,
+            ) {
+                Transition::NewAttempt(next) => {
+                    st.last_failure = Some(RotationFailure::new(now, r.step, reason, &msg, &[]));
+                    st.rotation = Some(next);
+                    pass.finish_status(&mut st, reasons::IDLE, None);
+                    w.write(&st).await?;
+                    Ok(Action::requeue(Duration::from_millis(100)))
+                }
+                _ => {
+                    // No clients needed: nothing was set with a value of this attempt
+                    // that the backend still holds.
+                    finish_failed(pass, w, st, r, reason, &msg).await
+                }
+            }
+        }
+    }
+}
+
+/// Runs one step's side effect.
+async fn execute(
+    pass: &Pass<'_>,
+    st: &mut SecretRotationStatus,
+    r: &RotationInProgress,
+    clients: &Clients,
+) -> StepResult {
+    let id = pass.id(r);
+    let backend = clients.backend.as_ref();
+    let target = clients.target.as_ref();
+    let user = r.username.clone().unwrap_or_default();
+    let pending = || async {
+        match backend.pending(&id).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(StepResult::Rejected(
+                "PendingLost",
+                "the pending value of this attempt is gone".into(),
+            )),
+            Err(e) => Err(from_backend(e)),
+        }
+    };
+    match r.step {
+        RotationStep::CreatePending => {
+            let generator = match PasswordGenerator::new(&pass.obj.spec.generator) {
+                Ok(g) => g,
+                Err(e) => return StepResult::Transient("InvalidGenerator", e.to_string()),
+            };
+            let credential = Credential::new(r.username.clone(), generator.generate());
+            match backend.put_pending(&id, &credential).await {
+                Ok(v) => {
+                    if let Some(rec) = st.rotation.as_mut() {
+                        rec.pending_version = Some(v.id.clone());
+                    }
+                    StepResult::Done(Some(v.id))
+                }
+                Err(e) => from_backend(e.scrubbed(&[&credential.value])),
+            }
+        }
+        RotationStep::SetTarget => {
+            let v = match pending().await {
+                Ok(v) => v,
+                Err(res) => return res,
+            };
+            if let Users::Alternating(first, _) = &pass.policy.users {
+                let like = (user != *first).then_some(first.as_str());
+                if let Err(e) = target.ensure_user(&user, like).await {
+                    return from_target(e, false);
+                }
+            }
+            match target.set_password(&user, &v.credential.value).await {
+                Ok(()) => StepResult::Done(Some(v.id)),
+                Err(e) => from_target(e, false),
+            }
+        }
+        RotationStep::TestTarget => {
+            let v = match pending().await {
+                Ok(v) => v,
+                Err(res) => return res,
+            };
+            match target.test_login(&user, &v.credential.value).await {
+                Ok(()) => StepResult::Done(Some(v.id)),
+                Err(e) => from_target(e, true),
+            }
+        }
+        RotationStep::Finish => {
+            match backend
+                .promote_if_current(&id, st.current_version.as_deref())
+                .await
+            {
+                Ok(v) => {
+                    if st.current_version.as_deref() != Some(v.id.as_str()) {
+                        st.previous_version = st.current_version.take();
+                        st.current_version = Some(v.id.clone());
+                    }
+                    st.active_username = v.credential.username.clone().or(r.username.clone());
+                    StepResult::Done(Some(v.id))
+                }
+                Err(e) => from_backend(e),
+            }
+        }
+        RotationStep::Deliver => deliver(pass, r, clients).await,
+    }
+}
+
+/// The Deliver step: the Secret, then the rollouts; done once every rollout completed.
+async fn deliver(pass: &Pass<'_>, r: &RotationInProgress, clients: &Clients) -> StepResult {
+    let Some(d) = pass.obj.spec.delivery.as_ref().filter(|d| !d.is_empty()) else {
+        return StepResult::Done(None);
+    };
+    let client = &pass.ctx.rt.client;
+    let ns = pass.obj.namespace().unwrap_or_default();
+    let current = match clients.backend.current().await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return StepResult::Transient(
+                "BackendEmpty",
+                "the backend holds no current value".into(),
+            );
+        }
+        Err(e) => return from_backend(e),
+    };
+    let version = current.id.clone();
+    let subject = pass.subject(r);
+    if let Some(secret) = &d.secret {
+        let have = match delivery::delivered_version(client, &ns, &secret.name).await {
+            Ok(v) => v,
+            Err(e) => return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string()),
+        };
+        if have.as_deref() != Some(version.as_str()) {
+            let values = delivery::template_values(
+                &pass.obj.spec.target,
+                current.credential.username.as_deref(),
+                &current.credential.value,
+            );
+            let data = match delivery::render(secret, &pass.obj.spec.target, &values) {
+                Ok(d) => d,
+                Err(e) => return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string()),
+            };
+            if let Err(e) = delivery::write_secret(client, pass.obj, secret, data, &version).await {
+                return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string());
+            }
+            audit::delivery(
+                &subject,
+                &format!("Secret/{}", secret.name),
+                &version,
+                "written",
+            );
+        }
+    }
+    if d.rollouts.is_empty() {
+        return StepResult::Done(Some(version));
+    }
+    let workloads = match delivery::workloads(client, &ns, d).await {
+        Ok(w) => w,
+        Err(e) => return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string()),
+    };
+    let max = usize::try_from(d.max_concurrent_rollouts).unwrap_or(1);
+    let now = pass.ctx.rt.clock.now();
+    for wl in delivery::to_restart(&workloads, &version, max) {
+        if let Err(e) = delivery::restart(client, &ns, wl, &version, now).await {
+            return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string());
+        }
+        audit::delivery(&subject, &wl.label(), &version, "restarted");
+    }
+    if delivery::workloads_delivered(&workloads, &version) {
+        StepResult::Done(Some(version))
+    } else {
+        StepResult::Waiting
+    }
+}
+
+/// The rotation is delivered: record it and schedule the next one.
+async fn finish(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    mut st: SecretRotationStatus,
+    r: RotationInProgress,
+) -> Result<Action, Error> {
+    let now = pass.ctx.rt.clock.now();
+    st.rotation = None;
+    st.last_rotation_time = Some(now);
+    st.rotation_count += 1;
+    st.record_rotation(RotationSummary {
+        id: r.id.clone(),
+        trigger: r.trigger,
+        started: r.started,
+        finished: now,
+        outcome: RotationOutcome::Succeeded,
+        attempts: r.attempt,
+        version: st.current_version.clone(),
+        username: r.username.clone(),
+        failure_reason: None,
+    });
+    pass.finish_status(&mut st, reasons::IDLE, None);
+    w.write(&st).await?;
+    let seconds = (now - r.started).num_milliseconds() as f64 / 1000.0;
+    pass.ctx
+        .metrics
+        .rotation_finished(RotationOutcome::Succeeded, seconds);
+    pass.event(
+        EventType::Normal,
+        events::ROTATION_SUCCEEDED,
+        format!(
+            "rotation {} finished: version {} is current and delivered",
+            r.id,
+            st.current_version.as_deref().unwrap_or("-")
+        ),
+    )
+    .await;
+    Ok(match st.next_rotation_time {
+        Some(t) => Action::requeue(rotation::until(t, now).max(Duration::from_millis(200))),
+        None => Action::await_change(),
+    })
+}
+
+/// Attempts used up: discard the pending value and, with a single user whose password
+/// may already have changed, set the current value back so it keeps logging in.
+async fn give_up(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    st: SecretRotationStatus,
+    r: RotationInProgress,
+    clients: &Clients,
+    reason: &'static str,
+    msg: &str,
+) -> Result<Action, Error> {
+    let _ = clients.backend.discard_pending(&pass.id(&r)).await;
+    if let (Users::Single(user), true) = (&pass.policy.users, r.step >= RotationStep::SetTarget)
+        && let Ok(Some(current)) = clients.backend.current().await
+        && let Err(e) = clients
+            .target
+            .set_password(user, &current.credential.value)
+            .await
+    {
+        tracing::warn!(object = %pass.key, error = %e, "could not set the current value back on the target");
+    }
+    finish_failed(pass, w, st, r, reason, msg).await
+}
+
+async fn finish_failed(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    mut st: SecretRotationStatus,
+    r: RotationInProgress,
+    reason: &'static str,
+    msg: &str,
+) -> Result<Action, Error> {
+    let now = pass.ctx.rt.clock.now();
+    audit::step(&pass.subject(&r), r.step, None, "gave-up");
+    st.last_failure = Some(RotationFailure::new(now, r.step, reason, msg, &[]));
+    st.rotation = None;
+    st.record_rotation(RotationSummary {
+        id: r.id.clone(),
+        trigger: r.trigger,
+        started: r.started,
+        finished: now,
+        outcome: RotationOutcome::Failed,
+        attempts: r.attempt,
+        version: None,
+        username: r.username.clone(),
+        failure_reason: Some(reason.to_owned()),
+    });
+    pass.finish_status(&mut st, reasons::IDLE, None);
+    w.write(&st).await?;
+    let seconds = (now - r.started).num_milliseconds() as f64 / 1000.0;
+    pass.ctx
+        .metrics
+        .rotation_finished(RotationOutcome::Failed, seconds);
+    pass.event(
+        EventType::Warning,
+        events::ROTATION_FAILED,
+        format!(
+            "rotation {} failed after {} attempt(s) at {}: {reason}; the previous credential stays current",
+            r.id,
+            r.attempt,
+            r.step.as_str()
+        ),
+    )
+    .await;
+    Ok(match st.next_rotation_time {
+        Some(t) => Action::requeue(rotation::until(t, now).max(Duration::from_millis(200))),
+        None => Action::await_change(),
+    })
 }

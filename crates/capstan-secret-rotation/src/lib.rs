@@ -9,9 +9,12 @@
 //! - [`controller`]: so far only the connection gate and spec validation, reported as
 //!   conditions; the rotation itself (backends, databases, delivery) comes in a later step.
 
+pub mod audit;
 pub mod backend;
+pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod delivery;
 pub mod generator;
 pub mod rotation;
 pub mod target;
