@@ -54,6 +54,24 @@ k label namespace payments team=payments --overwrite >/dev/null
 sed -e "s|\${AWS_ENDPOINT_URL}|$AWS_ENDPOINT_URL|g" -e "s|\${VAULT_ADDR}|$VAULT_ADDR|g" \
   -e "s|\${AWS_REGION}|$AWS_REGION|g" tests/demo/connections.yaml | k apply -f -
 
+echo "==> the shop's ECS service in the emulator, under a CPU spike (150% of its tasks' CPU)"
+# ServiceScaling shop/web scales ECS service web of cluster shop: create both, and publish
+# the AWS/ECS CPU and memory datapoints ECS would, so the demo shows a scale-up.
+"${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import datetime, os
+import boto3
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+ecs, cw = boto3.client("ecs", **kw), boto3.client("cloudwatch", **kw)
+ecs.create_cluster(clusterName="shop")
+ecs.create_service(cluster="shop", serviceName="web", desiredCount=3)
+dims = [{"Name": "ClusterName", "Value": "shop"}, {"Name": "ServiceName", "Value": "web"}]
+now = datetime.datetime.now(datetime.timezone.utc)
+cw.put_metric_data(Namespace="AWS/ECS", MetricData=[
+    {"MetricName": "CPUUtilization", "Dimensions": dims, "Value": 150.0, "Unit": "Percent", "Timestamp": now},
+    {"MetricName": "MemoryUtilization", "Dimensions": dims, "Value": 50.0, "Unit": "Percent", "Timestamp": now},
+])
+PY
+
 echo "==> starting capstan"
 "$bin/capstan" run --leader-elect=false --own-namespace capstan-system \
   --metrics-addr 127.0.0.1:0 --log-format text >"$state/capstan.log" 2>&1 &
@@ -87,7 +105,21 @@ verdict() { # kind ns name reason
 }
 verdict secretrotation payments card-vault-key NotImplemented
 verdict secretrotation payments orders-db NotImplemented
-verdict servicescaling shop web NotImplemented
+verdict servicescaling shop web Evaluated
+scaled=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import os, time
+import boto3
+ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+for _ in range(30):
+    n = ecs.describe_services(cluster="shop", services=["web"])["services"][0]["desiredCount"]
+    if n > 3:
+        break
+    time.sleep(1)
+print(n)
+PY
+)
+if [ "$scaled" -gt 3 ]; then echo "    ok: ECS service shop/web scaled up from 3 to $scaled tasks on 150% CPU"
+else echo "    FAIL: ECS service shop/web still has $scaled tasks" >&2; ok=false; fi
 verdict pipeline shop shop NotImplemented
 verdict secretrotation shop sneaky-card-key ConnectionNotAllowed
 show

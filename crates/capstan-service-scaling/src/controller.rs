@@ -1,53 +1,410 @@
 //! The ServiceScaling controller.
 //!
-//! Reconcile pipeline: (1) resolve the connection the object names and refuse a
-//! namespace it does not allow ([`capstan_core::gate`]); (2) read the ECS service and
-//! its metrics, run [`crate::algorithm`], write `desiredCount`. Step 2 is not in this
-//! build: objects that pass step 1 say so with `Ready=Unknown, NotImplemented`.
+//! Two parts, because AWS must be called in batches across objects:
+//!
+//! 1. **Reconcile** (kube-runtime, per object, on every change to the object, its
+//!    ClusterConnection or its namespace): resolve the connection and refuse a namespace
+//!    it does not allow ([`capstan_core::gate`]); validate what the schema cannot
+//!    ([`Inputs::from_spec`]); then record the object in the [`Registry`] and wait for the
+//!    next change. A refused or invalid object is taken out of the registry and its
+//!    `Ready=False` written there. Reconcile never calls AWS.
+//! 2. **The evaluation loop** ([`crate::evaluation`]): wakes at the earliest evaluation
+//!    deadline of any registered object; takes every object due; per ClusterConnection,
+//!    reads their ECS services with one DescribeServices per 10 services and their
+//!    metrics with one GetMetricData per 500 queries; runs [`crate::algorithm`] for each;
+//!    writes the desired counts that change (UpdateService behind a per-connection rate
+//!    limit under ECS's 5/s) or, in ApplicationAutoScaling mode, repairs the declared AWS
+//!    objects; writes each status only when it changed. Deadlines sit on a grid of each
+//!    object's evaluation interval (Unix time multiples), so objects with the same
+//!    interval fall due together and share calls; a schedule window opening or closing,
+//!    or `pausedUntil` ending, brings the deadline forward.
+//!
+//! The recommendation history and scale events live in the registry, in memory. After a
+//! restart the first evaluation seeds the history with the current count (the HPA's way:
+//! no jump) and the failure count comes back from status. Deleted objects leave the
+//! registry when the controller's cache no longer has them.
 
-use capstan_core::connection::ConnectionKind;
-use capstan_core::gate::{Unimplemented, run_unimplemented};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capstan_aws::{ClientOptions, Retries};
+use capstan_core::conditions::{Desired, READY};
+use capstan_core::connection::{ClusterConnection, ConnectionKind};
+use capstan_core::error::Categorized;
+use capstan_core::gate::{Gate, INVALID_SPEC, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
-use capstan_core::runtime::Runtime;
-use prometheus_client::registry::Registry;
+use capstan_core::runtime::{Runtime, run_controller};
+use chrono::{DateTime, Utc};
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry as PromRegistry;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::ServiceScaling;
+use crate::aas;
+use crate::algorithm::{
+    MetricTarget, ResolvedBehavior, ScalingState, Window, metric_targets, windows_from_spec,
+};
+use crate::clients::{ClientCache, RequestCounter};
+use crate::crd::{ScalingMode, ServiceScaling, ServiceScalingStatus};
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "capstan-service-scaling";
+/// The controller's name (logs, readiness, Events).
+pub const CONTROLLER: &str = "service-scaling";
+
+/// Labels of the scale counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `up` or `down`.
+    pub direction: String,
+}
 
 /// The controller's metrics, under `capstan_service_scaling_`.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    controller: ControllerMetrics,
+    pub(crate) controller: ControllerMetrics,
+    /// UpdateService calls that changed a desired count, by direction.
+    pub(crate) scale_operations: Family<DirectionLabels, Counter>,
+    /// Seconds one evaluation cycle of one connection took (reads, decisions, writes).
+    pub(crate) evaluation_duration: Histogram,
+    /// Objects evaluated.
+    pub(crate) evaluations: Counter,
+    /// Evaluation cycles (one per connection per tick).
+    pub(crate) cycles: Counter,
+    /// Metric reads that gave no value (call failed, no datapoint in the lookback).
+    pub(crate) metric_read_failures: Counter,
+    /// Requests sent to AWS, by `service:operation`.
+    pub(crate) aws_requests: RequestCounter,
 }
 
 impl Metrics {
     /// Registers the metrics.
-    pub fn register(registry: &mut Registry) -> Self {
-        Self {
-            controller: ControllerMetrics::register(registry, "service_scaling"),
+    pub fn register(registry: &mut PromRegistry) -> Self {
+        let controller = ControllerMetrics::register(registry, "service_scaling");
+        let m = Self {
+            controller,
+            scale_operations: Family::default(),
+            evaluation_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            evaluations: Counter::default(),
+            cycles: Counter::default(),
+            metric_read_failures: Counter::default(),
+            aws_requests: RequestCounter(Family::default()),
+        };
+        let sub = registry.sub_registry_with_prefix("service_scaling");
+        sub.register(
+            "scale_operations",
+            "Desired-count changes written to ECS, by direction",
+            m.scale_operations.clone(),
+        );
+        sub.register(
+            "evaluation_duration_seconds",
+            "Duration of one evaluation cycle of one connection (all objects due), in seconds",
+            m.evaluation_duration.clone(),
+        );
+        sub.register("evaluations", "Objects evaluated", m.evaluations.clone());
+        sub.register(
+            "evaluation_cycles",
+            "Evaluation cycles (one per connection per tick)",
+            m.cycles.clone(),
+        );
+        sub.register(
+            "metric_read_failures",
+            "Metric reads that gave no value (failed call or no datapoint in the lookback)",
+            m.metric_read_failures.clone(),
+        );
+        sub.register(
+            "aws_requests",
+            "Requests sent to AWS (each attempt), by service:operation",
+            m.aws_requests.0.clone(),
+        );
+        m
+    }
+}
+
+/// What the algorithm needs from a spec, parsed once per spec change.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Tolerances, windows and policies with the HPA defaults.
+    pub behavior: ResolvedBehavior,
+    /// Schedule windows.
+    pub windows: Vec<Window>,
+    /// Each metric's display name and target.
+    pub targets: Vec<(String, MetricTarget)>,
+    /// The evaluation interval.
+    pub interval: Duration,
+}
+
+impl Inputs {
+    /// Parses and checks what the schema cannot; `Err` is the InvalidSpec message.
+    pub fn from_spec(obj: &ServiceScaling) -> Result<Self, String> {
+        let spec = &obj.spec;
+        let behavior = ResolvedBehavior::from_spec(spec).map_err(|e| e.to_string())?;
+        let windows = windows_from_spec(spec).map_err(|e| e.to_string())?;
+        let targets = metric_targets(spec).map_err(|e| e.to_string())?;
+        let interval = spec
+            .evaluation_interval
+            .duration()
+            .map_err(|e| format!("evaluationInterval: {e}"))?;
+        if interval.is_zero() {
+            return Err("evaluationInterval must be greater than zero".into());
+        }
+        if spec.metric_period_seconds < 1
+            || spec.metric_lookback_seconds < spec.metric_period_seconds
+        {
+            return Err(
+                "metricLookbackSeconds must be at least metricPeriodSeconds, which must be positive"
+                    .into(),
+            );
+        }
+        if spec.mode == ScalingMode::ApplicationAutoScaling {
+            aas::declare(spec, &behavior, &windows, Utc::now())?;
+        }
+        Ok(Self {
+            behavior,
+            windows,
+            targets,
+            interval,
+        })
+    }
+}
+
+/// An object's key: namespace and name.
+pub type Key = (String, String);
+
+/// One registered object.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) obj: Arc<ServiceScaling>,
+    pub(crate) connection: Arc<ClusterConnection>,
+    pub(crate) gate: Vec<Desired<'static>>,
+    pub(crate) inputs: Arc<Inputs>,
+    pub(crate) state: ScalingState,
+    /// The status as last written (or, before the first write, as observed).
+    pub(crate) status: Option<ServiceScalingStatus>,
+    pub(crate) next_eval: DateTime<Utc>,
+    pub(crate) busy: bool,
+}
+
+/// The objects the evaluation loop evaluates. Reconcile writes it; the loop reads it.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub(crate) entries: Mutex<HashMap<Key, Entry>>,
+    pub(crate) wake: Notify,
+}
+
+impl Registry {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many objects are registered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no object is registered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Records `obj` with its connection and parsed inputs. A new object, a new spec
+    /// generation or a changed connection is evaluated at once; an unchanged one (a
+    /// status write coming back through the watch) keeps its deadline and history.
+    fn upsert(
+        &self,
+        obj: Arc<ServiceScaling>,
+        connection: Arc<ClusterConnection>,
+        gate: Vec<Desired<'static>>,
+        inputs: Inputs,
+        now: DateTime<Utc>,
+    ) {
+        let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+        let mut entries = self.lock();
+        let evaluate_now = match entries.get_mut(&key) {
+            Some(e) => {
+                let changed = e.obj.metadata.generation != obj.metadata.generation
+                    || e.connection.resource_version() != connection.resource_version()
+                    || e.gate != gate;
+                e.obj = obj;
+                e.connection = connection;
+                e.gate = gate;
+                if changed {
+                    e.inputs = Arc::new(inputs);
+                    e.next_eval = now;
+                }
+                changed
+            }
+            None => {
+                let status = obj.status.clone();
+                let failed = status
+                    .as_ref()
+                    .map(|s| u32::try_from(s.consecutive_failed_evaluations).unwrap_or(0))
+                    .unwrap_or(0);
+                entries.insert(
+                    key,
+                    Entry {
+                        obj,
+                        connection,
+                        gate,
+                        inputs: Arc::new(inputs),
+                        state: ScalingState {
+                            consecutive_failed_evaluations: failed,
+                            ..ScalingState::default()
+                        },
+                        status,
+                        next_eval: now,
+                        busy: false,
+                    },
+                );
+                true
+            }
+        };
+        drop(entries);
+        if evaluate_now {
+            self.wake.notify_one();
         }
     }
 }
 
-/// Runs the controller until `shutdown`.
-pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
-    let spec = Unimplemented {
-        name: "service-scaling",
-        field_manager: FIELD_MANAGER,
-        connection_of: |o: &ServiceScaling| Some(&o.spec.connection_ref),
-        kind_of: |_: &ServiceScaling| ConnectionKind::Aws,
-        validate: |_: &ServiceScaling| Ok(()),
-        missing: "scaling ECS is not part of this Capstan build yet",
-    };
-    run_unimplemented(
-        rt,
-        metrics.controller,
-        spec,
-        |o: &ServiceScaling| o.status.as_ref(),
-        shutdown,
+/// What reconcile and the evaluation loop share.
+pub(crate) struct Ctx {
+    pub(crate) rt: Runtime,
+    pub(crate) metrics: Metrics,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) clients: ClientCache,
+    pub(crate) recorder: Recorder,
+    pub(crate) stores: Mutex<Vec<(Store<ServiceScaling>, Arc<AtomicBool>)>>,
+}
+
+/// Why a reconcile failed (transient API errors only; refusals are status).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the connection or writing status failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Categorized for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(e) => e.category(),
+        }
+    }
+}
+
+async fn reconcile(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.controller.start();
+    let ns = obj.namespace().unwrap_or_default();
+    let key = (ns.clone(), obj.name_any());
+    let refusal = match connection_gate(
+        &ctx.rt,
+        &ns,
+        Some(&obj.spec.connection_ref),
+        ConnectionKind::Aws,
     )
-    .await;
+    .await?
+    {
+        Gate::Refused(conditions) => conditions,
+        Gate::Proceed(conn, mut conditions) => match (conn, Inputs::from_spec(&obj)) {
+            (Some(conn), Ok(inputs)) => {
+                let now = ctx.rt.clock.now();
+                ctx.registry
+                    .upsert(obj.clone(), Arc::from(conn), conditions, inputs, now);
+                return Ok(Action::await_change());
+            }
+            (_, Err(msg)) => {
+                conditions.push(Desired::new(READY, false, INVALID_SPEC, msg));
+                conditions
+            }
+            (None, Ok(_)) => {
+                conditions.push(Desired::new(
+                    READY,
+                    false,
+                    INVALID_SPEC,
+                    "connectionRef names no connection",
+                ));
+                conditions
+            }
+        },
+    };
+    // Refused or invalid: no evaluation until the object or its connection changes.
+    let previous = {
+        let mut entries = ctx.registry.lock();
+        entries.remove(&key).and_then(|e| e.status)
+    };
+    let current = previous.or_else(|| obj.status.clone());
+    let api = kube::Api::<ServiceScaling>::namespaced(ctx.rt.client.clone(), &ns);
+    capstan_core::ssa::update_status(
+        &api,
+        obj.as_ref(),
+        current.as_ref(),
+        FIELD_MANAGER,
+        ctx.rt.clock.now(),
+        refusal,
+        |_| {},
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(_obj: Arc<ServiceScaling>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.controller.failure(err);
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Runs the controller until `shutdown`: the reconcile loop that maintains the registry
+/// and the evaluation loop that evaluates it.
+pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
+    let options = ClientOptions {
+        retries: Retries::Standard(2),
+        session_name: format!("capstan-{}", rt.instance),
+        ..ClientOptions::default()
+    };
+    let ctx = Arc::new(Ctx {
+        clients: ClientCache::new(
+            rt.client.clone(),
+            rt.own_namespace.clone(),
+            options,
+            metrics.aws_requests.clone(),
+        ),
+        recorder: capstan_core::events::recorder(rt.client.clone(), CONTROLLER, &rt.instance),
+        rt: rt.clone(),
+        metrics,
+        registry: Arc::new(Registry::default()),
+        stores: Mutex::new(Vec::new()),
+    });
+    let evaluation = crate::evaluation::run_loop(ctx.clone(), shutdown.clone());
+    let controllers = run_controller(
+        &rt,
+        CONTROLLER,
+        ctx.clone(),
+        reconcile,
+        error_policy,
+        |c, _| {
+            // The loop prunes deleted objects only once every cache has synced.
+            let store = c.store();
+            let synced = Arc::new(AtomicBool::new(false));
+            ctx.stores
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((store.clone(), synced.clone()));
+            tokio::spawn(async move {
+                if store.wait_until_ready().await.is_ok() {
+                    synced.store(true, Ordering::Release);
+                }
+            });
+            watch_connections(&rt, c, |o: &ServiceScaling| Some(&o.spec.connection_ref))
+        },
+        shutdown,
+    );
+    tokio::join!(controllers, evaluation);
 }

@@ -74,7 +74,10 @@ pub const CONDITION_SCALING_LIMITED: &str = "ScalingLimited";
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").field_path(".minReplicas"))]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").field_path(".minReplicas"),
+    validation = Rule::new("self.metricLookbackSeconds >= self.metricPeriodSeconds").message("metricLookbackSeconds must be at least metricPeriodSeconds").field_path(".metricLookbackSeconds"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceScalingSpec {
     /// The cluster-scoped ClusterConnection (AWS account, region and role, owned by the
@@ -141,11 +144,41 @@ pub struct ServiceScalingSpec {
     #[x_kube(validation = Rule::new("self.matches('[1-9]')").message("evaluationInterval must be greater than zero"))]
     pub evaluation_interval: DurationString,
 
-    /// How the decision is applied: Direct (default) sets the service's desired count
-    /// through the ECS API; ApplicationAutoScaling moves the min and max capacity of the
-    /// service's Application Auto Scaling scalable target to the decided count.
+    /// The CloudWatch period, in seconds, of every metric read (default 60, the period
+    /// at which ECS publishes CPUUtilization and MemoryUtilization): 1, 5, 10 or 30 for
+    /// high-resolution metrics, else a multiple of 60. Each evaluation uses the newest
+    /// datapoint at this period.
+    #[serde(default = "default_metric_period_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    #[x_kube(validation = Rule::new("self in [1, 5, 10, 30] || self % 60 == 0").message("metricPeriodSeconds must be 1, 5, 10, 30 or a multiple of 60"))]
+    pub metric_period_seconds: i32,
+
+    /// How far back, in seconds, an evaluation looks for the newest datapoint (default
+    /// 300). CloudWatch publishes ECS metrics a minute or two late, so this must cover
+    /// that delay; a metric with no datapoint in the window counts as failed to read.
+    /// At least metricPeriodSeconds.
+    #[serde(default = "default_metric_lookback_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub metric_lookback_seconds: i32,
+
+    /// How the decision is applied. Direct (default): Capstan runs the algorithm and
+    /// sets the service's desired count with ECS UpdateService, and is the only writer
+    /// of it. ApplicationAutoScaling: Capstan declares the service's Application Auto
+    /// Scaling scalable target (bounds minReplicas..maxReplicas, moved by the open
+    /// schedule windows), one target-tracking policy per metric and scheduled actions
+    /// for the next window changes, repairs them when they drift, and never writes the
+    /// desired count itself; AWS scales. In that mode a cloudWatch metric must use a
+    /// `value` target.
     #[serde(default)]
     pub mode: ScalingMode,
+}
+
+fn default_metric_period_seconds() -> i32 {
+    60
+}
+
+fn default_metric_lookback_seconds() -> i32 {
+    300
 }
 
 fn default_min_replicas() -> i32 {
@@ -556,11 +589,11 @@ pub enum FallbackAction {
 /// How a decision is applied to the service.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum ScalingMode {
-    /// Set the service's desired count with ECS UpdateService.
+    /// Capstan computes the desired count and sets it with ECS UpdateService.
     #[default]
     Direct,
-    /// Pin the Application Auto Scaling scalable target's min and max capacity to the
-    /// decided count, for accounts that manage ECS capacity through it.
+    /// Capstan declares the Application Auto Scaling scalable target, target-tracking
+    /// policies and scheduled actions for the spec and repairs drift; AWS scales.
     ApplicationAutoScaling,
 }
 

@@ -1,0 +1,924 @@
+//! The evaluation loop: every tick, evaluate every registered object that is due, in
+//! batches per ClusterConnection (see the [controller](crate::controller) docs for the
+//! design).
+//!
+//! One cycle of one connection:
+//! 1. objects that are suspended or paused are reported as such, with no AWS call;
+//! 2. read: DescribeServices per cluster, 10 services per call; one GetMetricData for
+//!    every metric of every Direct-mode object whose service exists (500 queries per
+//!    call), over the longest lookback among them;
+//! 3. per object: a missing cluster or service is `Ready=False` and nothing is written;
+//!    Direct mode runs the algorithm and, when the count changes, calls UpdateService
+//!    (rate-limited) and publishes a `ScaledUp`/`ScaledDown` Event with the numbers;
+//!    ApplicationAutoScaling mode repairs the declared AWS objects;
+//! 4. status, written only when it changed; the next deadline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use capstan_aws::autoscaling::ecs_resource_id;
+use capstan_aws::cloudwatch::{CloudWatchApi, Datapoint, MetricQuery};
+use capstan_aws::ecs::{DESCRIBE_SERVICES_MAX, EcsApi, EcsError, EcsService};
+use capstan_core::conditions::{self, Desired, READY, Status};
+use capstan_core::connection::ClusterConnection;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
+use futures::future::join_all;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use tokio_util::sync::CancellationToken;
+
+use crate::aas;
+use crate::algorithm::{
+    Bounds, ConditionUpdate, Decision, EvaluationInput, MetricCurrent, MetricInput, MetricTarget,
+    Outcome, ScalingState, active_windows, effective_bounds, evaluate, format_significant,
+    next_window_change, reasons,
+};
+use crate::clients::ConnectionClients;
+use crate::controller::{Ctx, FIELD_MANAGER, Inputs, Key};
+use crate::crd::{
+    CONDITION_ABLE_TO_SCALE, CONDITION_SCALING_ACTIVE, CONDITION_SCALING_LIMITED, MetricKind,
+    MetricStatus, ScaleDirection, ScalingMode, ServiceScaling, ServiceScalingStatus,
+};
+
+/// How long the loop waits after being woken by a registration, so that objects
+/// registered together (a start-up, an `kubectl apply` of many) share one cycle.
+const COALESCE: Duration = Duration::from_millis(200);
+/// How many DescribeServices calls of one connection run at once.
+const DESCRIBE_CONCURRENCY: usize = 4;
+/// How many objects of one connection are decided and written at once.
+const OBJECT_CONCURRENCY: usize = 16;
+
+/// Ready reasons of this controller, besides the gate's and InvalidSpec.
+pub mod ready_reasons {
+    /// The last evaluation read the service and its metrics and applied its decision.
+    pub const EVALUATED: &str = "Evaluated";
+    /// ApplicationAutoScaling mode: the declared AWS objects are in place.
+    pub const DECLARED: &str = "AutoScalingDeclared";
+    /// `spec.suspend` is set.
+    pub const SUSPENDED: &str = "Suspended";
+    /// `spec.pausedUntil` is in the future.
+    pub const PAUSED: &str = "Paused";
+    /// The service's desired count is 0: autoscaling is off until it is scaled up.
+    pub const SCALING_DISABLED: &str = "ScalingDisabled";
+    /// The ECS cluster does not exist.
+    pub const CLUSTER_NOT_FOUND: &str = "ClusterNotFound";
+    /// The ECS service does not exist or is inactive.
+    pub const SERVICE_NOT_FOUND: &str = "ServiceNotFound";
+    /// DescribeServices failed (access, throttling, network).
+    pub const SERVICE_UNREADABLE: &str = "ServiceUnreadable";
+    /// No metric could be read, or a failing one blocks a scale-down.
+    pub const FAILED_GET_METRICS: &str = "FailedGetMetrics";
+    /// UpdateService failed.
+    pub const FAILED_UPDATE_SCALE: &str = "FailedUpdateScale";
+    /// Application Auto Scaling calls failed.
+    pub const AUTOSCALING_FAILED: &str = "AutoScalingFailed";
+    /// The connection's credentials could not be read.
+    pub const CREDENTIALS_UNAVAILABLE: &str = "CredentialsUnavailable";
+}
+use ready_reasons as rr;
+
+/// AbleToScale False: the service could not be read (HPA `FailedGetScale`).
+const FAILED_GET_SCALE: &str = "FailedGetScale";
+/// AbleToScale False: the write failed (HPA `FailedUpdateScale`).
+const FAILED_UPDATE_SCALE: &str = "FailedUpdateScale";
+
+/// A snapshot of one due object.
+struct Job {
+    key: Key,
+    obj: Arc<ServiceScaling>,
+    connection: Arc<ClusterConnection>,
+    gate: Vec<Desired<'static>>,
+    inputs: Arc<Inputs>,
+    state: ScalingState,
+    status: Option<ServiceScalingStatus>,
+}
+
+/// What evaluating one object leaves behind.
+struct Done {
+    key: Key,
+    state: ScalingState,
+    status: Option<ServiceScalingStatus>,
+    next_eval: DateTime<Utc>,
+    gone: bool,
+}
+
+/// Runs until `shutdown`.
+pub(crate) async fn run_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    loop {
+        let sleep = {
+            let entries = ctx.registry.lock();
+            let now = ctx.rt.clock.now();
+            entries
+                .values()
+                .filter(|e| !e.busy)
+                .map(|e| e.next_eval)
+                .min()
+                .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(60))
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(sleep) => {}
+            _ = ctx.registry.wake.notified() => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(COALESCE) => {}
+                }
+            }
+        }
+        prune(&ctx);
+        let now = ctx.rt.clock.now();
+        let jobs = take_due(&ctx, now);
+        if jobs.is_empty() {
+            continue;
+        }
+        let mut groups: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        for job in jobs {
+            groups
+                .entry(job.connection.name_any())
+                .or_default()
+                .push(job);
+        }
+        let done: Vec<Done> = join_all(
+            groups
+                .into_values()
+                .map(|jobs| evaluate_connection(&ctx, jobs, now)),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut entries = ctx.registry.lock();
+        for d in done {
+            if d.gone {
+                entries.remove(&d.key);
+                continue;
+            }
+            if let Some(e) = entries.get_mut(&d.key) {
+                e.busy = false;
+                e.state = d.state;
+                if d.status.is_some() {
+                    e.status = d.status;
+                }
+                // A spec change during the cycle already asked for an evaluation now.
+                if e.next_eval <= now {
+                    e.next_eval = d.next_eval;
+                }
+            }
+        }
+    }
+}
+
+/// Drops registered objects the controller's caches no longer hold (deleted), once every
+/// cache has synced.
+fn prune(ctx: &Ctx) {
+    let stores = ctx.stores.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if stores.is_empty()
+        || stores
+            .iter()
+            .any(|(_, synced)| !synced.load(Ordering::Acquire))
+    {
+        return;
+    }
+    let mut entries = ctx.registry.lock();
+    entries.retain(|(ns, name), e| {
+        e.busy || {
+            let r = ObjectRef::<ServiceScaling>::new(name).within(ns);
+            stores.iter().any(|(s, _)| s.get(&r).is_some())
+        }
+    });
+}
+
+fn take_due(ctx: &Ctx, now: DateTime<Utc>) -> Vec<Job> {
+    let mut entries = ctx.registry.lock();
+    entries
+        .iter_mut()
+        .filter(|(_, e)| !e.busy && e.next_eval <= now)
+        .map(|(key, e)| {
+            e.busy = true;
+            Job {
+                key: key.clone(),
+                obj: e.obj.clone(),
+                connection: e.connection.clone(),
+                gate: e.gate.clone(),
+                inputs: e.inputs.clone(),
+                state: e.state.clone(),
+                status: e.status.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The next evaluation: the next multiple of the interval (in Unix time), or earlier
+/// when a schedule window opens or closes or a pause ends before it.
+fn next_deadline(job: &Job, now: DateTime<Utc>) -> DateTime<Utc> {
+    let step = i64::try_from(job.inputs.interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let ms = now.timestamp_millis();
+    let grid = DateTime::from_timestamp_millis((ms / step + 1).saturating_mul(step))
+        .unwrap_or(now + TimeDelta::seconds(15));
+    let mut next = grid;
+    if let Some(t) = next_window_change(&job.inputs.windows, now) {
+        next = next.min(t);
+    }
+    if let Some(t) = job.obj.spec.paused_until.filter(|t| *t > now) {
+        next = next.min(t);
+    }
+    next
+}
+
+/// The last path segment of a name or ARN (`cluster/main` → `main`).
+fn short(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// The CloudWatch query of a spec's metric.
+fn metric_query(obj: &ServiceScaling, index: usize) -> Option<MetricQuery> {
+    let spec = &obj.spec;
+    let m = spec.metrics.get(index)?;
+    let ecs = |name: &str| MetricQuery {
+        namespace: "AWS/ECS".into(),
+        metric_name: name.into(),
+        dimensions: vec![
+            (
+                "ClusterName".into(),
+                short(&spec.service.cluster).to_owned(),
+            ),
+            (
+                "ServiceName".into(),
+                short(&spec.service.service).to_owned(),
+            ),
+        ],
+        stat: "Average".into(),
+        period_seconds: spec.metric_period_seconds,
+    };
+    Some(match m.kind()? {
+        MetricKind::Cpu(_) => ecs("CPUUtilization"),
+        MetricKind::Memory(_) => ecs("MemoryUtilization"),
+        MetricKind::CloudWatch(cw) => MetricQuery {
+            namespace: cw.namespace.clone(),
+            metric_name: cw.metric_name.clone(),
+            dimensions: cw
+                .dimensions
+                .iter()
+                .map(|d| (d.name.clone(), d.value.clone()))
+                .collect(),
+            stat: aas::statistic_name(cw.statistic).to_owned(),
+            period_seconds: spec.metric_period_seconds,
+        },
+    })
+}
+
+/// Why the whole read of a cycle failed, per object.
+type Lookup = Result<EcsService, EcsError>;
+
+async fn describe_all(
+    clients: &ConnectionClients,
+    jobs: &[Job],
+) -> HashMap<(String, String), Lookup> {
+    let mut by_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for job in jobs {
+        let s = &job.obj.spec.service;
+        let names = by_cluster.entry(s.cluster.clone()).or_default();
+        if !names.contains(&s.service) {
+            names.push(s.service.clone());
+        }
+    }
+    let calls = by_cluster.into_iter().flat_map(|(cluster, names)| {
+        names
+            .chunks(DESCRIBE_SERVICES_MAX)
+            .map(|chunk| (cluster.clone(), chunk.to_vec()))
+            .collect::<Vec<_>>()
+    });
+    futures::stream::iter(calls)
+        .map(|(cluster, names)| async move {
+            let result = clients.ecs.describe_services(&cluster, &names).await;
+            let entries: Vec<((String, String), Lookup)> = match result {
+                Ok(lookups) => names
+                    .into_iter()
+                    .zip(lookups)
+                    .map(|(n, l)| ((cluster.clone(), n), l))
+                    .collect(),
+                Err(e) => names
+                    .into_iter()
+                    .map(|n| ((cluster.clone(), n), Err(e.clone())))
+                    .collect(),
+            };
+            entries
+        })
+        .buffer_unordered(DESCRIBE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Metric values per (job index, metric index).
+async fn read_metrics(
+    ctx: &Ctx,
+    clients: &ConnectionClients,
+    jobs: &[(usize, &Job)],
+    now: DateTime<Utc>,
+) -> HashMap<(usize, usize), Result<f64, String>> {
+    let mut keys = Vec::new();
+    let mut queries = Vec::new();
+    let mut lookback = 0i64;
+    let mut out = HashMap::new();
+    for (i, job) in jobs {
+        lookback = lookback.max(i64::from(job.obj.spec.metric_lookback_seconds));
+        for m in 0..job.obj.spec.metrics.len() {
+            match metric_query(&job.obj, m) {
+                Some(q) => {
+                    keys.push((*i, m));
+                    queries.push(q);
+                }
+                None => {
+                    out.insert((*i, m), Err("the metric sets no kind".to_owned()));
+                }
+            }
+        }
+    }
+    if queries.is_empty() {
+        return out;
+    }
+    let end = SystemTime::from(now);
+    let start = SystemTime::from(now - TimeDelta::seconds(lookback.max(1)));
+    match clients
+        .cloudwatch
+        .get_metric_data(&queries, start, end)
+        .await
+    {
+        Ok(series) => {
+            for ((i, m), points) in keys.into_iter().zip(series) {
+                let job = jobs.iter().find(|(j, _)| *j == i).map(|(_, j)| *j);
+                let own = job
+                    .map(|j| i64::from(j.obj.spec.metric_lookback_seconds))
+                    .unwrap_or(lookback);
+                out.insert((i, m), newest(&points, now, own));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for k in keys {
+                out.insert(k, Err(msg.clone()));
+            }
+        }
+    }
+    let failures = out.values().filter(|v| v.is_err()).count();
+    ctx.metrics
+        .metric_read_failures
+        .inc_by(u64::try_from(failures).unwrap_or(0));
+    out
+}
+
+/// The newest datapoint no older than `lookback` seconds.
+fn newest(points: &[Datapoint], now: DateTime<Utc>, lookback: i64) -> Result<f64, String> {
+    let cutoff = SystemTime::from(now - TimeDelta::seconds(lookback));
+    points
+        .iter()
+        .filter(|p| p.timestamp >= cutoff)
+        .max_by_key(|p| p.timestamp)
+        .map(|p| p.value)
+        .ok_or_else(|| format!("no datapoint in the last {lookback}s"))
+}
+
+async fn evaluate_connection(ctx: &Ctx, jobs: Vec<Job>, now: DateTime<Utc>) -> Vec<Done> {
+    let started = Instant::now();
+    ctx.metrics.cycles.inc();
+    ctx.metrics
+        .evaluations
+        .inc_by(u64::try_from(jobs.len()).unwrap_or(0));
+    let mut done = Vec::with_capacity(jobs.len());
+    let mut active = Vec::new();
+    for job in jobs {
+        let spec = &job.obj.spec;
+        let hold = if spec.suspend {
+            Some((
+                rr::SUSPENDED,
+                "spec.suspend is set: not evaluating or scaling".to_owned(),
+            ))
+        } else {
+            spec.paused_until.filter(|t| *t > now).map(|t| {
+                (
+                    rr::PAUSED,
+                    format!("paused until {}: not evaluating or scaling", t.to_rfc3339()),
+                )
+            })
+        };
+        match hold {
+            Some((reason, message)) => {
+                let conds = vec![
+                    Desired::new(CONDITION_SCALING_ACTIVE, false, reason, message.clone()),
+                    Desired::new(READY, true, reason, message),
+                ];
+                done.push(finish(ctx, &job, job.state.clone(), conds, |_| {}, now).await);
+            }
+            None => active.push(job),
+        }
+    }
+    if active.is_empty() {
+        ctx.metrics
+            .evaluation_duration
+            .observe(started.elapsed().as_secs_f64());
+        return done;
+    }
+    let clients = match ctx.clients.get(&active[0].connection).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = e.to_string();
+            for job in &active {
+                let conds = vec![
+                    Desired::new(
+                        CONDITION_ABLE_TO_SCALE,
+                        false,
+                        FAILED_GET_SCALE,
+                        msg.clone(),
+                    ),
+                    Desired::new(READY, false, rr::CREDENTIALS_UNAVAILABLE, msg.clone()),
+                ];
+                done.push(finish(ctx, job, job.state.clone(), conds, |_| {}, now).await);
+            }
+            return done;
+        }
+    };
+    let lookups = describe_all(&clients, &active).await;
+    let lookup_of = |job: &Job| -> Lookup {
+        let s = &job.obj.spec.service;
+        lookups
+            .get(&(s.cluster.clone(), s.service.clone()))
+            .cloned()
+            .unwrap_or_else(|| {
+                Err(EcsError::ServiceNotFound {
+                    cluster: s.cluster.clone(),
+                    service: s.service.clone(),
+                    reason: "was not read".into(),
+                })
+            })
+    };
+    let direct: Vec<(usize, &Job)> = active
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.obj.spec.mode == ScalingMode::Direct && lookup_of(j).is_ok())
+        .collect();
+    let values = read_metrics(ctx, &clients, &direct, now).await;
+    let results: Vec<Done> = futures::stream::iter(active.iter().enumerate())
+        .map(|(i, job)| {
+            let lookup = lookup_of(job);
+            let clients = &clients;
+            let values = &values;
+            async move {
+                match lookup {
+                    Err(e) => not_readable(ctx, job, &e, now).await,
+                    Ok(service) => match job.obj.spec.mode {
+                        ScalingMode::Direct => {
+                            let readings: Vec<MetricInput> = job
+                                .inputs
+                                .targets
+                                .iter()
+                                .enumerate()
+                                .map(|(m, (name, target))| MetricInput {
+                                    name: name.clone(),
+                                    target: *target,
+                                    value: values.get(&(i, m)).cloned().unwrap_or_else(|| {
+                                        Err("the metric was not read".to_owned())
+                                    }),
+                                })
+                                .collect();
+                            direct_mode(ctx, clients, job, &service, &readings, now).await
+                        }
+                        ScalingMode::ApplicationAutoScaling => {
+                            aas_mode(ctx, clients, job, &service, now).await
+                        }
+                    },
+                }
+            }
+        })
+        .buffer_unordered(OBJECT_CONCURRENCY)
+        .collect()
+        .await;
+    done.extend(results);
+    ctx.metrics
+        .evaluation_duration
+        .observe(started.elapsed().as_secs_f64());
+    done
+}
+
+async fn not_readable(ctx: &Ctx, job: &Job, e: &EcsError, now: DateTime<Utc>) -> Done {
+    let reason = match e {
+        EcsError::ClusterNotFound { .. } => rr::CLUSTER_NOT_FOUND,
+        EcsError::ServiceNotFound { .. } => rr::SERVICE_NOT_FOUND,
+        _ => rr::SERVICE_UNREADABLE,
+    };
+    if !e.is_not_found() {
+        ctx.metrics.controller.failure(e);
+    }
+    let msg = format!("{e}; nothing is scaled");
+    let conds = vec![
+        Desired::new(
+            CONDITION_ABLE_TO_SCALE,
+            false,
+            FAILED_GET_SCALE,
+            msg.clone(),
+        ),
+        Desired::new(READY, false, reason, msg),
+    ];
+    finish(ctx, job, job.state.clone(), conds, |_| {}, now).await
+}
+
+fn desired_of(c: &ConditionUpdate, type_: &'static str) -> Desired<'static> {
+    Desired {
+        type_,
+        status: c.status,
+        reason: c.reason,
+        message: c.message.clone(),
+    }
+}
+
+fn metric_statuses(decision: &Decision) -> Vec<MetricStatus> {
+    decision
+        .metrics
+        .iter()
+        .map(|p| MetricStatus {
+            name: p.name.clone(),
+            current_utilization_percent: match p.current {
+                Some(MetricCurrent::UtilizationPercent(u)) => Some(u),
+                _ => None,
+            },
+            current_value: match p.current {
+                Some(MetricCurrent::Value(v)) => Some(format_significant(v)),
+                _ => None,
+            },
+            proposed_replicas: p.proposal.as_ref().ok().copied(),
+            error: p.proposal.as_ref().err().cloned(),
+        })
+        .collect()
+}
+
+/// The numbers behind a decision, for the scale Event.
+fn explain(decision: &Decision, inputs: &Inputs) -> String {
+    decision
+        .metrics
+        .iter()
+        .zip(&inputs.targets)
+        .map(|(p, (_, target))| {
+            let current = match p.current {
+                Some(MetricCurrent::UtilizationPercent(u)) => format!("{u}%"),
+                Some(MetricCurrent::Value(v)) => format_significant(v),
+                None => "unreadable".into(),
+            };
+            let target = match target {
+                MetricTarget::Utilization { target_percent } => format!("{target_percent}%"),
+                MetricTarget::Value { target } => format_significant(*target),
+                MetricTarget::AverageValuePerTask { target } => {
+                    format!("{} per task", format_significant(*target))
+                }
+            };
+            let proposal = match &p.proposal {
+                Ok(n) => format!("proposes {n}"),
+                Err(_) => "no proposal".into(),
+            };
+            format!("{} {current} (target {target}, {proposal})", p.name)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn direct_mode(
+    ctx: &Ctx,
+    clients: &ConnectionClients,
+    job: &Job,
+    service: &EcsService,
+    readings: &[MetricInput],
+    now: DateTime<Utc>,
+) -> Done {
+    let spec = &job.obj.spec;
+    let current = service.desired_count;
+    let running = service.running_count;
+    let open = active_windows(&job.inputs.windows, now);
+    let bounds = effective_bounds(
+        Bounds {
+            min: spec.min_replicas,
+            max: spec.max_replicas,
+        },
+        &open,
+    );
+    let decision = evaluate(
+        &EvaluationInput {
+            now,
+            current_replicas: current,
+            running_replicas: running,
+            bounds,
+            metrics: readings,
+            behavior: &job.inputs.behavior,
+            fallback: spec.fallback.as_ref(),
+        },
+        &job.state,
+    );
+    let mut state = decision.state.clone();
+    let mut able = desired_of(&decision.able_to_scale, CONDITION_ABLE_TO_SCALE);
+    let mut write_error = None;
+    let mut scaled = None;
+    if decision.outcome != Outcome::Disabled && decision.rescale(current) {
+        clients.update_limit.acquire().await;
+        match clients
+            .ecs
+            .set_desired_count(
+                &spec.service.cluster,
+                &spec.service.service,
+                decision.desired_replicas,
+            )
+            .await
+        {
+            Ok(()) => {
+                state = decision.state_after_scale.clone();
+                let up = decision.desired_replicas > current;
+                scaled = Some(if up {
+                    ScaleDirection::Up
+                } else {
+                    ScaleDirection::Down
+                });
+                ctx.metrics
+                    .scale_operations
+                    .get_or_create(&crate::controller::DirectionLabels {
+                        direction: if up { "up" } else { "down" }.into(),
+                    })
+                    .inc();
+                let why = match decision.outcome {
+                    Outcome::OutOfBounds => format!(
+                        "the count was outside the bounds {}..{}",
+                        bounds.min, bounds.max
+                    ),
+                    Outcome::Fallback => "metrics kept failing: fallback".to_owned(),
+                    _ => explain(&decision, &job.inputs),
+                };
+                let note = format!(
+                    "desired count {current} → {} (running {running}, bounds {}..{}{}): {why}",
+                    decision.desired_replicas,
+                    bounds.min,
+                    bounds.max,
+                    if open.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", schedule {}",
+                            open.iter()
+                                .map(|w| w.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        )
+                    }
+                );
+                tracing::info!(namespace = %job.key.0, name = %job.key.1, %note, "scaled");
+                capstan_core::events::publish(
+                    &ctx.recorder,
+                    job.obj.as_ref(),
+                    EventType::Normal,
+                    if up { "ScaledUp" } else { "ScaledDown" },
+                    "Scale",
+                    note,
+                )
+                .await;
+            }
+            Err(e) => {
+                ctx.metrics.controller.failure(&e);
+                let msg = e.to_string();
+                able = Desired::new(
+                    CONDITION_ABLE_TO_SCALE,
+                    false,
+                    FAILED_UPDATE_SCALE,
+                    msg.clone(),
+                );
+                write_error = Some(msg);
+            }
+        }
+    }
+    let metrics_failed = matches!(decision.outcome, Outcome::MetricsFailed | Outcome::Fallback);
+    let ready = if let Some(msg) = &write_error {
+        Desired::new(READY, false, rr::FAILED_UPDATE_SCALE, msg.clone())
+    } else if metrics_failed {
+        let msg = decision
+            .scaling_active
+            .as_ref()
+            .map(|c| c.message.clone())
+            .unwrap_or_else(|| "metrics could not be read".into());
+        Desired::new(READY, false, rr::FAILED_GET_METRICS, msg)
+    } else if decision.outcome == Outcome::Disabled {
+        Desired::new(
+            READY,
+            true,
+            rr::SCALING_DISABLED,
+            "the service's desired count is 0; scaling resumes once it is scaled up",
+        )
+    } else {
+        Desired::new(
+            READY,
+            true,
+            rr::EVALUATED,
+            "the service and its metrics were read and the decision applied",
+        )
+    };
+    let mut conds = vec![able, ready];
+    if let Some(c) = &decision.scaling_active {
+        conds.push(desired_of(c, CONDITION_SCALING_ACTIVE));
+    }
+    if let Some(c) = &decision.scaling_limited {
+        conds.push(desired_of(c, CONDITION_SCALING_LIMITED));
+    }
+    let desired_replicas = if write_error.is_some() {
+        current
+    } else {
+        decision.desired_replicas
+    };
+    let metrics = metric_statuses(&decision);
+    let schedules: Vec<String> = open.iter().map(|w| w.name.clone()).collect();
+    let failed = i32::try_from(state.consecutive_failed_evaluations).unwrap_or(i32::MAX);
+    finish(
+        ctx,
+        job,
+        state,
+        conds,
+        move |s| {
+            s.current_replicas = Some(current);
+            s.desired_replicas = Some(desired_replicas);
+            s.running_replicas = Some(running);
+            if !metrics.is_empty() || decision.outcome == Outcome::Metrics {
+                s.current_metrics = metrics;
+            }
+            s.active_schedules = schedules;
+            s.consecutive_failed_evaluations = failed;
+            if let Some(direction) = scaled {
+                s.last_scale_time = Some(now);
+                s.last_scale_direction = Some(direction);
+            }
+        },
+        now,
+    )
+    .await
+}
+
+async fn aas_mode(
+    ctx: &Ctx,
+    clients: &ConnectionClients,
+    job: &Job,
+    service: &EcsService,
+    now: DateTime<Utc>,
+) -> Done {
+    let spec = &job.obj.spec;
+    let resource_id = ecs_resource_id(&spec.service.cluster, &spec.service.service);
+    let open = active_windows(&job.inputs.windows, now);
+    let result = match aas::declare(spec, &job.inputs.behavior, &job.inputs.windows, now) {
+        Ok(d) => match aas::apply(&clients.autoscaling, &resource_id, &d).await {
+            Ok(changed) => Ok((d, changed)),
+            Err(e) => {
+                ctx.metrics.controller.failure(&e);
+                Err(e.to_string())
+            }
+        },
+        Err(msg) => Err(msg),
+    };
+    let (able, active, ready) = match &result {
+        Ok((d, changed)) => {
+            if !changed.is_empty() {
+                let note = changed.join("; ");
+                // Once declared, any difference is drift (or a spec change) repaired.
+                let declared_before = job
+                    .status
+                    .as_ref()
+                    .and_then(|s| conditions::find(&s.conditions, READY))
+                    .is_some_and(|c| c.reason == rr::DECLARED);
+                let reason = if declared_before {
+                    "AutoScalingRepaired"
+                } else {
+                    "AutoScalingDeclared"
+                };
+                tracing::info!(namespace = %job.key.0, name = %job.key.1, %note, reason, "application auto scaling updated");
+                capstan_core::events::publish(
+                    &ctx.recorder,
+                    job.obj.as_ref(),
+                    EventType::Normal,
+                    reason,
+                    "Declare",
+                    note,
+                )
+                .await;
+            }
+            let msg = format!(
+                "scalable target {}..{}, {} target-tracking policies and {} scheduled actions in place; AWS owns the desired count",
+                d.target.min_capacity,
+                d.target.max_capacity,
+                d.policies.len(),
+                d.actions.len()
+            );
+            (
+                Desired::new(
+                    CONDITION_ABLE_TO_SCALE,
+                    true,
+                    reasons::SUCCEEDED_GET_SCALE,
+                    "the controller was able to read the service's current count",
+                ),
+                Desired::new(CONDITION_SCALING_ACTIVE, true, rr::DECLARED, msg.clone()),
+                Desired::new(READY, true, rr::DECLARED, msg),
+            )
+        }
+        Err(msg) => (
+            Desired::new(
+                CONDITION_ABLE_TO_SCALE,
+                false,
+                rr::AUTOSCALING_FAILED,
+                msg.clone(),
+            ),
+            Desired::new(
+                CONDITION_SCALING_ACTIVE,
+                false,
+                rr::AUTOSCALING_FAILED,
+                msg.clone(),
+            ),
+            Desired::new(READY, false, rr::AUTOSCALING_FAILED, msg.clone()),
+        ),
+    };
+    let (current, running) = (service.desired_count, service.running_count);
+    let schedules: Vec<String> = open.iter().map(|w| w.name.clone()).collect();
+    finish(
+        ctx,
+        job,
+        job.state.clone(),
+        vec![able, active, ready],
+        move |s| {
+            s.current_replicas = Some(current);
+            s.desired_replicas = Some(current);
+            s.running_replicas = Some(running);
+            s.active_schedules = schedules;
+        },
+        now,
+    )
+    .await
+}
+
+/// Writes the status (gate conditions + `conds` + `update`) when it changed, publishes a
+/// Warning Event when Ready turns False with a new reason, and computes the next
+/// deadline.
+async fn finish(
+    ctx: &Ctx,
+    job: &Job,
+    state: ScalingState,
+    conds: Vec<Desired<'static>>,
+    update: impl FnOnce(&mut ServiceScalingStatus),
+    now: DateTime<Utc>,
+) -> Done {
+    use capstan_core::conditions::ObjectStatus as _;
+    let before = job.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let generation = job.obj.metadata.generation;
+    status.set_observed_generation(generation);
+    let ready_before =
+        conditions::find(&before.conditions, READY).map(|c| (c.status.clone(), c.reason.clone()));
+    let mut warn = None;
+    for d in job.gate.iter().cloned().chain(conds) {
+        if d.type_ == READY
+            && d.status == Status::False
+            && ready_before.as_ref() != Some(&(d.status.as_str().to_owned(), d.reason.to_owned()))
+        {
+            warn = Some((d.reason, d.message.clone()));
+        }
+        conditions::set(&mut status.conditions, d, generation, now);
+    }
+    update(&mut status);
+    let next_eval = next_deadline(job, now);
+    let mut done = Done {
+        key: job.key.clone(),
+        state,
+        status: None,
+        next_eval,
+        gone: false,
+    };
+    if let Some((reason, message)) = warn {
+        capstan_core::events::publish(
+            &ctx.recorder,
+            job.obj.as_ref(),
+            EventType::Warning,
+            reason,
+            "Evaluate",
+            message,
+        )
+        .await;
+    }
+    if status == before {
+        return done;
+    }
+    let api = kube::Api::<ServiceScaling>::namespaced(ctx.rt.client.clone(), &job.key.0);
+    match capstan_core::ssa::apply_status(&api, &job.key.1, FIELD_MANAGER, &status).await {
+        Ok(_) => done.status = Some(status),
+        Err(kube::Error::Api(s)) if s.code == 404 => done.gone = true,
+        Err(e) => {
+            ctx.metrics.controller.failure(&e);
+            tracing::warn!(namespace = %job.key.0, name = %job.key.1, error = %e, "writing status failed");
+        }
+    }
+    done
+}
