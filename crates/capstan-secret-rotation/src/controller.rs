@@ -199,10 +199,10 @@ fn failpoints_from_env() {
     #[cfg(feature = "failpoints")]
     if let Ok(spec) = std::env::var("FAILPOINTS") {
         for part in spec.split(';').filter(|p| !p.trim().is_empty()) {
-            if let Some((name, actions)) = part.split_once('=') {
-                if let Err(e) = fail::cfg(name.trim(), actions.trim()) {
-                    tracing::warn!(failpoint = name, error = %e, "bad failpoint");
-                }
+            if let Some((name, actions)) = part.split_once('=')
+                && let Err(e) = fail::cfg(name.trim(), actions.trim())
+            {
+                tracing::warn!(failpoint = name, error = %e, "bad failpoint");
             }
         }
     }

@@ -706,3 +706,137 @@ async fn rollouts_restart_once_per_rotation_and_gate_the_next() {
         );
     }
 }
+
+/// A ClusterConnection allowing `ns`, with its credentials Secret in `ns` (the tests use
+/// the object's namespace as Capstan's own).
+async fn connection(client: &kube::Client, ns: &str, name: &str, spec: Value, creds: Value) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s: Secret = serde_json::from_value(json!({
+        "metadata": { "name": format!("{name}-creds") }, "stringData": creds
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("creds");
+    let mut spec = spec;
+    spec["allowedNamespaces"] = json!({ "names": [ns] });
+    let conn: capstan_core::connection::ClusterConnection = serde_json::from_value(json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
+        "metadata": { "name": name }, "spec": spec
+    }))
+    .expect("connection");
+    Api::<capstan_core::connection::ClusterConnection>::all(client.clone())
+        .create(&PostParams::default(), &conn)
+        .await
+        .expect("create connection");
+}
+
+/// Vault/OpenBao KV v2 backend with the PostgreSQL target: each rotation's current value
+/// logs in, and the value consumers read at `path` is the one delivered.
+#[tokio::test]
+async fn vault_backend_with_postgres_rotates() {
+    let env = TestEnv::get();
+    let kube = env.kube().await.expect("kube");
+    let pg = env.postgres().await.expect("postgres");
+    let vault = env.vault().await.expect("vault");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    let secrets: Api<Secret> = ns.api(client.clone());
+    let (db, user) = pg_setup(pg, &secrets, ns.name()).await;
+    let conn = format!("vault-{}", ns.name());
+    connection(
+        &client,
+        ns.name(),
+        &conn,
+        json!({ "vault": { "address": vault.addr(), "auth": { "token": { "secretRef": { "name": format!("{conn}-creds") } } } } }),
+        json!({ "token": vault.root_token() }),
+    )
+    .await;
+    let mut spec = pg_spec(pg, &db, &user, json!({"singleUser": {}}));
+    spec["backend"] =
+        json!({ "vault": { "mount": "secret", "path": format!("{}/db", ns.name()) } });
+    spec["connectionRef"] = json!({ "name": conn });
+    create(
+        &api,
+        json!({ "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+                "metadata": { "name": "db" }, "spec": spec }),
+    )
+    .await;
+    let m = start(kube, ns.name(), "sr-vault").await;
+    let http = reqwest::Client::new();
+    for n in 1..=2 {
+        if n > 1 {
+            rotate_now(&api, "db", "again").await;
+        }
+        await_rotations(&api, "db", n, &m).await;
+        let password = secret_data(&secrets, "db-app").await["password"].clone();
+        assert!(logs_in(pg, &db, &user, &password), "rotation {n}");
+        let kv: Value = http
+            .get(format!("{}/v1/secret/data/{}/db", vault.addr(), ns.name()))
+            .header("X-Vault-Token", vault.root_token())
+            .send()
+            .await
+            .expect("vault read")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            kv["data"]["data"]["password"],
+            json!(password),
+            "rotation {n}"
+        );
+    }
+}
+
+/// AWS Secrets Manager backend (the emulator) without a target: the secret is created,
+/// its AWSCURRENT value is the one delivered, and a rotate-now moves it.
+#[tokio::test]
+async fn aws_secrets_manager_backend_rotates() {
+    let env = TestEnv::get();
+    let kube = env.kube().await.expect("kube");
+    let aws = env.aws().await.expect("aws");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    let secrets: Api<Secret> = ns.api(client.clone());
+    let conn = format!("aws-{}", ns.name());
+    connection(
+        &client,
+        ns.name(),
+        &conn,
+        json!({ "aws": { "region": aws.region(), "endpointUrl": aws.endpoint_url(),
+                         "credentialsSecretRef": { "name": format!("{conn}-creds") } } }),
+        json!({ "AWS_ACCESS_KEY_ID": capstan_testenv::TEST_ACCESS_KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": capstan_testenv::TEST_SECRET_ACCESS_KEY }),
+    )
+    .await;
+    create(
+        &api,
+        json!({ "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+                "metadata": { "name": "key" },
+                "spec": {
+                    "connectionRef": { "name": conn },
+                    "backend": { "awsSecretsManager": { "secretId": format!("{}/key", ns.name()) } },
+                    "target": { "none": {} },
+                    "schedule": { "interval": "720h" },
+                    "delivery": { "secret": { "name": "key" } }
+                } }),
+    )
+    .await;
+    let m = start(kube, ns.name(), "sr-aws").await;
+    let first = await_rotations(&api, "key", 1, &m).await;
+    let v1 = first.status.and_then(|s| s.current_version).expect("v1");
+    rotate_now(&api, "key", "again").await;
+    let second = await_rotations(&api, "key", 2, &m).await;
+    let st = second.status.expect("status");
+    assert_eq!(st.previous_version.as_deref(), Some(v1.as_str()));
+    let v2 = st.current_version.expect("v2");
+    assert_ne!(v2, v1);
+    let delivered = secrets.get("key").await.expect("delivered");
+    assert_eq!(
+        delivered.metadata.annotations.unwrap_or_default()["capstan.dev/version"],
+        v2
+    );
+}
