@@ -77,6 +77,11 @@ echo "==> starting capstan"
   --metrics-addr 127.0.0.1:0 --log-format text >"$state/capstan.log" 2>&1 &
 pids+=($!)
 
+# orders-db's admin login: present, so that what its SecretRotation reports is the honest
+# outcome of pointing at an RDS host that does not exist here (the database unreachable).
+k -n payments create secret generic orders-db-admin --from-literal=username=postgres \
+  --from-literal=password=demo-only --dry-run=client -o yaml | k apply -f - >/dev/null
+
 echo "==> applying manifests/examples (the production-shaped connections are skipped)"
 for f in manifests/examples/*.yaml; do
   case "$f" in *00-connections.yaml) continue ;; esac
@@ -103,8 +108,8 @@ verdict() { # kind ns name reason
   done
   echo "    FAIL: $1 $2/$3 reports '${got}', expected $4" >&2; ok=false
 }
-verdict secretrotation payments card-vault-key NotImplemented
-verdict secretrotation payments orders-db NotImplemented
+verdict secretrotation payments card-vault-key CredentialCurrent
+verdict secretrotation payments orders-db TargetUnavailable
 verdict servicescaling shop web Evaluated
 scaled=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
 import os, time
