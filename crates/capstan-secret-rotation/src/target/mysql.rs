@@ -222,12 +222,12 @@ impl MysqlTarget {
             E::Server(se) => {
                 let detail = format!("ERROR {} ({}): {}", se.code, se.state, se.message);
                 match (se.code, op) {
-                    (1045 | 3118 | 4151, Op::Login(user)) => TargetError::LoginFailed {
+                    (1045 | 1698 | 3118 | 4151, Op::Login(user)) => TargetError::LoginFailed {
                         target,
                         user: user.to_owned(),
                         detail,
                     },
-                    (1045 | 1044 | 1142 | 1143 | 1227 | 1370 | 1410 | 1211, _) => {
+                    (1045 | 1698 | 1044 | 1142 | 1143 | 1227 | 1370 | 1410 | 1211, _) => {
                         TargetError::AccessDenied { target, detail }
                     }
                     (1396 | 1141, Op::SetPassword(user) | Op::EnsureUser(user)) => {
@@ -340,6 +340,14 @@ impl MysqlTarget {
         Ok(())
     }
 
+    /// The first password-policy warning (1819) of the last statement, if any.
+    async fn policy_warning(&self, conn: &mut Conn) -> Option<String> {
+        let rows: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS").await.ok()?;
+        rows.into_iter()
+            .find(|(_, code, _)| *code == 1819)
+            .map(|(level, code, message)| format!("{level} {code}: {message}"))
+    }
+
     /// Applies `like`'s grants to `username`.
     async fn copy_grants(
         &self,
@@ -353,9 +361,20 @@ impl MysqlTarget {
             .map_err(|e| self.classify(&e, Op::EnsureUser(like)))?;
         for line in lines {
             if let Some(stmt) = clone_grant(&line, like, username, &self.user_host) {
-                conn.query_drop(stmt)
-                    .await
-                    .map_err(|e| self.classify(&e, Op::EnsureUser(username)))?;
+                conn.query_drop(&stmt).await.map_err(|e| {
+                    // Grants hold no secret: name the statement that failed.
+                    match self.classify(&e, Op::EnsureUser(username)) {
+                        TargetError::AccessDenied { target, detail } => TargetError::AccessDenied {
+                            target,
+                            detail: format!("{stmt}: {detail}"),
+                        },
+                        TargetError::Invalid { target, detail } => TargetError::Invalid {
+                            target,
+                            detail: format!("{stmt}: {detail}"),
+                        },
+                        other => other,
+                    }
+                })?;
             }
         }
         Ok(())
@@ -497,10 +516,21 @@ impl CredentialTarget for MysqlTarget {
             self.account(username),
             Self::identified(form, password).expose()
         ));
-        conn.query_drop(stmt.expose()).await.map_err(|e| {
-            self.classify(&e, Op::SetPassword(username))
-                .scrubbed(&[password, &hash])
-        })?;
+        if let Err(e) = conn.query_drop(stmt.expose()).await {
+            let mut err = self.classify(&e, Op::SetPassword(username));
+            // MariaDB reports a policy refusal in ALTER USER as 1396 "Operation ALTER USER
+            // failed", with the reason (1819) only among the warnings.
+            if matches!(&e, mysql_async::Error::Server(se) if se.code == 1396)
+                && let Some(reason) = self.policy_warning(&mut conn).await
+            {
+                err = TargetError::Rejected {
+                    target: self.name.clone(),
+                    user: username.to_owned(),
+                    reason,
+                };
+            }
+            return Err(err.scrubbed(&[password, &hash]));
+        }
         let _ = conn.disconnect().await;
         Ok(())
     }
