@@ -164,15 +164,16 @@ async fn a_connection_admits_only_the_namespaces_it_lists() {
         ready.message
     );
 
-    // Proceeds in the allowed namespace: the connection is allowed and the next step
-    // (not built yet) says so honestly.
+    // Proceeds in the allowed namespace: the connection is allowed and the rotation runs
+    // through it (Secrets Manager in the emulator, reached with the connection's
+    // credentials from Capstan's namespace).
     await_condition(
         &in_allowed,
         "api-key",
         |o: &SecretRotation| {
             let c = o.status.as_ref().map(|s| &s.conditions);
             reason_is(c, "ConnectionReady", "ConnectionAllowed")
-                && reason_is(c, "Ready", "NotImplemented")
+                && reason_is(c, "Ready", "CredentialCurrent")
         },
         timeout,
     )
