@@ -232,3 +232,24 @@ pub enum ClientError {
     #[error("ClusterConnection {0:?} is not an AWS connection")]
     NotAws(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls through one limiter are spaced 1/rate apart, whoever makes them.
+    #[tokio::test]
+    async fn the_rate_limit_spaces_calls() {
+        let limit = Arc::new(RateLimiter::new(UPDATE_SERVICE_PER_SECOND));
+        let start = Instant::now();
+        let calls = (0..5).map(|_| {
+            let l = limit.clone();
+            async move { l.acquire().await }
+        });
+        futures::future::join_all(calls).await;
+        // 5 calls at 4/s: the first at once, the fifth a second later.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(990), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+}
