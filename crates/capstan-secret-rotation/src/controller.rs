@@ -18,6 +18,13 @@
 //!    deliver), **record it** (which claims the next step), and go on until the
 //!    rotation is finished, waits for a rollout, or fails; then requeue.
 //!
+//! A leader lease does not fence: a Capstan frozen past its lease between its claim and
+//! its side effect still runs it when resumed. Backends refuse such a stale write by
+//! themselves (CAS, labels); the database write carries a fencing token
+//! ([`crate::target::Fence`]: object, rotation number, attempt) that the target keeps
+//! and checks under a lock, so a stale `SetTarget` is refused ([`TargetError::Fenced`])
+//! and its Capstan treats it as a lost claim. Rotation numbers only grow per object.
+//!
 //! A crash anywhere resumes from what the backend shows ([`rotation::resume`]). Every
 //! step and delivery writes one audit line ([`crate::audit`]); Events mark rotations
 //! started, finished and failed.
@@ -56,7 +63,7 @@ use crate::crd::{
 use crate::delivery;
 use crate::generator::PasswordGenerator;
 use crate::rotation::{self, BackendView, Outcome, Plan, Policy, Resume, Transition, Users};
-use crate::target::TargetError;
+use crate::target::{Fence, TargetError};
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "capstan-secret-rotation";
@@ -193,7 +200,10 @@ fn key_of(obj: &SecretRotation) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Failpoints (tests only): `FAILPOINTS="secret-rotation::after-SetTarget=return"` makes
-// the process abort right after that side effect, before it is recorded.
+// the process abort right after that side effect, before it is recorded;
+// `secret-rotation::before-set-password=sleep(5000)` holds it in `SetTarget` after the
+// pending value was read, right before the database write (where a frozen leader is
+// dangerous).
 
 fn failpoints_from_env() {
     #[cfg(feature = "failpoints")]
@@ -440,6 +450,16 @@ impl Pass<'_> {
         )
     }
 
+    /// The fencing token of this attempt's database writes.
+    fn fence(&self, r: &RotationInProgress) -> Fence {
+        let id = self.id(r);
+        Fence {
+            object_uid: id.object_uid,
+            rotation: id.rotation,
+            attempt: id.attempt,
+        }
+    }
+
     async fn event(&self, type_: EventType, reason: &str, note: String) {
         capstan_core::events::publish(&self.ctx.recorder, self.obj, type_, reason, "Rotate", note)
             .await;
@@ -585,7 +605,18 @@ async fn reconcile(obj: Arc<SecretRotation>, ctx: Arc<Context>) -> Result<Action
                 .clone()
                 .or_else(|| current.as_ref().and_then(|v| v.credential.username.clone()));
             let username = rotation::next_username(&pass.policy.users, active.as_deref());
-            let r = rotation::start(trigger, token.clone(), username, now);
+            let mut r = rotation::start(trigger, token.clone(), username, now);
+            // Rotation numbers (clock milliseconds) must grow per object even if this
+            // Capstan's clock is behind the last one's: they order the target's fences.
+            if let Some(last) = st
+                .recent_rotations
+                .iter()
+                .filter_map(|s| s.id.parse::<u64>().ok())
+                .max()
+                && rotation::rotation_number(&r) <= last
+            {
+                r.id = (last + 1).to_string();
+            }
             if token.is_some() {
                 st.observed_rotate_now_token = token;
             }
@@ -673,6 +704,10 @@ fn from_backend(e: BackendError) -> StepResult {
 }
 
 fn from_target(e: TargetError, testing: bool) -> StepResult {
+    if matches!(e, TargetError::Fenced { .. }) {
+        // A newer attempt wrote the database: this Capstan is stale.
+        return StepResult::ClaimLost(e.to_string());
+    }
     let login_failed = matches!(e, TargetError::LoginFailed { .. });
     if e.is_definitive_rejection() || (testing && login_failed) {
         StepResult::Rejected(e.reason(), e.to_string())
@@ -924,7 +959,11 @@ async fn execute(
                     return from_target(e, false);
                 }
             }
-            match target.set_password(&user, &v.credential.value).await {
+            crash_point("secret-rotation::before-set-password");
+            match target
+                .set_password_fenced(&user, &v.credential.value, &pass.fence(r))
+                .await
+            {
                 Ok(()) => StepResult::Done(Some(v.id)),
                 Err(e) => from_target(e, false),
             }
@@ -1086,7 +1125,7 @@ async fn give_up(
         && let Ok(Some(current)) = clients.backend.current().await
         && let Err(e) = clients
             .target
-            .set_password(user, &current.credential.value)
+            .set_password_fenced(user, &current.credential.value, &pass.fence(&r))
             .await
     {
         tracing::warn!(object = %pass.key, error = %e, "could not set the current value back on the target");

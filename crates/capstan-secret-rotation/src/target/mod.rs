@@ -11,7 +11,8 @@
 //! [`TargetError`] separates a definitive refusal of the value itself
 //! ([`TargetError::Rejected`], e.g. a password policy), which must never be replayed,
 //! from transient failures (refused connections, too many clients, timeouts) and from the
-//! other outcomes. Usernames reach SQL only quoted ([`quote_pg_ident`],
+//! other outcomes, and a write refused by the target's fence ([`TargetError::Fenced`]:
+//! a newer attempt already set this user) from both. Usernames reach SQL only quoted ([`quote_pg_ident`],
 //! [`quote_mysql_string`]); no error message carries a password.
 
 mod mysql;
@@ -36,8 +37,85 @@ pub trait CredentialTarget: Send + Sync + std::fmt::Debug {
     /// (see [`MysqlTarget`]).
     async fn set_password(&self, username: &str, password: &SecretValue)
     -> Result<(), TargetError>;
+    /// Sets the password only if no newer attempt of the same SecretRotation set it
+    /// before ([`Fence`]), and records `fence` on the target in the same locked step, so
+    /// a stale Capstan (frozen past its lease between its claim and this call) cannot set
+    /// an old value after another one moved on: it gets [`TargetError::Fenced`]. An
+    /// equal fence passes (a takeover repeats the same attempt's write). Targets that
+    /// keep no fence just set the password.
+    async fn set_password_fenced(
+        &self,
+        username: &str,
+        password: &SecretValue,
+        fence: &Fence,
+    ) -> Result<(), TargetError> {
+        let _ = fence;
+        self.set_password(username, password).await
+    }
     /// Logs in as `username` with `password` and runs a trivial query. Ok(()) or a TargetError.
     async fn test_login(&self, username: &str, password: &SecretValue) -> Result<(), TargetError>;
+}
+
+/// A fencing token: which attempt of which SecretRotation writes a password. Ordered by
+/// (rotation, attempt) within one object; the rotation number grows with every rotation
+/// of the object (the controller makes it exceed the last one), the attempt within it.
+///
+/// Kept on the target as `capstan-fence:v1:<object uid>:<rotation>:<attempt>` (see each
+/// target for where). A fence of another object (e.g. a deleted and recreated
+/// SecretRotation, a new uid) does not refuse anything: only the same object's newer
+/// fence does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// `metadata.uid` of the SecretRotation.
+    pub object_uid: String,
+    /// The rotation number.
+    pub rotation: u64,
+    /// The attempt within the rotation, from 1.
+    pub attempt: u32,
+}
+
+impl Fence {
+    const PREFIX: &'static str = "capstan-fence:v1:";
+
+    /// The stored form, `capstan-fence:v1:<uid>:<rotation>:<attempt>`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}{}:{}:{}",
+            Self::PREFIX,
+            self.object_uid,
+            self.rotation,
+            self.attempt
+        )
+    }
+
+    /// Parses the stored form; anything else (no fence, a comment someone wrote) is None.
+    pub fn decode(s: &str) -> Option<Self> {
+        let rest = s.trim().strip_prefix(Self::PREFIX)?;
+        let mut parts = rest.rsplitn(3, ':');
+        let attempt = parts.next()?.parse().ok()?;
+        let rotation = parts.next()?.parse().ok()?;
+        let object_uid = parts.next()?.to_owned();
+        (!object_uid.is_empty()).then_some(Self {
+            object_uid,
+            rotation,
+            attempt,
+        })
+    }
+
+    /// Whether `stored` (what the target holds) refuses a write with this fence: only a
+    /// newer fence of the same object does.
+    pub fn is_refused_by(&self, stored: Option<&Fence>) -> bool {
+        stored.is_some_and(|s| {
+            s.object_uid == self.object_uid
+                && (s.rotation, s.attempt) > (self.rotation, self.attempt)
+        })
+    }
+}
+
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rotation {} attempt {}", self.rotation, self.attempt)
+    }
 }
 
 /// Why a target call failed. `target` names the server (`PostgreSQL 10.0.0.5:5432`);
@@ -92,6 +170,18 @@ pub enum TargetError {
         /// What failed.
         detail: String,
     },
+    /// The target holds a newer fence of the same object: a newer attempt already set
+    /// this user's password, so this (stale) writer must stop. Neither a rejection of the
+    /// value nor transient.
+    #[error("{target}: password of {user:?} not set: {detail}")]
+    Fenced {
+        /// The server.
+        target: String,
+        /// The user.
+        user: String,
+        /// Which fences (attempt numbers only).
+        detail: String,
+    },
     /// Anything else that retrying does not fix (bad TLS settings or CA bundle, an
     /// invalid username, an unexpected server error).
     #[error("{target}: {detail}")]
@@ -122,6 +212,7 @@ impl TargetError {
             TargetError::NotFound { .. } => "TargetUserNotFound",
             TargetError::AccessDenied { .. } => "TargetAccessDenied",
             TargetError::Unavailable { .. } => "TargetUnavailable",
+            TargetError::Fenced { .. } => "TargetFenced",
             TargetError::Invalid { .. } => "TargetInvalid",
         }
     }
@@ -150,7 +241,7 @@ impl TargetError {
                 user,
                 detail: s(detail),
             },
-            e @ TargetError::NotFound { .. } => e,
+            e @ (TargetError::NotFound { .. } | TargetError::Fenced { .. }) => e,
             TargetError::AccessDenied { target, detail } => TargetError::AccessDenied {
                 target,
                 detail: s(detail),
@@ -175,6 +266,7 @@ impl Categorized for TargetError {
             TargetError::NotFound { .. } => "target_user_not_found",
             TargetError::AccessDenied { .. } => "target_access_denied",
             TargetError::Unavailable { .. } => "target_unavailable",
+            TargetError::Fenced { .. } => "target_fenced",
             TargetError::Invalid { .. } => "target_invalid",
         }
     }
@@ -329,6 +421,11 @@ mod tests {
                 target: t(),
                 detail: "refused".into(),
             },
+            TargetError::Fenced {
+                target: t(),
+                user: "u".into(),
+                detail: "d".into(),
+            },
             TargetError::Invalid {
                 target: t(),
                 detail: "d".into(),
@@ -342,6 +439,26 @@ mod tests {
         assert_eq!(transient[0].category(), "target_unavailable");
         let reasons: std::collections::BTreeSet<_> = all.iter().map(TargetError::reason).collect();
         assert_eq!(reasons.len(), all.len());
+    }
+
+    #[test]
+    fn fences_round_trip_and_only_a_newer_one_of_the_same_object_refuses() {
+        let f = |uid: &str, rotation, attempt| Fence {
+            object_uid: uid.into(),
+            rotation,
+            attempt,
+        };
+        let ours = f("9f0c-uid", 1_700_000_000_000, 2);
+        assert_eq!(Fence::decode(&ours.encode()), Some(ours.clone()));
+        assert_eq!(Fence::decode("owned by the payments team"), None);
+        assert_eq!(Fence::decode("capstan-fence:v1::1:1"), None);
+        assert!(!ours.is_refused_by(None));
+        assert!(!ours.is_refused_by(Some(&ours)));
+        assert!(!ours.is_refused_by(Some(&f("9f0c-uid", 1_700_000_000_000, 1))));
+        assert!(!ours.is_refused_by(Some(&f("9f0c-uid", 1_600_000_000_000, 9))));
+        assert!(ours.is_refused_by(Some(&f("9f0c-uid", 1_700_000_000_000, 3))));
+        assert!(ours.is_refused_by(Some(&f("9f0c-uid", 1_700_000_000_001, 1))));
+        assert!(!ours.is_refused_by(Some(&f("other", u64::MAX, 9))));
     }
 
     #[test]

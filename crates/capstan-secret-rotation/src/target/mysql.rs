@@ -26,6 +26,20 @@
 //! limits are not copied). Grants are reapplied on every call with `like`, so an
 //! interrupted call completes on retry.
 //!
+//! `set_password_fenced` serializes writers of one account with
+//! `GET_LOCK('capstan-fence:<user>@<host>', 10)` on the admin session, reads the
+//! account's fence from the table `capstan.fences` (created with `CREATE DATABASE/TABLE
+//! IF NOT EXISTS` on first use: the admin needs CREATE, SELECT, INSERT and UPDATE on the
+//! `capstan` database, or an administrator creates it), refuses with
+//! [`TargetError::Fenced`] when it is newer than the caller's, else alters the user and
+//! upserts the caller's fence, then releases the lock. The fence does not live on the
+//! account itself: `ALTER USER .. COMMENT/ATTRIBUTE` is MySQL 8 only (MariaDB 10.11 has
+//! neither), and writing `mysql.global_priv` directly is unsupported. `ALTER USER`
+//! commits implicitly, so the lock, not a transaction, makes read-check-alter-record one
+//! step; a writer that dies in between leaves the password set but the fence old, which
+//! only lets a writer of an older attempt through until the next fenced write: the next
+//! writer of the same or a newer attempt re-records it.
+//!
 //! TLS (`sslMode`): `disabled`; `preferred` tries TLS without a certificate check and falls
 //! back to plain when the server has no TLS; `required` insists, without a check;
 //! `verifyCa` checks the chain (CA bundle, else the bundled web PKI roots) but not the host
@@ -40,7 +54,9 @@ use mysql_async::{Conn, OptsBuilder, SslOpts};
 use rand::Rng;
 use sha1::{Digest, Sha1};
 
-use super::{CredentialTarget, TargetError, check_username, quote_mysql_ident, quote_mysql_string};
+use super::{
+    CredentialTarget, Fence, TargetError, check_username, quote_mysql_ident, quote_mysql_string,
+};
 use crate::crd;
 
 /// Longest MySQL/MariaDB user name.
@@ -279,6 +295,91 @@ impl MysqlTarget {
         }
     }
 
+    /// `ALTER USER` with the password in the form this server needs; a policy refusal is
+    /// a [`TargetError::Rejected`].
+    async fn alter_user(
+        &self,
+        conn: &mut Conn,
+        username: &str,
+        password: &SecretValue,
+    ) -> Result<(), TargetError> {
+        let form = self.password_form(conn).await?;
+        if form == MysqlPasswordForm::PolicyChecked {
+            self.plaintext_session(conn).await?;
+        }
+        let hash = mysql_native_password_hash(password);
+        let stmt = SecretValue::new(format!(
+            "ALTER USER {} {}",
+            self.account(username),
+            Self::identified(form, password).expose()
+        ));
+        if let Err(e) = conn.query_drop(stmt.expose()).await {
+            let mut err = self.classify(&e, Op::SetPassword(username));
+            // MariaDB reports a policy refusal in ALTER USER as 1396 "Operation ALTER USER
+            // failed", with the reason (1819) only among the warnings.
+            if matches!(&e, mysql_async::Error::Server(se) if se.code == 1396)
+                && let Some(reason) = self.policy_warning(conn).await
+            {
+                err = TargetError::Rejected {
+                    target: self.name.clone(),
+                    user: username.to_owned(),
+                    reason,
+                };
+            }
+            return Err(err.scrubbed(&[password, &hash]));
+        }
+        Ok(())
+    }
+
+    /// Under the account's fence lock: check the stored fence, alter, record ours.
+    async fn fenced_alter(
+        &self,
+        conn: &mut Conn,
+        username: &str,
+        account: &str,
+        password: &SecretValue,
+        fence: &Fence,
+    ) -> Result<(), TargetError> {
+        let err = |e: mysql_async::Error| self.classify(&e, Op::Admin);
+        conn.query_drop("CREATE DATABASE IF NOT EXISTS capstan")
+            .await
+            .map_err(err)?;
+        conn.query_drop(
+            "CREATE TABLE IF NOT EXISTS capstan.fences (\
+               account VARCHAR(400) NOT NULL PRIMARY KEY, \
+               fence VARCHAR(255) NOT NULL)",
+        )
+        .await
+        .map_err(err)?;
+        let stored: Option<String> = conn
+            .exec_first(
+                "SELECT fence FROM capstan.fences WHERE account = ?",
+                (account,),
+            )
+            .await
+            .map_err(err)?;
+        let stored = stored.as_deref().and_then(Fence::decode);
+        if fence.is_refused_by(stored.as_ref()) {
+            return Err(TargetError::Fenced {
+                target: self.name.clone(),
+                user: username.to_owned(),
+                detail: format!(
+                    "the account holds a newer fence ({}) than this writer's ({fence})",
+                    stored.map_or_else(String::new, |s| s.to_string())
+                ),
+            });
+        }
+        self.alter_user(conn, username, password).await?;
+        conn.exec_drop(
+            "INSERT INTO capstan.fences (account, fence) VALUES (?, ?) \
+             ON DUPLICATE KEY UPDATE fence = VALUES(fence)",
+            (account, fence.encode()),
+        )
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
     /// How this server must be sent passwords.
     async fn password_form(&self, conn: &mut Conn) -> Result<MysqlPasswordForm, TargetError> {
         let err = |e: mysql_async::Error| self.classify(&e, Op::Admin);
@@ -506,33 +607,41 @@ impl CredentialTarget for MysqlTarget {
     ) -> Result<(), TargetError> {
         check_username(&self.name, username, MAX_USER_LEN)?;
         let mut conn = self.admin().await?;
-        let form = self.password_form(&mut conn).await?;
-        if form == MysqlPasswordForm::PolicyChecked {
-            self.plaintext_session(&mut conn).await?;
-        }
-        let hash = mysql_native_password_hash(password);
-        let stmt = SecretValue::new(format!(
-            "ALTER USER {} {}",
-            self.account(username),
-            Self::identified(form, password).expose()
-        ));
-        if let Err(e) = conn.query_drop(stmt.expose()).await {
-            let mut err = self.classify(&e, Op::SetPassword(username));
-            // MariaDB reports a policy refusal in ALTER USER as 1396 "Operation ALTER USER
-            // failed", with the reason (1819) only among the warnings.
-            if matches!(&e, mysql_async::Error::Server(se) if se.code == 1396)
-                && let Some(reason) = self.policy_warning(&mut conn).await
-            {
-                err = TargetError::Rejected {
-                    target: self.name.clone(),
-                    user: username.to_owned(),
-                    reason,
-                };
-            }
-            return Err(err.scrubbed(&[password, &hash]));
-        }
+        self.alter_user(&mut conn, username, password).await?;
         let _ = conn.disconnect().await;
         Ok(())
+    }
+
+    async fn set_password_fenced(
+        &self,
+        username: &str,
+        password: &SecretValue,
+        fence: &Fence,
+    ) -> Result<(), TargetError> {
+        check_username(&self.name, username, MAX_USER_LEN)?;
+        let mut conn = self.admin().await?;
+        let account = format!("{username}@{}", self.user_host);
+        let lock = format!("capstan-fence:{account}");
+        let err = |e: mysql_async::Error| self.classify(&e, Op::Admin);
+        let got: Option<Option<i64>> = conn
+            .exec_first("SELECT GET_LOCK(?, 10)", (lock.as_str(),))
+            .await
+            .map_err(err)?;
+        if got.flatten() != Some(1) {
+            return Err(TargetError::Unavailable {
+                target: self.name.clone(),
+                detail: format!("the fence lock of {account:?} is held by another writer"),
+            });
+        }
+        let result = self
+            .fenced_alter(&mut conn, username, &account, password, fence)
+            .await;
+        // Closing the session would release the lock too.
+        let _ = conn
+            .exec_drop("SELECT RELEASE_LOCK(?)", (lock.as_str(),))
+            .await;
+        let _ = conn.disconnect().await;
+        result
     }
 
     async fn test_login(&self, username: &str, password: &SecretValue) -> Result<(), TargetError> {

@@ -4,6 +4,15 @@
 //!   verifier is computed here (`postgres_protocol::password::scram_sha_256`, a random
 //!   salt per call), so the plaintext never reaches the server, its statement log or
 //!   `pg_stat_activity`. PostgreSQL stores a pre-hashed password as given.
+//! - `set_password_fenced` does the same in one transaction that first takes
+//!   `pg_advisory_xact_lock(hashtext('capstan-fence:' || role))` (with a 10 s
+//!   `lock_timeout`), reads the role's fence from its comment
+//!   (`shobj_description(oid, 'pg_authid')`), refuses with [`TargetError::Fenced`] when
+//!   it is newer than the caller's, else alters the password and stores the caller's
+//!   fence with `COMMENT ON ROLE`. The role comment belongs to Capstan on rotated roles (a
+//!   comment that is not a fence is overwritten); no schema is needed in users'
+//!   databases. Both statements need what `ALTER ROLE .. PASSWORD` already needs
+//!   (CREATEROLE with ADMIN OPTION on the role, or superuser).
 //! - `test_login` logs in as the user (SCRAM: the password is not sent either) and runs
 //!   `SELECT 1`.
 //! - `ensure_user(new, Some(like))` creates `new` in one transaction with `like`'s role
@@ -40,7 +49,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{CredentialTarget, TargetError, check_username, quote_pg_ident, root_store};
+use super::{CredentialTarget, Fence, TargetError, check_username, quote_pg_ident, root_store};
 use crate::crd;
 
 /// Longest PostgreSQL identifier (NAMEDATALEN - 1).
@@ -375,6 +384,28 @@ impl PostgresTarget {
         }
     }
 
+    /// `ALTER ROLE .. PASSWORD '<SCRAM verifier>'` and the verifier (both secret).
+    fn alter_password(
+        &self,
+        username: &str,
+        password: &SecretValue,
+    ) -> Result<(SecretValue, SecretValue), TargetError> {
+        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+        if verifier.contains('\'') || verifier.contains('\\') {
+            return Err(TargetError::Invalid {
+                target: self.name.clone(),
+                detail: "the SCRAM verifier has an unexpected character".into(),
+            });
+        }
+        let verifier = SecretValue::new(verifier);
+        let stmt = SecretValue::new(format!(
+            "ALTER ROLE {} PASSWORD '{}'",
+            quote_pg_ident(username),
+            verifier.expose()
+        ));
+        Ok((stmt, verifier))
+    }
+
     async fn create_like(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -551,24 +582,72 @@ impl CredentialTarget for PostgresTarget {
         password: &SecretValue,
     ) -> Result<(), TargetError> {
         check_username(&self.name, username, MAX_ROLE_LEN)?;
-        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
-        if verifier.contains('\'') || verifier.contains('\\') {
-            return Err(TargetError::Invalid {
-                target: self.name.clone(),
-                detail: "the SCRAM verifier has an unexpected character".into(),
-            });
-        }
-        let verifier = SecretValue::new(verifier);
+        let (stmt, verifier) = self.alter_password(username, password)?;
         let client = self.admin().await?;
-        let stmt = SecretValue::new(format!(
-            "ALTER ROLE {} PASSWORD '{}'",
-            quote_pg_ident(username),
-            verifier.expose()
-        ));
         client.batch_execute(stmt.expose()).await.map_err(|e| {
             self.classify(&e, Op::SetPassword(username))
                 .scrubbed(&[password, &verifier])
         })?;
+        Ok(())
+    }
+
+    async fn set_password_fenced(
+        &self,
+        username: &str,
+        password: &SecretValue,
+        fence: &Fence,
+    ) -> Result<(), TargetError> {
+        check_username(&self.name, username, MAX_ROLE_LEN)?;
+        let (stmt, verifier) = self.alter_password(username, password)?;
+        let op = Op::SetPassword(username);
+        let err = |e: tokio_postgres::Error| self.classify(&e, op).scrubbed(&[password, &verifier]);
+        let mut client = self.admin().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        tx.batch_execute("SET LOCAL lock_timeout = '10s'")
+            .await
+            .map_err(err)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('capstan-fence:' || $1::text))",
+            &[&username],
+        )
+        .await
+        .map_err(err)?;
+        let row = tx
+            .query_opt(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &[&username],
+            )
+            .await
+            .map_err(err)?
+            .ok_or_else(|| TargetError::NotFound {
+                target: self.name.clone(),
+                user: username.to_owned(),
+            })?;
+        let stored = row
+            .get::<_, Option<String>>(0)
+            .as_deref()
+            .and_then(Fence::decode);
+        if fence.is_refused_by(stored.as_ref()) {
+            // Dropping the transaction rolls it back and releases the lock.
+            return Err(TargetError::Fenced {
+                target: self.name.clone(),
+                user: username.to_owned(),
+                detail: format!(
+                    "the role holds a newer fence ({}) than this writer's ({fence})",
+                    stored.map_or_else(String::new, |s| s.to_string())
+                ),
+            });
+        }
+        tx.batch_execute(stmt.expose()).await.map_err(err)?;
+        // The fence is [a-z0-9:-] only (a Kubernetes uid and numbers); quoted anyway.
+        tx.batch_execute(&format!(
+            "COMMENT ON ROLE {} IS '{}'",
+            quote_pg_ident(username),
+            fence.encode().replace('\'', "''")
+        ))
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         Ok(())
     }
 
