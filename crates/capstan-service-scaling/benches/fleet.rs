@@ -330,6 +330,7 @@ async fn fleet(env: &Env, kube: &capstan_testenv::Kube) -> Result<(), BoxError> 
                 .map(|(n, v)| v - sample(&before, n))
                 .sum::<f64>()
                 / cycles
+                + 0.0, // never "-0.0"
         );
         let dur_sum = d("capstan_service_scaling_evaluation_duration_seconds_sum");
         let dur_count = d("capstan_service_scaling_evaluation_duration_seconds_count").max(1.0);
