@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod secret_ref;
 pub mod ssa;
+pub mod validation;
 
 /// The API group of every Capstan resource.
 pub const API_GROUP: &str = "capstan.dev";

@@ -5,7 +5,6 @@
 //! controller reports failures as Ready=False/InvalidSpec and waits for a change.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::Duration;
 
 use capstan_core::schedule::DurationString;
@@ -16,40 +15,7 @@ use crate::template;
 /// Longest timeout a stage may have.
 pub const MAX_STAGE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// One problem with a spec: the field (`spec.stages[2].deploy.image`) and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// JSON path of the offending field, from `spec`.
-    pub path: String,
-    /// What is wrong, for a human.
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-impl std::error::Error for FieldError {}
-
-/// Joins errors into one condition message (`path: message; path: message`).
-pub fn summarize(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
+pub use capstan_core::validation::{FieldError, summarize};
 
 /// Checks a spec. Returns every problem found.
 pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {

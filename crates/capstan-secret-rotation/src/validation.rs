@@ -7,7 +7,6 @@
 //! connection references) are checked here again, so a cluster whose CRD was installed
 //! without them cannot talk the controller into an unsafe rotation.
 
-use std::fmt;
 use std::time::Duration;
 
 use capstan_core::schedule::{CronSchedule, parse_time_zone};
@@ -19,41 +18,7 @@ use crate::template::{Template, Variable};
 /// [`crate::crd::MIN_INTERVAL`] as a duration.
 const MIN_INTERVAL_DURATION: Duration = Duration::from_secs(1);
 
-/// One problem with a spec: the field (`spec.schedule.interval`) and what is wrong. Holds
-/// no secret: specs contain none.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// JSON path of the offending field, from `spec`.
-    pub path: String,
-    /// What is wrong, for a human.
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-impl std::error::Error for FieldError {}
-
-/// Joins errors into one condition message (`path: message; path: message`).
-pub fn summarize(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
+pub use capstan_core::validation::{FieldError, summarize};
 
 /// Checks a spec. Returns every problem found, not just the first.
 pub fn validate(spec: &SecretRotationSpec) -> Result<(), Vec<FieldError>> {
