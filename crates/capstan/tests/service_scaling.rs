@@ -88,20 +88,7 @@ impl Fixture {
             .send()
             .await
             .expect("create cluster");
-        let manager = common::start(
-            kube.kubeconfig_path(),
-            test,
-            &[
-                "--leader-elect=false",
-                "--controllers",
-                "service-scaling",
-                "--namespaces",
-                ns.name(),
-                "--own-namespace",
-                own.name(),
-            ],
-        )
-        .await;
+        let manager = start_manager(test, ns.name(), own.name()).await;
         Fixture {
             client,
             ns,
@@ -114,6 +101,12 @@ impl Fixture {
             manager,
             feeders: Vec::new(),
         }
+    }
+
+    /// Stops the manager (SIGKILL: nothing is handed over) and starts a new one.
+    async fn restart(&mut self, identity: &str) {
+        self.manager.child.kill().await.expect("kill manager");
+        self.manager = start_manager(identity, self.ns.name(), self._own.name()).await;
     }
 
     async fn create_service(&self, name: &str, desired: i32) {
@@ -304,6 +297,24 @@ impl Fixture {
             .delete(&self.connection, &DeleteParams::default())
             .await;
     }
+}
+
+async fn start_manager(identity: &str, ns: &str, own: &str) -> common::Manager {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    common::start(
+        kube.kubeconfig_path(),
+        identity,
+        &[
+            "--leader-elect=false",
+            "--controllers",
+            "service-scaling",
+            "--namespaces",
+            ns,
+            "--own-namespace",
+            own,
+        ],
+    )
+    .await
 }
 
 /// RFC 3339 of a Unix second.
@@ -635,5 +646,45 @@ async fn application_autoscaling_mode_declares_and_repairs() {
     }
     assert_eq!(f.aws_requests("ECS:UpdateService").await, 0);
     assert_eq!(f.service("orders").await.desired_count(), 2);
+    f.cleanup().await;
+}
+
+/// A restarted manager seeds its recommendation history with the current count (the
+/// HPA's way), so it does not jump down on its first evaluation: the scale-down still
+/// waits for the stabilization window, counted from the new manager's first evaluation.
+#[tokio::test]
+async fn a_restarted_manager_does_not_jump() {
+    let mut f = Fixture::new("restart-a").await;
+    f.create_service("cart", 4).await;
+    let load = Arc::new(Mutex::new(Some(1.0))); // 25% on 4 tasks: 2 would do
+    f.feed("cart", &load);
+    f.apply(
+        "cart",
+        json!({ "behavior": { "scaleDown": { "stabilizationWindowSeconds": 5 } } }),
+    )
+    .await;
+    f.await_condition("cart", "AbleToScale", "ScaleDownStabilized")
+        .await;
+    assert_eq!(f.service("cart").await.desired_count(), 4);
+    f.restart("restart-b").await;
+    let restarted = Instant::now();
+    // The new manager evaluates within a second or two; it must hold 4 until its own
+    // window has passed.
+    while restarted.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            f.service("cart").await.desired_count(),
+            4,
+            "jumped {:?} after the restart\n{}",
+            restarted.elapsed(),
+            f.manager.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.await_desired(
+        "cart",
+        |d| d == 2,
+        "scale-down after the new manager's window",
+    )
+    .await;
     f.cleanup().await;
 }
