@@ -267,9 +267,16 @@ impl Fixture {
     /// Requests the manager sent for `operation` (e.g. `ECS:UpdateService`), from its
     /// `/metrics`.
     async fn aws_requests(&self, operation: &str) -> u64 {
+        self.metric(&format!(
+            "capstan_service_scaling_aws_requests_total{{operation=\"{operation}\"}}"
+        ))
+        .await
+    }
+
+    /// One sample of the manager's `/metrics` (0 when absent).
+    async fn metric(&self, sample: &str) -> u64 {
         let (_, body) = self.manager.get("/metrics").await;
-        let needle =
-            format!("capstan_service_scaling_aws_requests_total{{operation=\"{operation}\"}} ");
+        let needle = format!("{sample} ");
         body.lines()
             .find_map(|l| l.strip_prefix(&needle))
             .and_then(|v| v.trim().parse().ok())
@@ -349,6 +356,28 @@ async fn scales_up_on_a_cpu_spike_and_down_only_after_the_window() {
         2,
         "on target: no change"
     );
+    // Steady state: evaluations every second, but nothing a reader sees changes, so
+    // status is not rewritten.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rv = f
+        .api()
+        .get("web")
+        .await
+        .expect("get")
+        .metadata
+        .resource_version;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        f.api()
+            .get("web")
+            .await
+            .expect("get")
+            .metadata
+            .resource_version,
+        rv,
+        "status rewritten while nothing changed"
+    );
+    assert!(f.metric("capstan_service_scaling_evaluations_total").await >= 4);
 
     *load.lock().unwrap() = Some(4.0); // 200% on 2 tasks
     let spike = Instant::now();
@@ -378,6 +407,12 @@ async fn scales_up_on_a_cpu_spike_and_down_only_after_the_window() {
         "{}",
         up.1
     );
+    assert_eq!(
+        f.metric("capstan_service_scaling_scale_operations_total{direction=\"up\"}")
+            .await,
+        1
+    );
+    assert_eq!(f.aws_requests("ECS:UpdateService").await, 1);
 
     *load.lock().unwrap() = Some(1.0); // 25% on 4 tasks: 2 would do
     let drop = Instant::now();
