@@ -2,7 +2,8 @@
 //! from its spec ([`build_clients`]): the backend (a Kubernetes Secret in the object's
 //! namespace, Vault with the connection's token, Secrets Manager with the connection's
 //! AWS settings) and the target (with the admin login from a Secret in the object's
-//! namespace). A reference that cannot be resolved is a [`RefError`] naming it, reported
+//! namespace), and the ECS client of `delivery.ecsServices` (with the AWS settings of
+//! `spec.ecs_connection()`). A reference that cannot be resolved is a [`RefError`] naming it, reported
 //! as `Ready=False` before anything is changed anywhere.
 
 use std::collections::{BTreeSet, HashMap};
@@ -10,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use capstan_aws::{ClientOptions, Retries, StaticCredentials};
-use capstan_core::connection::{ClusterConnection, LocalSecretRef};
+use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef};
 use capstan_core::redact::SecretValue;
 use capstan_core::runtime::Runtime;
 use capstan_core::secret_ref::read_key;
@@ -129,18 +130,70 @@ pub struct Clients {
     pub backend: Box<dyn SecretBackend>,
     /// What it is set on.
     pub target: Box<dyn CredentialTarget>,
+    /// ECS, when `delivery.ecsServices` is set.
+    pub ecs: Option<capstan_aws::ecs::SdkEcs>,
 }
 
-/// Builds the backend and target of `spec` for an object in `namespace`.
+/// Builds the backend and target of `spec` for an object in `namespace`; with
+/// `delivery.ecsServices`, the ECS client from `ecs_connection` (the resolved
+/// [`SecretRotationSpec::ecs_connection`]).
 pub async fn build_clients(
     ctx: &Context,
     namespace: &str,
     spec: &SecretRotationSpec,
     connection: Option<&ClusterConnection>,
+    ecs_connection: Option<&ClusterConnection>,
 ) -> Result<Clients, RefError> {
     let backend = build_backend(ctx, namespace, spec, connection).await?;
     let target = build_target(ctx, namespace, &spec.target).await?;
-    Ok(Clients { backend, target })
+    let ecs = match spec.ecs_connection() {
+        None => None,
+        Some(r) => {
+            let (aws, creds) = aws_settings(ctx, ecs_connection, &r.name).await?;
+            let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
+            Some(capstan_aws::ecs::SdkEcs::from_config(&config))
+        }
+    };
+    Ok(Clients {
+        backend,
+        target,
+        ecs,
+    })
+}
+
+/// The AWS settings of an AWS ClusterConnection and its credentials (read from
+/// Capstan's namespace).
+async fn aws_settings<'c>(
+    ctx: &Context,
+    connection: Option<&'c ClusterConnection>,
+    name: &str,
+) -> Result<(&'c AwsConnection, Option<StaticCredentials>), RefError> {
+    let client = &ctx.rt.client;
+    let own = &ctx.rt.own_namespace;
+    let aws = connection
+        .and_then(|c| c.spec.aws.as_ref())
+        .ok_or_else(|| {
+            RefError::new(
+                "ConnectionWrongKind",
+                format!("ClusterConnection {name:?} is not an AWS connection"),
+            )
+        })?;
+    let creds = match &aws.credentials_secret_ref {
+        None => None,
+        Some(r) => {
+            let read = |k: &'static str| read_key(client, own, r, k);
+            let map = |e: capstan_core::secret_ref::SecretKeyError| {
+                RefError::new("AwsCredentialsUnavailable", e.to_string())
+            };
+            let key = read("AWS_ACCESS_KEY_ID").await.map_err(map)?;
+            Some(StaticCredentials {
+                access_key_id: key.expose().to_owned(),
+                secret_access_key: read("AWS_SECRET_ACCESS_KEY").await.map_err(map)?,
+                session_token: read("AWS_SESSION_TOKEN").await.ok(),
+            })
+        }
+    };
+    Ok((aws, creds))
 }
 
 async fn build_backend(
@@ -206,32 +259,7 @@ async fn build_backend(
             Ok(Box::new(kv))
         }
         Backend::AwsSecretsManager(a) => {
-            let aws = connection
-                .and_then(|c| c.spec.aws.as_ref())
-                .ok_or_else(|| {
-                    RefError::new(
-                        "ConnectionWrongKind",
-                        format!(
-                            "ClusterConnection {:?} is not an AWS connection",
-                            conn_name()
-                        ),
-                    )
-                })?;
-            let creds = match &aws.credentials_secret_ref {
-                None => None,
-                Some(r) => {
-                    let read = |k: &'static str| read_key(client, own, r, k);
-                    let map = |e: capstan_core::secret_ref::SecretKeyError| {
-                        RefError::new("AwsCredentialsUnavailable", e.to_string())
-                    };
-                    let key = read("AWS_ACCESS_KEY_ID").await.map_err(map)?;
-                    Some(StaticCredentials {
-                        access_key_id: key.expose().to_owned(),
-                        secret_access_key: read("AWS_SECRET_ACCESS_KEY").await.map_err(map)?,
-                        session_token: read("AWS_SESSION_TOKEN").await.ok(),
-                    })
-                }
-            };
+            let (aws, creds) = aws_settings(ctx, connection, &conn_name()).await?;
             let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
             let sm = aws_sdk_secretsmanager::Client::new(&config);
             Ok(Box::new(AwsSecretsManagerBackend::from_client(sm, a)))

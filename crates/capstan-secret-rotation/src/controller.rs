@@ -260,6 +260,26 @@ impl Writer {
         }
     }
 
+    /// Sets an annotation on the object, conditioned on the resourceVersion like a status
+    /// write (HTTP 409 is [`Error::ClaimLost`]).
+    async fn annotate(&mut self, key: &str, value: String) -> Result<(), Error> {
+        let mut o = self.obj.clone();
+        o.metadata.managed_fields = None;
+        o.annotations_mut().insert(key.to_owned(), value);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        match self.api.replace(&o.name_any(), &params, &o).await {
+            Ok(new) => {
+                self.obj = new;
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::ClaimLost(key_of(&self.obj))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn status(&self) -> SecretRotationStatus {
         self.obj.status.clone().unwrap_or_default()
     }
@@ -531,6 +551,33 @@ async fn reconcile(obj: Arc<SecretRotation>, ctx: Arc<Context>) -> Result<Action
             }
             Gate::Proceed(conn, conds) => (conn, conds),
         };
+    // The ECS connection, when it is not the one above.
+    let ecs_connection = match obj.spec.ecs_connection() {
+        None => None,
+        Some(r)
+            if obj
+                .spec
+                .connection_ref
+                .as_ref()
+                .is_some_and(|c| c.name == r.name) =>
+        {
+            connection.clone()
+        }
+        Some(r) => match connection_gate(&ctx.rt, &ns, Some(r), ConnectionKind::Aws).await? {
+            Gate::Refused(conds) => {
+                let mut st = status.clone();
+                st.observed_generation = generation;
+                for d in conds {
+                    conditions::set(&mut st.conditions, d, generation, now);
+                }
+                if st != status {
+                    w.write(&st).await?;
+                }
+                return Ok(Action::await_change());
+            }
+            Gate::Proceed(conn, _) => conn,
+        },
+    };
 
     // 2. Validate.
     let delivery_empty = obj.spec.delivery.as_ref().is_none_or(|d| d.is_empty());
@@ -590,7 +637,14 @@ async fn reconcile(obj: Arc<SecretRotation>, ctx: Arc<Context>) -> Result<Action
             })
         }
         Plan::Start { trigger, token } => {
-            let clients = match clients_or_report(&pass, &mut w, connection.as_deref()).await? {
+            let clients = match clients_or_report(
+                &pass,
+                &mut w,
+                connection.as_deref(),
+                ecs_connection.as_deref(),
+            )
+            .await?
+            {
                 Ok(c) => c,
                 Err(action) => return Ok(action),
             };
@@ -634,7 +688,14 @@ async fn reconcile(obj: Arc<SecretRotation>, ctx: Arc<Context>) -> Result<Action
             run_steps(&pass, &mut w, &clients).await
         }
         Plan::Continue => {
-            let clients = match clients_or_report(&pass, &mut w, connection.as_deref()).await? {
+            let clients = match clients_or_report(
+                &pass,
+                &mut w,
+                connection.as_deref(),
+                ecs_connection.as_deref(),
+            )
+            .await?
+            {
                 Ok(c) => c,
                 Err(action) => return Ok(action),
             };
@@ -648,9 +709,10 @@ async fn clients_or_report(
     pass: &Pass<'_>,
     w: &mut Writer,
     connection: Option<&ClusterConnection>,
+    ecs_connection: Option<&ClusterConnection>,
 ) -> Result<Result<Clients, Action>, Error> {
     let ns = pass.obj.namespace().unwrap_or_default();
-    match build_clients(pass.ctx, &ns, &pass.obj.spec, connection).await {
+    match build_clients(pass.ctx, &ns, &pass.obj.spec, connection, ecs_connection).await {
         Ok(c) => Ok(Ok(c)),
         Err(e) => report_unresolved(pass, w, e).await.map(Err),
     }
@@ -777,7 +839,7 @@ async fn run_steps(pass: &Pass<'_>, w: &mut Writer, clients: &Clients) -> Result
             pass.finish_status(&mut st, reasons::IDLE, None);
             w.write(&st).await?;
         }
-        let result = execute(pass, &mut st, &r, clients).await;
+        let result = execute(pass, w, &mut st, &r, clients).await;
         match result {
             StepResult::Done(version) => {
                 audit::step(&pass.subject(&r), r.step, version.as_deref(), "done");
@@ -913,6 +975,7 @@ async fn record_result(
 /// Runs one step's side effect.
 async fn execute(
     pass: &Pass<'_>,
+    w: &mut Writer,
     st: &mut SecretRotationStatus,
     r: &RotationInProgress,
     clients: &Clients,
@@ -994,12 +1057,18 @@ async fn execute(
                 Err(e) => from_backend(e),
             }
         }
-        RotationStep::Deliver => deliver(pass, r, clients).await,
+        RotationStep::Deliver => deliver(pass, w, r, clients).await,
     }
 }
 
-/// The Deliver step: the Secret, then the rollouts; done once every rollout completed.
-async fn deliver(pass: &Pass<'_>, r: &RotationInProgress, clients: &Clients) -> StepResult {
+/// The Deliver step: the Secret, then the rollouts and ECS deployments; done once every
+/// rollout and ECS deployment completed.
+async fn deliver(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    r: &RotationInProgress,
+    clients: &Clients,
+) -> StepResult {
     let Some(d) = pass.obj.spec.delivery.as_ref().filter(|d| !d.is_empty()) else {
         return StepResult::Done(None);
     };
@@ -1043,26 +1112,142 @@ async fn deliver(pass: &Pass<'_>, r: &RotationInProgress, clients: &Clients) -> 
             );
         }
     }
-    if d.rollouts.is_empty() {
-        return StepResult::Done(Some(version));
-    }
-    let workloads = match delivery::workloads(client, &ns, d).await {
-        Ok(w) => w,
-        Err(e) => return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string()),
-    };
-    let max = usize::try_from(d.max_concurrent_rollouts).unwrap_or(1);
-    let now = pass.ctx.rt.clock.now();
-    for wl in delivery::to_restart(&workloads, &version, max) {
-        if let Err(e) = delivery::restart(client, &ns, wl, &version, now).await {
-            return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string());
+    let mut delivered = true;
+    if !d.rollouts.is_empty() {
+        let workloads = match delivery::workloads(client, &ns, d).await {
+            Ok(w) => w,
+            Err(e) => return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string()),
+        };
+        let max = usize::try_from(d.max_concurrent_rollouts).unwrap_or(1);
+        let now = pass.ctx.rt.clock.now();
+        for wl in delivery::to_restart(&workloads, &version, max) {
+            if let Err(e) = delivery::restart(client, &ns, wl, &version, now).await {
+                return StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string());
+            }
+            audit::delivery(&subject, &wl.label(), &version, "restarted");
         }
-        audit::delivery(&subject, &wl.label(), &version, "restarted");
+        delivered &= delivery::workloads_delivered(&workloads, &version);
     }
-    if delivery::workloads_delivered(&workloads, &version) {
+    if !d.ecs_services.is_empty() {
+        let Some(ecs) = clients.ecs.as_ref() else {
+            return StepResult::Transient(
+                reasons::DELIVERY_FAILED,
+                "delivery.ecsServices is set but no AWS connection was built".into(),
+            );
+        };
+        match deliver_ecs(w, &subject, ecs, &d.ecs_services, &version).await {
+            Ok(done) => delivered &= done,
+            Err(res) => return res,
+        }
+    }
+    if delivered {
         StepResult::Done(Some(version))
     } else {
         StepResult::Waiting
     }
+}
+
+/// Annotation recording the ECS deployments forced for a version:
+/// `{"version": "<id>", "deployments": {"<cluster>/<service>": "<deployment id>"}}`.
+pub const ECS_DEPLOYMENTS_ANNOTATION: &str = "capstan.dev/ecs-deployments";
+
+/// What [`ECS_DEPLOYMENTS_ANNOTATION`] holds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct EcsRecord {
+    version: String,
+    #[serde(default)]
+    deployments: std::collections::BTreeMap<String, String>,
+}
+
+/// ECS delivery of `version`: a forced deployment of every service not yet forced for
+/// it (recorded on the object with a conditioned write, so a restarted Capstan forces
+/// nothing again), then done once each service's PRIMARY deployment is the recorded
+/// one and COMPLETED. A crash between the force and its record forces again on resume
+/// (at least once: a service never keeps the old credential). A FAILED deployment is
+/// reported and looked at again with backoff.
+async fn deliver_ecs(
+    w: &mut Writer,
+    subject: &Subject<'_>,
+    ecs: &capstan_aws::ecs::SdkEcs,
+    services: &[crate::crd::EcsService],
+    version: &str,
+) -> Result<bool, StepResult> {
+    use capstan_aws::ecs::{DeploymentState, EcsApi};
+    let key = |s: &crate::crd::EcsService| format!("{}/{}", s.cluster, s.service);
+    let mut record = w
+        .obj
+        .annotations()
+        .get(ECS_DEPLOYMENTS_ANNOTATION)
+        .and_then(|a| serde_json::from_str::<EcsRecord>(a).ok())
+        .filter(|rec| rec.version == version)
+        .unwrap_or_else(|| EcsRecord {
+            version: version.to_owned(),
+            ..EcsRecord::default()
+        });
+    let mut forced = false;
+    let mut failure = None;
+    for s in services {
+        if record.deployments.contains_key(&key(s)) {
+            continue;
+        }
+        match ecs.force_new_deployment(&s.cluster, &s.service).await {
+            Ok(id) => {
+                record.deployments.insert(key(s), id.unwrap_or_default());
+                audit::delivery(
+                    subject,
+                    &format!("EcsService/{}", key(s)),
+                    version,
+                    "redeployed",
+                );
+                forced = true;
+            }
+            Err(e) => {
+                failure = Some(StepResult::Transient(
+                    reasons::DELIVERY_FAILED,
+                    e.to_string(),
+                ));
+                break;
+            }
+        }
+    }
+    if forced {
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        match w.annotate(ECS_DEPLOYMENTS_ANNOTATION, json).await {
+            Ok(()) => {}
+            Err(Error::ClaimLost(m)) => return Err(StepResult::ClaimLost(m)),
+            Err(e) => {
+                return Err(StepResult::Transient(
+                    reasons::DELIVERY_FAILED,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let mut done = true;
+    for s in services {
+        let (state, primary) = ecs
+            .deployment_state(&s.cluster, &s.service)
+            .await
+            .map_err(|e| StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string()))?;
+        let ours = record
+            .deployments
+            .get(&key(s))
+            .is_some_and(|id| id.is_empty() || primary.as_deref() == Some(id.as_str()));
+        match (state, ours) {
+            (DeploymentState::Completed, true) => {}
+            (DeploymentState::Failed, true) => {
+                return Err(StepResult::Transient(
+                    reasons::DELIVERY_FAILED,
+                    format!("ECS deployment of {} failed", key(s)),
+                ));
+            }
+            _ => done = false,
+        }
+    }
+    Ok(done)
 }
 
 /// The rotation is delivered: record it and schedule the next one.
