@@ -695,7 +695,10 @@ async fn direct_mode(
                     job.obj.as_ref(),
                     EventType::Normal,
                     if up { "ScaledUp" } else { "ScaledDown" },
-                    "Scale",
+                    // The action names the new count: kube's Recorder folds Events with
+                    // the same reason and action into one series that keeps the first
+                    // note, so each distinct scale keeps its own Event and numbers.
+                    &format!("ScaleTo{}", decision.desired_replicas),
                     note,
                 )
                 .await;

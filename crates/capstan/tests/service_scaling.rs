@@ -424,6 +424,19 @@ async fn scales_up_on_a_cpu_spike_and_down_only_after_the_window() {
         "scaled down after {after:?}, inside the 3 s stabilization window"
     );
     assert_eq!(f.service("web").await.desired_count(), 2);
+    // Each scale has its own Event with its numbers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = f.events("web").await;
+        if events
+            .iter()
+            .any(|(r, n)| r == "ScaledDown" && n.contains("4 → 2"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ScaledDown Event: {events:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     f.cleanup().await;
 }
 
