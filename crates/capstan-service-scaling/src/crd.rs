@@ -753,6 +753,10 @@ mod tests {
                 "fieldPath": ".minReplicas",
             })
         );
+        assert_eq!(
+            spec["x-kubernetes-validations"][1]["rule"],
+            "self.metricLookbackSeconds >= self.metricPeriodSeconds"
+        );
         let metric = &spec["properties"]["metrics"]["items"];
         assert!(rules(metric)[0].contains("has(self.cpuUtilization)"));
         let target = &metric["properties"]["cloudWatch"]["properties"]["target"];
@@ -814,6 +818,12 @@ mod tests {
             capstan_core::schedule::DURATION_PATTERN
         );
         assert_eq!(spec["mode"]["default"], "Direct");
+        assert_eq!(spec["metricPeriodSeconds"]["default"], 60);
+        assert_eq!(spec["metricLookbackSeconds"]["default"], 300);
+        assert_eq!(
+            rules(&spec["metricPeriodSeconds"]),
+            ["self in [1, 5, 10, 30] || self % 60 == 0"]
+        );
         assert_eq!(spec["metrics"]["minItems"], 1);
         let metric = &spec["metrics"]["items"]["properties"];
         assert_eq!(

@@ -736,3 +736,55 @@ async fn a_restarted_manager_does_not_jump() {
     .await;
     f.cleanup().await;
 }
+
+/// The API server refuses a metric period CloudWatch does not offer and a lookback
+/// shorter than the period, naming the field.
+#[tokio::test]
+async fn metric_periods_are_checked_at_admission() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let client = kube.client().await;
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let api: Api<ServiceScaling> = ns.api(client);
+    let object = |period: i32, lookback: i32| -> ServiceScaling {
+        serde_json::from_value(json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ServiceScaling",
+            "metadata": { "name": format!("p{period}-l{lookback}") },
+            "spec": {
+                "connectionRef": { "name": "any" },
+                "service": { "cluster": "c", "service": "s" },
+                "maxReplicas": 2,
+                "metrics": [{ "cpuUtilization": { "targetPercent": 50 } }],
+                "metricPeriodSeconds": period,
+                "metricLookbackSeconds": lookback
+            }
+        }))
+        .expect("object")
+    };
+    let refused = |period, lookback| {
+        let api = api.clone();
+        async move {
+            match api
+                .create(&PostParams::default(), &object(period, lookback))
+                .await
+            {
+                Err(kube::Error::Api(e)) => e.message,
+                other => panic!("{period}/{lookback} accepted: {other:?}"),
+            }
+        }
+    };
+    let msg = refused(7, 60).await;
+    assert!(
+        msg.contains("metricPeriodSeconds must be 1, 5, 10, 30 or a multiple of 60"),
+        "{msg}"
+    );
+    let msg = refused(120, 60).await;
+    assert!(
+        msg.contains("metricLookbackSeconds must be at least metricPeriodSeconds"),
+        "{msg}"
+    );
+    for (period, lookback) in [(1, 3), (30, 30), (120, 600)] {
+        api.create(&PostParams::default(), &object(period, lookback))
+            .await
+            .unwrap_or_else(|e| panic!("{period}/{lookback} refused: {e}"));
+    }
+}
