@@ -1,5 +1,5 @@
 //! Split brain: two managers with leader election (3 s lease) against the real API server
-//! and PostgreSQL. The leader is held by a failpoint in `SetTarget`, after its claim and
+//! and PostgreSQL or MariaDB. The leader is held by a failpoint in `SetTarget`, after its claim and
 //! its read of the pending value, right before the database write, and frozen there
 //! (SIGSTOP); the other takes over, finishes that rotation and moves on (one
 //! more rotation with a single user, two with alternating users, so the stale write
@@ -18,10 +18,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use capstan_secret_rotation::crd::{RotationStep, SecretRotation};
-use capstan_testenv::{TempNamespace, TestEnv, await_condition};
+use capstan_testenv::{MariaDb, TempNamespace, TestEnv, await_condition};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use mysql_async::prelude::Queryable;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -55,14 +56,99 @@ fn pct(s: &str) -> String {
         .collect()
 }
 
-fn logs_in(pg: &capstan_testenv::Postgres, db: &str, user: &str, password: &str) -> bool {
-    let url = format!(
-        "postgres://{}:{}@127.0.0.1:{}/{db}",
-        pct(user),
-        pct(password),
-        pg.port()
-    );
-    psql(pg, &url, "select 1")
+/// The database of one run.
+enum Db {
+    Postgres(&'static capstan_testenv::Postgres),
+    MariaDb(&'static MariaDb),
+}
+
+impl Db {
+    async fn logs_in(&self, database: &str, user: &str, password: &str) -> bool {
+        match self {
+            Db::Postgres(pg) => {
+                let url = format!(
+                    "postgres://{}:{}@127.0.0.1:{}/{database}",
+                    pct(user),
+                    pct(password),
+                    pg.port()
+                );
+                psql(pg, &url, "select 1")
+            }
+            Db::MariaDb(m) => match mysql_async::Conn::new(mysql_opts(m, user, password)).await {
+                Ok(mut c) => {
+                    let one: Option<i32> = c.query_first("SELECT 1").await.ok().flatten();
+                    let _ = c.disconnect().await;
+                    one == Some(1)
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// A database and a login user, plus the admin Secret `db-admin`; the target spec.
+    async fn setup(&self, secrets: &Api<Secret>, database: &str, user: &str) -> serde_json::Value {
+        let (admin_user, admin_password) = match self {
+            Db::Postgres(pg) => {
+                assert!(psql(
+                    pg,
+                    &pg.admin_url(),
+                    &format!("CREATE DATABASE {database}")
+                ));
+                assert!(psql(
+                    pg,
+                    &pg.admin_url(),
+                    &format!("CREATE ROLE {user} LOGIN")
+                ));
+                (pg.admin_user().to_owned(), pg.admin_password().to_owned())
+            }
+            Db::MariaDb(m) => {
+                let mut admin =
+                    mysql_async::Conn::new(mysql_opts(m, m.admin_user(), m.admin_password()))
+                        .await
+                        .expect("admin login");
+                admin
+                    .query_drop(format!(
+                        "CREATE DATABASE {database}; \
+                         CREATE USER '{user}'@'%' IDENTIFIED BY 'initial-{user}'; \
+                         GRANT SELECT ON {database}.* TO '{user}'@'%'"
+                    ))
+                    .await
+                    .expect("create user");
+                let _ = admin.disconnect().await;
+                (m.admin_user().to_owned(), m.admin_password().to_owned())
+            }
+        };
+        let admin: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "db-admin" },
+            "stringData": { "username": admin_user, "password": admin_password }
+        }))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &admin)
+            .await
+            .expect("admin");
+        match self {
+            Db::Postgres(pg) => json!({ "postgres": {
+                "host": "127.0.0.1", "port": pg.port(), "database": database,
+                "sslMode": "disable", "username": user,
+                "adminSecretRef": { "name": "db-admin" } } }),
+            Db::MariaDb(m) => json!({ "mysql": {
+                "host": "127.0.0.1", "port": m.port(), "database": database,
+                "sslMode": "disabled", "username": user,
+                "adminSecretRef": { "name": "db-admin" } } }),
+        }
+    }
+}
+
+fn mysql_opts(m: &MariaDb, user: &str, password: &str) -> mysql_async::Opts {
+    // Over TCP, as the target does.
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(m.port())
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false)
+        .into()
 }
 
 async fn data(api: &Api<Secret>, name: &str) -> BTreeMap<String, String> {
@@ -127,41 +213,29 @@ async fn await_holder(leases: &Api<Lease>, name: &str, who: &str) {
 
 /// One strategy's run: setup, a first rotation, then `iterations()` freezes. Returns the
 /// violations found (empty when safe).
-async fn split_brain(strategy: &str) -> (usize, Vec<String>) {
+async fn split_brain(mariadb: bool, strategy: &str) -> (usize, Vec<String>) {
     let env = TestEnv::get();
     let kube = env.kube().await.expect("kube");
-    let pg = env.postgres().await.expect("postgres");
+    let db = if mariadb {
+        Db::MariaDb(env.mariadb().await.expect("mariadb"))
+    } else {
+        Db::Postgres(env.postgres().await.expect("postgres"))
+    };
     let ns = TempNamespace::create(kube).await.expect("ns");
     let client = kube.client().await;
     let api: Api<SecretRotation> = ns.api(client.clone());
     let secrets: Api<Secret> = ns.api(client.clone());
     let leases: Api<Lease> = ns.api(client.clone());
     let id = ns.name().replace('-', "_");
-    let (db, user) = (format!("db_{id}"), format!("app_{id}"));
-    assert!(psql(pg, &pg.admin_url(), &format!("CREATE DATABASE {db}")));
-    assert!(psql(
-        pg,
-        &pg.admin_url(),
-        &format!("CREATE ROLE {user} LOGIN")
-    ));
-    let admin: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "pg-admin" },
-        "stringData": { "username": pg.admin_user(), "password": pg.admin_password() }
-    }))
-    .expect("secret");
-    secrets
-        .create(&PostParams::default(), &admin)
-        .await
-        .expect("admin");
+    let (database, user) = (format!("db_{id}"), format!("app_{id}"));
+    let target = db.setup(&secrets, &database, &user).await;
     let alternating = strategy == "alternatingUsers";
     let obj: SecretRotation = serde_json::from_value(json!({
         "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
         "metadata": { "name": "db" },
         "spec": {
             "backend": { "kubernetes": { "secretName": "db-store" } },
-            "target": { "postgres": {
-                "host": "127.0.0.1", "port": pg.port(), "database": db, "sslMode": "disable",
-                "username": user, "adminSecretRef": { "name": "pg-admin" } } },
+            "target": target,
             "strategy": { strategy: {} },
             "schedule": { "interval": "720h" },
             "delivery": { "secret": { "name": "db-app" } }
@@ -289,7 +363,7 @@ async fn split_brain(strategy: &str) -> (usize, Vec<String>) {
             delivered.get("username").cloned().unwrap_or_default(),
             delivered.get("password").cloned().unwrap_or_default(),
         );
-        if !logs_in(pg, &db, &u, &p) {
+        if !db.logs_in(&database, &u, &p).await {
             violations.push(format!(
                 "iteration {i}: the current credential of {u} does not log in"
             ));
@@ -301,7 +375,7 @@ async fn split_brain(strategy: &str) -> (usize, Vec<String>) {
             prev.get("username").cloned().unwrap_or_default(),
             prev.get("password").cloned().unwrap_or_default(),
         );
-        let previous_logs_in = logs_in(pg, &db, &pu, &pp);
+        let previous_logs_in = db.logs_in(&database, &pu, &pp).await;
         if alternating && (pu == u || !previous_logs_in) {
             violations.push(format!(
                 "iteration {i}: previous {pu} (current {u}) should be the other role and log in"
@@ -325,7 +399,7 @@ async fn split_brain(strategy: &str) -> (usize, Vec<String>) {
 /// Single user: the stale leader's old value never replaces the current one.
 #[tokio::test]
 async fn a_frozen_leader_resumed_after_a_takeover_cannot_set_an_old_password_single_user() {
-    let (n, violations) = split_brain("singleUser").await;
+    let (n, violations) = split_brain(false, "singleUser").await;
     println!(
         "FIGURE split-brain iterations: {n}, violations: {} (single user)",
         violations.len()
@@ -337,9 +411,21 @@ async fn a_frozen_leader_resumed_after_a_takeover_cannot_set_an_old_password_sin
 /// rotations later; it is refused and both roles keep their credentials.
 #[tokio::test]
 async fn a_frozen_leader_resumed_after_a_takeover_cannot_set_an_old_password_alternating() {
-    let (n, violations) = split_brain("alternatingUsers").await;
+    let (n, violations) = split_brain(false, "alternatingUsers").await;
     println!(
         "FIGURE split-brain iterations: {n}, violations: {} (alternating users)",
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// MariaDB, single user: the fence (GET_LOCK and `capstan.fences`) refuses the stale
+/// write too.
+#[tokio::test]
+async fn a_frozen_leader_resumed_after_a_takeover_cannot_set_an_old_password_mariadb() {
+    let (n, violations) = split_brain(true, "singleUser").await;
+    println!(
+        "FIGURE split-brain iterations: {n}, violations: {} (MariaDB, single user)",
         violations.len()
     );
     assert!(violations.is_empty(), "{}", violations.join("\n"));
