@@ -1148,7 +1148,8 @@ async fn deliver(
 }
 
 /// Annotation recording the ECS deployments forced for a version:
-/// `{"version": "<id>", "deployments": {"<cluster>/<service>": "<deployment id>"}}`.
+/// `{"version": "<id>", "deployments": {"<cluster>/<service>": "<deployment id>"},
+/// "replaced": {"<cluster>/<service>": "<PRIMARY before the force>"}}`.
 pub const ECS_DEPLOYMENTS_ANNOTATION: &str = "capstan.dev/ecs-deployments";
 
 /// What [`ECS_DEPLOYMENTS_ANNOTATION`] holds.
@@ -1157,12 +1158,15 @@ struct EcsRecord {
     version: String,
     #[serde(default)]
     deployments: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    replaced: std::collections::BTreeMap<String, String>,
 }
 
 /// ECS delivery of `version`: a forced deployment of every service not yet forced for
 /// it (recorded on the object with a conditioned write, so a restarted Capstan forces
-/// nothing again), then done once each service's PRIMARY deployment is the recorded
-/// one and COMPLETED. A crash between the force and its record forces again on resume
+/// nothing again), then done once each service's PRIMARY deployment is COMPLETED and is
+/// the recorded one or a later one (not the PRIMARY from before the force, which a read
+/// right after the force may still show). A crash between the force and its record forces again on resume
 /// (at least once: a service never keeps the old credential). A FAILED deployment is
 /// reported and looked at again with backoff.
 async fn deliver_ecs(
@@ -1190,9 +1194,20 @@ async fn deliver_ecs(
         if record.deployments.contains_key(&key(s)) {
             continue;
         }
+        let before = match ecs.deployment_state(&s.cluster, &s.service).await {
+            Ok((_, before)) => before,
+            Err(e) => {
+                failure = Some(StepResult::Transient(
+                    reasons::DELIVERY_FAILED,
+                    e.to_string(),
+                ));
+                break;
+            }
+        };
         match ecs.force_new_deployment(&s.cluster, &s.service).await {
             Ok(id) => {
                 record.deployments.insert(key(s), id.unwrap_or_default());
+                record.replaced.insert(key(s), before.unwrap_or_default());
                 audit::delivery(
                     subject,
                     &format!("EcsService/{}", key(s)),
@@ -1232,10 +1247,16 @@ async fn deliver_ecs(
             .deployment_state(&s.cluster, &s.service)
             .await
             .map_err(|e| StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string()))?;
-        let ours = record
-            .deployments
-            .get(&key(s))
-            .is_some_and(|id| id.is_empty() || primary.as_deref() == Some(id.as_str()));
+        let k = key(s);
+        let forced_id = record.deployments.get(&k);
+        let replaced = record.replaced.get(&k).filter(|r| !r.is_empty());
+        let ours = forced_id.is_some_and(|id| {
+            primary.as_deref() == Some(id.as_str())
+                || primary
+                    .as_deref()
+                    .is_some_and(|p| replaced.is_some_and(|r| r != p))
+                || (id.is_empty() && replaced.is_none())
+        });
         match (state, ours) {
             (DeploymentState::Completed, true) => {}
             (DeploymentState::Failed, true) => {
