@@ -2,14 +2,18 @@
 # `make demo`: Capstan's main job on a local default environment.
 #
 # 1. Starts the local control plane (kube-apiserver, kube-controller-manager, etcd), the
-#    AWS emulator and OpenBao with `capstan-testenv up`; kubeconfig at .demo/kubeconfig.
+#    AWS emulator, OpenBao and PostgreSQL with `capstan-testenv up`; kubeconfig at
+#    .demo/kubeconfig.
 # 2. Declares the local ClusterConnections (tests/demo/connections.yaml: the same names
 #    as the production-shaped ones in manifests/examples/00-connections.yaml, pointed
 #    at the local emulators).
 # 3. Runs `capstan run` against it and applies manifests/examples/.
 # 4. Shows what happens. Interactive: follows until Ctrl-C, then tears everything down.
-#    With --ci: checks the verdict (connections reachable, a tenant refused by a
-#    connection that does not allow it, every object reporting honestly) and exits.
+#    With --ci: checks the verdict and exits: connections reachable; the Vault API key
+#    rotated; the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
+#    DATABASE_URL that logs in, the api Deployment restarted for it; the ECS service
+#    scaled up on a CPU spike; a tenant refused by a connection that does not list it;
+#    the Pipeline honestly not implemented.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci=false
@@ -28,8 +32,8 @@ echo "==> building capstan and the environment"
 cargo build -q -p capstan -p capstan-testenv --bins
 bin=target/debug
 
-echo "==> starting the local control plane, AWS emulator and OpenBao"
-"$bin/capstan-testenv" up --state-dir "$state" --services k8s,aws,vault >"$state/testenv.log" 2>&1 &
+echo "==> starting the local control plane, AWS emulator, OpenBao and PostgreSQL"
+"$bin/capstan-testenv" up --state-dir "$state" --services k8s,aws,vault,postgres >"$state/testenv.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 180); do [ -f "$state/env" ] && break; sleep 1; done
 [ -f "$state/env" ] || { echo "environment did not start; see $state/testenv.log" >&2; tail -20 "$state/testenv.log" >&2; exit 1; }
@@ -77,16 +81,42 @@ echo "==> starting capstan"
   --metrics-addr 127.0.0.1:0 --log-format text >"$state/capstan.log" 2>&1 &
 pids+=($!)
 
-# orders-db's admin login: present, so that what its SecretRotation reports is the honest
-# outcome of pointing at an RDS host that does not exist here (the database unreachable).
-k -n payments create secret generic orders-db-admin --from-literal=username=postgres \
-  --from-literal=password=demo-only --dry-run=client -o yaml | k apply -f - >/dev/null
+echo "==> the orders database: role app in a local PostgreSQL, its admin credentials, the api Deployment"
+psql -q -v ON_ERROR_STOP=1 "$POSTGRES_URL" >/dev/null <<'SQL'
+CREATE DATABASE orders;
+CREATE ROLE app LOGIN;
+GRANT CONNECT ON DATABASE orders TO app;
+SQL
+k -n payments create secret generic orders-db-admin --from-literal=username="$PGUSER" \
+  --from-literal=password="$PGPASSWORD" --dry-run=client -o yaml | k apply -f - >/dev/null
+k -n payments create deployment api --image=registry.example.com/orders-api:1.0 \
+  --dry-run=client -o yaml | k apply -f - >/dev/null
 
-echo "==> applying manifests/examples (the production-shaped connections are skipped)"
+echo "==> applying manifests/examples (the production-shaped connections are skipped; the"
+echo "    orders database example is pointed at the local PostgreSQL without TLS)"
 for f in manifests/examples/*.yaml; do
-  case "$f" in *00-connections.yaml) continue ;; esac
-  k apply -f "$f"
+  case "$f" in
+    *00-connections.yaml) continue ;;
+    *11-secretrotation-postgres-secretsmanager.yaml)
+      sed -e "s|host: orders.cluster-abc.eu-west-1.rds.amazonaws.com|host: $PGHOST|" \
+        -e "s|port: 5432|port: $PGPORT|" -e "s|sslMode: verifyFull|sslMode: disable|" \
+        -e "s|sslmode=verify-full|sslmode=disable|" "$f" | k apply -f - ;;
+    *) k apply -f "$f" ;;
+  esac
 done
+
+# No kubelet runs here, so nothing rolls the api Deployment out: the demo plays the
+# Deployment controller, reporting each restart Capstan asks for as rolled out.
+play_deployment_controller() {
+  while true; do
+    gen=$(k -n payments get deployment api -o jsonpath='{.metadata.generation}' 2>/dev/null || echo "")
+    [ -n "$gen" ] && k -n payments patch deployment api --subresource=status --type=merge -p \
+      "{\"status\":{\"observedGeneration\":$gen,\"replicas\":1,\"updatedReplicas\":1,\"readyReplicas\":1,\"availableReplicas\":1}}" >/dev/null 2>&1 || true
+    sleep 1
+  done
+}
+play_deployment_controller &
+pids+=($!)
 
 show() {
   echo
@@ -109,7 +139,14 @@ verdict() { # kind ns name reason
   echo "    FAIL: $1 $2/$3 reports '${got}', expected $4" >&2; ok=false
 }
 verdict secretrotation payments card-vault-key CredentialCurrent
-verdict secretrotation payments orders-db TargetUnavailable
+verdict secretrotation payments orders-db CredentialCurrent
+url=$(k -n payments get secret orders-db-app -o jsonpath='{.data.DATABASE_URL}' | base64 -d)
+user=$(psql -At "$url" -c 'select current_user' 2>/dev/null || true)
+if [ -n "$user" ]; then echo "    ok: the delivered DATABASE_URL logs in to PostgreSQL as $user (password from Secrets Manager)"
+else echo "    FAIL: the delivered DATABASE_URL does not log in" >&2; ok=false; fi
+restarted=$(k -n payments get deployment api -o jsonpath='{.spec.template.metadata.annotations.capstan\.dev/restarted-for}')
+if [ -n "$restarted" ]; then echo "    ok: Deployment payments/api restarted for version $restarted"
+else echo "    FAIL: Deployment payments/api was not restarted" >&2; ok=false; fi
 verdict servicescaling shop web Evaluated
 scaled=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
 import os, time
