@@ -845,6 +845,11 @@ async fn run_steps(pass: &Pass<'_>, w: &mut Writer, clients: &Clients) -> Result
                 audit::step(&pass.subject(&r), r.step, version.as_deref(), "done");
                 crash_point(&format!("secret-rotation::after-{}", r.step.as_str()));
                 pass.ctx.succeeded(&pass.key);
+                // Keep the pending version in the record the next claims write (and the
+                // audit lines of the later steps carry).
+                if r.step == RotationStep::CreatePending {
+                    r.pending_version.clone_from(&version);
+                }
                 match rotation::after_step(
                     &r,
                     Outcome::Done,
