@@ -179,7 +179,19 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
         ctx,
         reconcile,
         error_policy,
-        |c, _| watch_connections(&rt, c, |o: &SecretRotation| o.spec.connection_ref.as_ref()),
+        |c, _| {
+            // Both the backend's connection and a separate ECS delivery connection:
+            // a refusal of either waits for a change to it.
+            let c = watch_connections(&rt, c, |o: &SecretRotation| o.spec.connection_ref.as_ref());
+            watch_connections(&rt, c, |o: &SecretRotation| {
+                o.spec.ecs_connection().filter(|e| {
+                    o.spec
+                        .connection_ref
+                        .as_ref()
+                        .is_none_or(|b| b.name != e.name)
+                })
+            })
+        },
         shutdown,
     )
     .await;

@@ -245,3 +245,122 @@ async fn each_rotation_forces_one_ecs_deployment_and_is_delivered_when_it_comple
         forced()
     );
 }
+
+/// A separate ECS connection that does not allow the namespace refuses the object
+/// (Ready=False, nothing rotated); allowing it re-runs the object without any change to
+/// the object itself (the ECS connection is watched too), and the rotation delivers.
+#[tokio::test]
+async fn a_refused_ecs_connection_blocks_until_the_connection_allows_the_namespace() {
+    let env = TestEnv::get();
+    let kube = env.kube().await.expect("kube");
+    let aws = env.aws().await.expect("aws");
+    let client = kube.client().await;
+    let own = TempNamespace::create(kube).await.expect("own namespace");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    let creds: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "aws-creds" },
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": capstan_testenv::TEST_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": capstan_testenv::TEST_SECRET_ACCESS_KEY
+        }
+    }))
+    .expect("secret");
+    own.api::<Secret>(client.clone())
+        .create(&PostParams::default(), &creds)
+        .await
+        .expect("creds");
+    let connection = format!("aws-{}", ns.name());
+    let conns: Api<ClusterConnection> = Api::all(client.clone());
+    let conn: ClusterConnection = serde_json::from_value(json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
+        "metadata": { "name": connection },
+        "spec": {
+            "allowedNamespaces": { "names": ["somewhere-else"] },
+            "aws": {
+                "region": aws.region(),
+                "endpointUrl": aws.endpoint_url(),
+                "credentialsSecretRef": { "name": "aws-creds" }
+            }
+        }
+    }))
+    .expect("connection");
+    conns
+        .create(&PostParams::default(), &conn)
+        .await
+        .expect("create connection");
+    let config = aws.sdk_config().await;
+    let ecs = ecs::Client::new(&config);
+    let cluster = ns.name().to_owned();
+    ecs.create_cluster()
+        .cluster_name(&cluster)
+        .send()
+        .await
+        .expect("create cluster");
+    ecs.create_service()
+        .cluster(&cluster)
+        .service_name("web")
+        .desired_count(1)
+        .send()
+        .await
+        .expect("create service");
+    let obj: SecretRotation = serde_json::from_value(json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+        "metadata": { "name": "api-key" },
+        "spec": {
+            "backend": { "kubernetes": { "secretName": "api-key-store" } },
+            "target": { "none": {} },
+            "strategy": { "singleUser": { "acceptLoginFailuresUntilRestart": true } },
+            "schedule": { "interval": "720h" },
+            "delivery": {
+                "secret": { "name": "api-key" },
+                "ecsConnectionRef": { "name": connection },
+                "ecsServices": [ { "cluster": cluster, "service": "web" } ]
+            }
+        }
+    }))
+    .expect("object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+    let m = common::start(
+        kube.kubeconfig_path(),
+        "sr-ecs-refused",
+        &[
+            "--leader-elect=false",
+            "--controllers",
+            "secret-rotation",
+            "--namespaces",
+            ns.name(),
+            "--own-namespace",
+            own.name(),
+        ],
+    )
+    .await;
+    let ready_false = |o: &SecretRotation| {
+        o.status
+            .as_ref()
+            .and_then(|s| find(&s.conditions, "Ready"))
+            .is_some_and(|c| c.status == "False")
+    };
+    await_condition(&api, "api-key", ready_false, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("not refused: {e}\n{}", m.all_logs()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let o = api.get("api-key").await.expect("get");
+    assert_eq!(count(&o), 0, "nothing rotated while refused");
+    assert!(o.status.as_ref().is_some_and(|s| s.rotation.is_none()));
+
+    conns
+        .patch(
+            &connection,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"allowedNamespaces": {"names": [ns.name()]}}})),
+        )
+        .await
+        .expect("allow");
+    let o = await_condition(&api, "api-key", |o| count(o) >= 1, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("not rotated once allowed: {e}\n{}", m.all_logs()));
+    assert_eq!(delivered(&o), Some(("True".into(), "Delivered".into())));
+}
