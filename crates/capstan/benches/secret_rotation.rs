@@ -20,6 +20,10 @@
 //!    and statements (server log with `log_connections` and `log_statement = 'all'`);
 //!    extrapolated linearly to one object and one hour (count / objects × 3600 / window).
 //!
+//! Deadlines: each rotate-now run `CAPSTAN_BENCH_ROTATE_LIMIT_SECS` (180), the idle
+//! population's initial rotations `CAPSTAN_BENCH_IDLE_LIMIT_SECS` (300). Smaller
+//! populations for a smoke run: `CAPSTAN_BENCH_PG_OBJECTS`, `CAPSTAN_BENCH_IDLE_OBJECTS`.
+//!
 //! Objects are watched (not listed in a loop) to know when they are done, so the bench
 //! costs the API server little besides the manager's own work.
 
@@ -392,7 +396,7 @@ async fn main() -> Result<(), BoxError> {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
-    let limit = Duration::from_secs(env_u64("CAPSTAN_BENCH_ROTATE_LIMIT_SECS", 300));
+    let limit = Duration::from_secs(env_u64("CAPSTAN_BENCH_ROTATE_LIMIT_SECS", 180));
     let mut m = start_manager(kube, &nsn, concurrencies[0]).await;
     let t0 = Instant::now();
     let (n, took) = await_done(&tracker, "pg-", pg_objects, 1, t0, limit).await;
@@ -514,7 +518,7 @@ async fn main() -> Result<(), BoxError> {
         .collect::<Result<Vec<SecretRotation>, _>>()?;
     let t0 = Instant::now();
     create_all(&api, idle_objs).await?;
-    let idle_limit = Duration::from_secs(env_u64("CAPSTAN_BENCH_IDLE_LIMIT_SECS", 600));
+    let idle_limit = Duration::from_secs(env_u64("CAPSTAN_BENCH_IDLE_LIMIT_SECS", 300));
     let (n, took) = await_done(&tracker, "idle-", extra, 1, t0, idle_limit).await;
     figure(
         &format!("secret_rotation.initial_rotations_no_target_{extra}"),
