@@ -16,8 +16,9 @@ use futures::future::join_all;
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::watcher;
-use kube::{Api, Client, Resource};
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
@@ -138,7 +139,15 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
         };
         let scope = ns.clone().unwrap_or_else(|| "*".into());
         let flag = rt.readiness.register(&format!("{name}/{scope}"));
-        let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        // The cache holds every watched object for the life of the process: drop
+        // managedFields (often the largest part of an object, and never read by a
+        // controller) before they reach it.
+        let (reader, writer) = reflector::store();
+        let trigger = watcher(api, watcher::Config::default().any_semantic())
+            .modify(|o: &mut K| o.managed_fields_mut().clear())
+            .reflect(writer)
+            .applied_objects();
+        let controller = Controller::for_stream(trigger, reader)
             .with_config(kube::runtime::Config::default().concurrency(rt.concurrency));
         let controller = configure(controller, ns.as_deref());
         let store = controller.store();
