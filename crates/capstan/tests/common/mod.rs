@@ -24,58 +24,11 @@ pub struct Manager {
 /// Starts `capstan run` with a kubeconfig and extra arguments; waits until its admin
 /// server listens.
 pub async fn start(kubeconfig: &Path, identity: &str, extra: &[&str]) -> Manager {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .arg("run")
-        .args([
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--identity",
-            identity,
-        ])
-        .args(["--log-level", "info,capstan=debug"])
-        .args(extra)
-        .env("KUBECONFIG", kubeconfig)
-        .env("CAPSTAN_AWS_NO_RETRIES", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning capstan");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = logs.clone();
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("admin server listening") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr);
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let admin = match tokio::time::timeout(Duration::from_secs(60), rx).await {
-        Ok(Ok(addr)) => addr,
-        _ => panic!(
-            "capstan {identity} did not start its admin server; logs:\n{}",
-            logs.lock().unwrap().join("\n")
-        ),
-    };
-    Manager {
-        child,
-        identity: identity.to_owned(),
-        admin,
-        logs,
-    }
+    start_with_level(kubeconfig, identity, DEFAULT_LEVEL, extra, &[]).await
 }
+
+/// The log filter the tests run the manager at.
+const DEFAULT_LEVEL: &str = "info,capstan=debug";
 
 impl Manager {
     /// GETs a path of the admin server: (status, body).
@@ -130,62 +83,12 @@ pub async fn start_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Manager {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .arg("run")
-        .args([
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--identity",
-            identity,
-        ])
-        .args(["--log-level", "info,capstan=debug"])
-        .args(extra)
-        .env("KUBECONFIG", kubeconfig)
-        .env("CAPSTAN_AWS_NO_RETRIES", "true")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning capstan");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = logs.clone();
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("admin server listening") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr);
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let admin = match tokio::time::timeout(Duration::from_secs(60), rx).await {
-        Ok(Ok(addr)) => addr,
-        _ => panic!(
-            "capstan {identity} did not start its admin server; logs:\n{}",
-            logs.lock().unwrap().join("\n")
-        ),
-    };
-    Manager {
-        child,
-        identity: identity.to_owned(),
-        admin,
-        logs,
-    }
+    start_with_level(kubeconfig, identity, DEFAULT_LEVEL, extra, env).await
 }
 
-/// Like [`start_with_env`], but the caller picks the `--log-level` filter (the others
-/// pass `info,capstan=debug`): the leak canary runs at plain `debug`, every crate.
+/// Starts `capstan run` with a chosen `--log-level` filter (the leak canary runs at plain
+/// `debug`, every crate), extra arguments and environment; waits until its admin server
+/// listens.
 pub async fn start_with_level(
     kubeconfig: &Path,
     identity: &str,
