@@ -10,7 +10,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use nix::sys::signal::Signal;
 
-/// Flags shared by these tests: only this test's namespace, a short lease.
+/// Flags shared by these tests: only this test's namespace, a short lease (8 s, renewed
+/// 4 s before expiry: slack enough that a loaded CI machine does not make it flap).
 fn args<'a>(ns: &'a str, lease: &'a str) -> Vec<&'a str> {
     vec![
         "--namespaces",
@@ -22,9 +23,9 @@ fn args<'a>(ns: &'a str, lease: &'a str) -> Vec<&'a str> {
         "--lease-name",
         lease,
         "--lease-duration",
-        "4",
+        "8",
         "--lease-grace",
-        "2",
+        "4",
     ]
 }
 
@@ -106,7 +107,7 @@ async fn two_managers_one_leader_and_takeover_after_kill() {
 
     let holder = await_holder(&leases, "pair", Duration::from_secs(30), |_| true).await;
     // Hold still for longer than a lease period: leadership must not flap or double.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(
         lease_holder(&leases, "pair").await.as_deref(),
         Some(holder.as_str())
@@ -136,9 +137,9 @@ async fn two_managers_one_leader_and_takeover_after_kill() {
     })
     .await;
     let takeover = killed.elapsed();
-    // Reported, not asserted tightly: lease duration 4 s plus the retry period.
+    // Reported, not asserted tightly: lease duration 8 s plus the retry period.
     eprintln!(
-        "FIGURE leader takeover after SIGKILL: {:.2} s (lease 4 s, grace 2 s)",
+        "FIGURE leader takeover after SIGKILL: {:.2} s (lease 8 s, grace 4 s)",
         takeover.as_secs_f64()
     );
     assert_eq!(new, follower.identity);
