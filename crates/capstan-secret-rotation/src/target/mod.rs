@@ -383,6 +383,26 @@ fn root_store(target: &str, ca_pem: Option<&[u8]>) -> Result<rustls::RootCertSto
     Ok(roots)
 }
 
+/// Which operation of a database target failed, for classifying its errors.
+#[derive(Clone, Copy)]
+pub(crate) enum Op<'a> {
+    Admin,
+    EnsureUser(&'a str),
+    SetPassword(&'a str),
+    Login(&'a str),
+}
+
+/// The spec's port as a TCP port, or `Invalid` naming the target.
+pub(crate) fn checked_port(target: &str, port: i32) -> Result<u16, TargetError> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| TargetError::Invalid {
+            target: target.to_owned(),
+            detail: format!("port {port} is out of range"),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,7 +55,8 @@ use rand::Rng;
 use sha1::{Digest, Sha1};
 
 use super::{
-    CredentialTarget, Fence, TargetError, check_username, quote_mysql_ident, quote_mysql_string,
+    CredentialTarget, Fence, Op, TargetError, check_username, checked_port, quote_mysql_ident,
+    quote_mysql_string,
 };
 use crate::crd;
 
@@ -101,14 +102,6 @@ pub struct MysqlTarget {
     name: String,
 }
 
-#[derive(Clone, Copy)]
-enum Op<'a> {
-    Admin,
-    EnsureUser(&'a str),
-    SetPassword(&'a str),
-    Login(&'a str),
-}
-
 impl MysqlTarget {
     /// The target of `spec` with the admin credentials read from `adminSecretRef` and the
     /// CA bundle of `caSecretRef` (PEM), if any.
@@ -120,13 +113,7 @@ impl MysqlTarget {
     ) -> Result<Self, TargetError> {
         use crd::MysqlSslMode as M;
         let name = format!("MySQL {}:{}", spec.host, spec.port);
-        let port = u16::try_from(spec.port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| TargetError::Invalid {
-                target: name.clone(),
-                detail: format!("port {} is out of range", spec.port),
-            })?;
+        let port = checked_port(&name, spec.port)?;
         if let Some(pem) = ca_pem {
             // Parsed now so that a bad bundle is reported before anything changes.
             super::root_store(&name, Some(pem))?;

@@ -49,7 +49,10 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{CredentialTarget, Fence, TargetError, check_username, quote_pg_ident, root_store};
+use super::{
+    CredentialTarget, Fence, Op, TargetError, check_username, checked_port, quote_pg_ident,
+    root_store,
+};
 use crate::crd;
 
 /// Longest PostgreSQL identifier (NAMEDATALEN - 1).
@@ -186,15 +189,6 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// Which operation failed, for classifying errors.
-#[derive(Clone, Copy)]
-enum Op<'a> {
-    Admin,
-    EnsureUser(&'a str),
-    SetPassword(&'a str),
-    Login(&'a str),
-}
-
 impl PostgresTarget {
     /// The target of `spec` with the admin credentials read from `adminSecretRef` and the
     /// CA bundle of `caSecretRef` (PEM), if any.
@@ -205,13 +199,7 @@ impl PostgresTarget {
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, TargetError> {
         let name = format!("PostgreSQL {}:{}", spec.host, spec.port);
-        let port = u16::try_from(spec.port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| TargetError::Invalid {
-                target: name.clone(),
-                detail: format!("port {} is out of range", spec.port),
-            })?;
+        let port = checked_port(&name, spec.port)?;
         let tls = Self::tls(&name, spec.ssl_mode, ca_pem)?;
         Ok(Self {
             host: spec.host.clone(),
