@@ -109,11 +109,10 @@ is set. Each rule says why it exists.
     {{- end }}
   verbs: ["update"]
 {{- end }}
-# Events on transitions and errors (kube-runtime's Recorder: create, then patch to
-# count repeats of the same Event).
+# Events on transitions and errors: each one a create (no series, nothing patched).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- if include "capstan.enabled" (list . "secret-rotation") }}
 # Secrets in tenants' namespaces: the kubernetes backend (current and pending Secrets),
 # database admin credentials a SecretRotation refers to, and delivery Secrets, written

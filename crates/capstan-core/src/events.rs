@@ -1,44 +1,160 @@
-//! Kubernetes Events: one [`Recorder`] per controller, Events on transitions and errors
+//! Kubernetes Events: one [`Publisher`] per controller, Events on transitions and errors
 //! only (a reconcile that changes nothing publishes nothing).
 //!
 //! Publishing an Event is best effort: a failure is logged and never fails a reconcile,
 //! since the status condition and the audit log carry the same facts durably.
+//!
+//! Why not kube's `Recorder`: it keeps every Event it published in memory to count
+//! repeats into an `EventSeries`, and prunes that cache only when it publishes again. A
+//! controller that rotates 10,000 objects then goes quiet kept 20,000 Events (two per
+//! rotation) for as long as it stayed idle, which was a quarter of its memory. Capstan
+//! publishes on transitions, so a repeat is rare (each rotation's Events name the
+//! rotation) and series bring nothing: each Event is one create, and nothing stays
+//! behind.
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::{Api, Client, Resource};
 
-/// Builds the recorder of one controller. `instance` is this Capstan's identity (pod
-/// name), shown as the Event's reporting instance.
-pub fn recorder(client: Client, controller: &str, instance: &str) -> Recorder {
-    Recorder::new(
-        client,
-        Reporter {
-            controller: controller.to_owned(),
-            instance: Some(instance.to_owned()),
-        },
-    )
+pub use kube::runtime::events::EventType;
+
+/// The Event writer of one controller.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+    controller: String,
+    instance: String,
 }
 
-/// Publishes an Event about `obj`. `note` is for humans and must hold no secret value.
-pub async fn publish<K>(
-    recorder: &Recorder,
-    obj: &K,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: impl Into<String>,
-) where
-    K: Resource<DynamicType = ()>,
-{
-    let reference = obj.object_ref(&());
-    let ev = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note.into()),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&ev, &reference).await {
-        tracing::warn!(error = %e, reason, "could not publish Event");
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("controller", &self.controller)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// The publisher of `controller` (the Events' reporting controller, e.g.
+    /// `capstan.dev/secret-rotation`); `instance` is this Capstan's identity (pod name),
+    /// shown as the reporting instance.
+    pub fn new(client: Client, controller: &str, instance: &str) -> Self {
+        Self {
+            client,
+            controller: controller.to_owned(),
+            instance: instance.to_owned(),
+        }
+    }
+
+    /// The Event this publisher writes about `regarding` (built, not sent).
+    pub fn event(
+        &self,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+        now: Timestamp,
+    ) -> K8sEvent {
+        let object = regarding.name.as_deref().unwrap_or(&self.controller);
+        K8sEvent {
+            metadata: ObjectMeta {
+                // The scheme of client-go's and kube's recorders: unique per object and
+                // instant, and readable in `kubectl get events`.
+                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+                namespace: regarding.namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            action: Some(action.to_owned()),
+            reason: Some(reason.to_owned()),
+            note: Some(note),
+            type_: Some(
+                match type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .to_owned(),
+            ),
+            event_time: Some(MicroTime(now)),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            regarding: Some(regarding),
+            ..K8sEvent::default()
+        }
+    }
+
+    /// Publishes an Event about `obj`. `note` is for humans and must hold no secret
+    /// value. Cluster-scoped objects get their Events in `default`, as with kubectl.
+    pub async fn publish<K>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: impl Into<String>,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let ev = self.event(
+            obj.object_ref(&()),
+            type_,
+            reason,
+            action,
+            note.into(),
+            Timestamp::now(),
+        );
+        let ns = ev.metadata.namespace.as_deref().unwrap_or("default");
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), ns);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::warn!(error = %e, reason, "could not publish Event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A client needs a runtime to exist, though nothing is sent.
+    #[tokio::test]
+    async fn event_names_object_controller_and_instance() {
+        let client = Client::try_from(kube::Config::new(
+            "http://127.0.0.1:1".parse().expect("url"),
+        ))
+        .expect("client");
+        let p = Publisher::new(client, "capstan.dev/secret-rotation", "capstan-0");
+        let regarding = ObjectReference {
+            name: Some("db".into()),
+            namespace: Some("shop".into()),
+            ..ObjectReference::default()
+        };
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let ev = p.event(
+            regarding,
+            EventType::Warning,
+            "AttemptFailed",
+            "Rotate",
+            "no value here".into(),
+            now,
+        );
+        assert_eq!(ev.metadata.namespace.as_deref(), Some("shop"));
+        assert!(
+            ev.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("db."))
+        );
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert_eq!(
+            ev.reporting_controller.as_deref(),
+            Some("capstan.dev/secret-rotation")
+        );
+        assert_eq!(ev.reporting_instance.as_deref(), Some("capstan-0"));
+        assert_eq!(ev.event_time, Some(MicroTime(now)));
+        assert!(ev.series.is_none());
     }
 }

@@ -37,6 +37,9 @@ pub struct Runtime {
     pub instance: String,
     /// Capstan's own namespace: where the Secrets holding connection credentials live.
     pub own_namespace: String,
+    /// Capstan's service account token (a file kubelet keeps fresh), for Vault's
+    /// Kubernetes auth.
+    pub service_account_token_file: std::path::PathBuf,
     /// The clock domain logic reads.
     pub clock: Arc<dyn Clock>,
     /// Readiness flags, read by `/readyz`.
@@ -139,12 +142,11 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
         };
         let scope = ns.clone().unwrap_or_else(|| "*".into());
         let flag = rt.readiness.register(&format!("{name}/{scope}"));
-        // The cache holds every watched object for the life of the process: drop
-        // managedFields (often the largest part of an object, and never read by a
-        // controller) before they reach it.
+        // The cache holds every watched object for the life of the process: drop what
+        // no controller reads before it reaches the cache.
         let (reader, writer) = reflector::store();
         let trigger = watcher(api, watcher::Config::default().any_semantic())
-            .modify(|o: &mut K| o.managed_fields_mut().clear())
+            .modify(strip_for_cache)
             .reflect(writer)
             .applied_objects();
         let controller = Controller::for_stream(trigger, reader)
@@ -175,4 +177,17 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
         }
     });
     join_all(runs).await;
+}
+
+/// kubectl's client-side apply keeps the whole applied object in this annotation.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from a watched object what no controller reads: managedFields (often the
+/// largest part of an object) and kubectl's last-applied copy of the spec (objects
+/// applied with `kubectl apply` would otherwise be cached twice). Writes never send a
+/// cached object whole: status writes go to the status subresource (which ignores
+/// metadata) and metadata writes are patches.
+pub fn strip_for_cache<K: Resource>(o: &mut K) {
+    o.managed_fields_mut().clear();
+    o.annotations_mut().remove(LAST_APPLIED);
 }

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use capstan_aws::{ClientOptions, Retries, StaticCredentials};
 use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef};
+use capstan_core::events::Publisher;
 use capstan_core::redact::SecretValue;
 use capstan_core::runtime::Runtime;
 use capstan_core::secret_ref::read_key;
-use kube::runtime::events::Recorder;
+use kube::ResourceExt;
 
 use crate::backend::{
     AwsSecretsManagerBackend, KubernetesSecretBackend, SecretBackend, VaultClient, VaultKvBackend,
@@ -30,14 +31,28 @@ pub struct Context {
     pub rt: Runtime,
     /// The controller's metrics.
     pub metrics: Metrics,
-    /// The one Event recorder of this controller.
-    pub recorder: Recorder,
+    /// The Event publisher of this controller.
+    pub events: Publisher,
     /// AWS client options (retries, timeouts, session name).
     pub aws_options: ClientOptions,
     /// Consecutive transient failures per object (`namespace/name`), for the backoff.
     pub failures: Mutex<HashMap<String, u32>>,
     /// Objects whose rotation is overdue, for the gauge.
     pub overdue: Mutex<BTreeSet<String>>,
+    /// Vault tokens from logins (AppRole), per ClusterConnection, reused until near
+    /// the end of their lease so that reconciles do not each create a token.
+    pub vault_tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+/// A token a Vault login returned.
+#[derive(Clone, Debug)]
+pub struct CachedToken {
+    /// The ClusterConnection's generation at login: a changed connection logs in again.
+    pub generation: Option<i64>,
+    /// The token.
+    pub token: SecretValue,
+    /// Reuse it until then.
+    pub reuse_until: std::time::Instant,
 }
 
 impl std::fmt::Debug for Context {
@@ -51,7 +66,7 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for `rt`.
     pub fn new(rt: Runtime, metrics: Metrics) -> Self {
-        let recorder = capstan_core::events::recorder(
+        let events = Publisher::new(
             rt.client.clone(),
             crate::controller::FIELD_MANAGER,
             &rt.instance,
@@ -69,10 +84,11 @@ impl Context {
         Self {
             rt,
             metrics,
-            recorder,
+            events,
             aws_options,
             failures: Mutex::new(HashMap::new()),
             overdue: Mutex::new(BTreeSet::new()),
+            vault_tokens: Mutex::new(HashMap::new()),
         }
     }
 
@@ -228,18 +244,6 @@ async fn build_backend(
                         ),
                     )
                 })?;
-            let Some(token_auth) = &vault.auth.token else {
-                return Err(RefError::new(
-                    "VaultAuthUnsupported",
-                    format!(
-                        "ClusterConnection {:?}: only token auth is supported for SecretRotation",
-                        conn_name()
-                    ),
-                ));
-            };
-            let token = read_key(client, own, &token_auth.secret_ref, "token")
-                .await
-                .map_err(|e| RefError::new("VaultTokenUnavailable", e.to_string()))?;
             let ca = match &vault.ca_secret_ref {
                 None => None,
                 Some(r) => Some(
@@ -248,12 +252,16 @@ async fn build_backend(
                         .map_err(|e| RefError::new("VaultCaUnavailable", e.to_string()))?,
                 ),
             };
-            let vc = VaultClient::from_connection(
+            let mut vc = VaultClient::from_connection(
                 vault,
-                token,
+                SecretValue::new(String::new()),
                 ca.as_ref().map(|c| c.expose().as_bytes()),
             )
             .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            let conn = connection.ok_or_else(|| {
+                RefError::new("ConnectionWrongKind", "no Vault connection".to_owned())
+            })?;
+            vault_login(ctx, conn, vault, &mut vc).await?;
             let kv =
                 VaultKvBackend::new(vc, v).map_err(|e| RefError::new(e.reason(), e.to_string()))?;
             Ok(Box::new(kv))
@@ -337,4 +345,95 @@ async fn build_target(
             Ok(Box::new(t))
         }
     }
+}
+
+/// Gives `vc` a token for `conn`'s Vault auth: the token auth's Secret, or a login
+/// (AppRole with the secret ID from a Secret, Kubernetes with Capstan's service account
+/// token) reused for half its lease, at most 30 minutes, so that reconciles do not each
+/// create a token in Vault.
+async fn vault_login(
+    ctx: &Context,
+    conn: &ClusterConnection,
+    vault: &capstan_core::connection::VaultConnection,
+    vc: &mut VaultClient,
+) -> Result<(), RefError> {
+    let client = &ctx.rt.client;
+    let own = &ctx.rt.own_namespace;
+    let name = conn.name_any();
+    if let Some(t) = &vault.auth.token {
+        let token = read_key(client, own, &t.secret_ref, "token")
+            .await
+            .map_err(|e| RefError::new("VaultTokenUnavailable", e.to_string()))?;
+        vc.set_token(token);
+        return Ok(());
+    }
+    let generation = conn.metadata.generation;
+    let cached = ctx
+        .vault_tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&name)
+        .filter(|c| c.generation == generation && c.reuse_until > std::time::Instant::now())
+        .map(|c| c.token.clone());
+    if let Some(token) = cached {
+        vc.set_token(token);
+        return Ok(());
+    }
+    let failed = |e: crate::backend::BackendError| {
+        RefError::new(
+            "VaultLoginFailed",
+            format!("ClusterConnection {name:?}: {e}"),
+        )
+    };
+    let lease = if let Some(ar) = &vault.auth.app_role {
+        let secret_id = read_key(client, own, &ar.secret_id_ref, "secret_id")
+            .await
+            .map_err(|e| RefError::new("VaultSecretIdUnavailable", e.to_string()))?;
+        vc.login_approle(&ar.mount_path, &ar.role_id, &secret_id)
+            .await
+            .map_err(failed)?
+    } else if let Some(k) = &vault.auth.kubernetes {
+        let path = &ctx.rt.service_account_token_file;
+        let jwt = match tokio::fs::read_to_string(path).await {
+            Ok(t) => SecretValue::new(t.trim().to_owned()),
+            Err(e) => {
+                return Err(RefError::new(
+                    "ServiceAccountTokenUnavailable",
+                    format!(
+                        "ClusterConnection {name:?} uses Kubernetes auth, but Capstan's service account token {} cannot be read: {e}",
+                        path.display()
+                    ),
+                ));
+            }
+        };
+        vc.login_kubernetes(&k.mount_path, &k.role, &jwt)
+            .await
+            .map_err(failed)?
+    } else {
+        return Err(RefError::new(
+            "ConnectionInvalid",
+            format!("ClusterConnection {name:?} declares no Vault auth method"),
+        ));
+    };
+    let reuse = (lease / 2).min(std::time::Duration::from_secs(30 * 60));
+    ctx.vault_tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            name,
+            CachedToken {
+                generation,
+                token: vc.token().clone(),
+                reuse_until: std::time::Instant::now() + reuse,
+            },
+        );
+    Ok(())
+}
+
+/// Forgets the login token of `connection` (Vault refused it: revoked or expired early).
+pub fn forget_vault_token(ctx: &Context, connection: &str) {
+    ctx.vault_tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(connection);
 }

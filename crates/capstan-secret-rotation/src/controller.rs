@@ -40,7 +40,7 @@ use capstan_core::gate::{Gate, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::runtime::{Runtime, run_controller};
 use chrono::{DateTime, Utc};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -273,16 +273,25 @@ impl Writer {
     }
 
     /// Sets an annotation on the object, conditioned on the resourceVersion like a status
-    /// write (HTTP 409 is [`Error::ClaimLost`]).
+    /// write (HTTP 409 is [`Error::ClaimLost`]). A merge patch, not a replace: the cached
+    /// object lacks what the cache drops (e.g. kubectl's last-applied annotation), which
+    /// a replace would delete.
     async fn annotate(&mut self, key: &str, value: String) -> Result<(), Error> {
-        let mut o = self.obj.clone();
-        o.metadata.managed_fields = None;
-        o.annotations_mut().insert(key.to_owned(), value);
-        let params = PostParams {
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": self.obj.resource_version(),
+                "annotations": { key: value },
+            }
+        });
+        let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PostParams::default()
+            ..PatchParams::default()
         };
-        match self.api.replace(&o.name_any(), &params, &o).await {
+        match self
+            .api
+            .patch(&self.obj.name_any(), &params, &Patch::Merge(&patch))
+            .await
+        {
             Ok(new) => {
                 self.obj = new;
                 Ok(())
@@ -492,8 +501,21 @@ impl Pass<'_> {
         }
     }
 
+    /// Vault refused the backend's token: a login token (AppRole) is logged in afresh
+    /// next time instead of being reused until its lease ends.
+    fn forget_login_if_denied(&self, reason: &str) {
+        if reason == "BackendAccessDenied"
+            && matches!(self.obj.spec.backend, Backend::Vault(_))
+            && let Some(c) = &self.obj.spec.connection_ref
+        {
+            crate::context::forget_vault_token(self.ctx, &c.name);
+        }
+    }
+
     async fn event(&self, type_: EventType, reason: &str, note: String) {
-        capstan_core::events::publish(&self.ctx.recorder, self.obj, type_, reason, "Rotate", note)
+        self.ctx
+            .events
+            .publish(self.obj, type_, reason, "Rotate", note)
             .await;
     }
 
@@ -697,7 +719,7 @@ async fn reconcile(obj: Arc<SecretRotation>, ctx: Arc<Context>) -> Result<Action
                 format!("rotation {} started ({:?})", r.id, r.trigger),
             )
             .await;
-            run_steps(&pass, &mut w, &clients).await
+            run_steps(&pass, &mut w, &clients, true).await
         }
         Plan::Continue => {
             let clients = match clients_or_report(
@@ -711,7 +733,7 @@ async fn reconcile(obj: Arc<SecretRotation>, ctx: Arc<Context>) -> Result<Action
                 Ok(c) => c,
                 Err(action) => return Ok(action),
             };
-            run_steps(&pass, &mut w, &clients).await
+            run_steps(&pass, &mut w, &clients, false).await
         }
     }
 }
@@ -743,6 +765,7 @@ async fn precheck(clients: &Clients) -> Result<Option<Version>, RefError> {
 
 /// `Ready=False` naming the reference; nothing else changes. Retried with backoff.
 async fn report_unresolved(pass: &Pass<'_>, w: &mut Writer, e: RefError) -> Result<Action, Error> {
+    pass.forget_login_if_denied(e.reason);
     let before = w.status();
     let mut st = before.clone();
     let was = conditions::find(&before.conditions, ct::READY).map(|c| c.reason.clone());
@@ -792,7 +815,15 @@ fn from_target(e: TargetError, testing: bool) -> StepResult {
 
 /// Runs the steps of the rotation in progress: claim, one side effect, record, until it
 /// finishes, waits, or fails.
-async fn run_steps(pass: &Pass<'_>, w: &mut Writer, clients: &Clients) -> Result<Action, Error> {
+/// Runs the claimed rotation's steps. `started`: this pass has just claimed a new
+/// rotation, so the backend can hold nothing of it (its token is new) and need not be
+/// read again.
+async fn run_steps(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    clients: &Clients,
+    started: bool,
+) -> Result<Action, Error> {
     let backend = clients.backend.as_ref();
     let mut st = w.status();
     let Some(mut r) = st.rotation.clone() else {
@@ -801,20 +832,29 @@ async fn run_steps(pass: &Pass<'_>, w: &mut Writer, clients: &Clients) -> Result
 
     // Resume from what the backend shows (after a crash, or a takeover).
     let id = pass.id(&r);
-    let current = match backend.current().await {
-        Ok(c) => c,
-        Err(e) => return record_result(pass, w, st, r, from_backend(e)).await,
-    };
-    let pending = match backend.pending(&id).await {
-        Ok(p) => p,
-        Err(e) => return record_result(pass, w, st, r, from_backend(e)).await,
-    };
-    let token = id.token();
-    let view = BackendView {
-        promoted: current
-            .as_ref()
-            .is_some_and(|v| v.rotation_token.as_deref() == Some(token.as_str())),
-        pending: pending.is_some(),
+    let (current, view) = if started {
+        let nothing = BackendView {
+            promoted: false,
+            pending: false,
+        };
+        (None, nothing)
+    } else {
+        let current = match backend.current().await {
+            Ok(c) => c,
+            Err(e) => return record_result(pass, w, st, r, from_backend(e)).await,
+        };
+        let pending = match backend.pending(&id).await {
+            Ok(p) => p,
+            Err(e) => return record_result(pass, w, st, r, from_backend(e)).await,
+        };
+        let token = id.token();
+        let view = BackendView {
+            promoted: current
+                .as_ref()
+                .is_some_and(|v| v.rotation_token.as_deref() == Some(token.as_str())),
+            pending: pending.is_some(),
+        };
+        (current, view)
     };
     let mut claimed = true;
     match rotation::resume(r.step, view) {
@@ -870,8 +910,8 @@ async fn run_steps(pass: &Pass<'_>, w: &mut Writer, clients: &Clients) -> Result
                     0,
                 ) {
                     Transition::Advance(next) => {
+                        claimed = !rotation::needs_claim(next.step, !pass.delivery_empty);
                         r = next;
-                        claimed = false;
                     }
                     Transition::Finished => return finish(pass, w, st, r).await,
                     // Done never retries or gives up.
@@ -938,6 +978,7 @@ async fn record_result(
             Ok(Action::requeue(DELIVERY_POLL))
         }
         StepResult::Transient(reason, msg) => {
+            pass.forget_login_if_denied(reason);
             audit::step(
                 &pass.subject(&r),
                 r.step,

@@ -392,6 +392,19 @@ pub fn next_step(step: RotationStep, has_target: bool) -> Option<RotationStep> {
     Some(next)
 }
 
+/// Whether `step` must be claimed (a status write conditioned on the resourceVersion
+/// read) before it runs. A step that changes nothing outside (testing a login; delivering
+/// when nothing is to be delivered) needs no claim: the status keeps naming the step
+/// before it, and a crash resumes from that one, which is idempotent. Each claim skipped
+/// is one write less per rotation for the API server, its main cost.
+pub fn needs_claim(step: RotationStep, delivers: bool) -> bool {
+    match step {
+        RotationStep::TestTarget => false,
+        RotationStep::Deliver => delivers,
+        RotationStep::CreatePending | RotationStep::SetTarget | RotationStep::Finish => true,
+    }
+}
+
 /// How a step ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -174,6 +174,7 @@ fn controller(
         concurrency: 8,
         instance: "bench".into(),
         own_namespace: own.to_owned(),
+        service_account_token_file: "/nonexistent".into(),
         clock: Arc::new(SystemClock),
         readiness: Readiness::default(),
     };

@@ -33,13 +33,13 @@ use capstan_aws::{ClientOptions, Retries};
 use capstan_core::conditions::{Desired, READY};
 use capstan_core::connection::{ClusterConnection, ConnectionKind};
 use capstan_core::error::Categorized;
+use capstan_core::events::Publisher;
 use capstan_core::gate::{Gate, INVALID_SPEC, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::runtime::{Runtime, run_controller};
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -281,7 +281,7 @@ pub(crate) struct Ctx {
     pub(crate) metrics: Metrics,
     pub(crate) registry: Arc<Registry>,
     pub(crate) clients: ClientCache,
-    pub(crate) recorder: Recorder,
+    pub(crate) events: Publisher,
     pub(crate) stores: Mutex<Vec<(Store<ServiceScaling>, Arc<AtomicBool>)>>,
 }
 
@@ -376,7 +376,7 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
             options,
             metrics.aws_requests.clone(),
         ),
-        recorder: capstan_core::events::recorder(rt.client.clone(), CONTROLLER, &rt.instance),
+        events: Publisher::new(rt.client.clone(), CONTROLLER, &rt.instance),
         rt: rt.clone(),
         metrics,
         registry: Arc::new(Registry::default()),

@@ -690,18 +690,17 @@ async fn direct_mode(
                     }
                 );
                 tracing::info!(namespace = %job.key.0, name = %job.key.1, %note, "scaled");
-                capstan_core::events::publish(
-                    &ctx.recorder,
-                    job.obj.as_ref(),
-                    EventType::Normal,
-                    if up { "ScaledUp" } else { "ScaledDown" },
-                    // The action names the new count: kube's Recorder folds Events with
-                    // the same reason and action into one series that keeps the first
-                    // note, so each distinct scale keeps its own Event and numbers.
-                    &format!("ScaleTo{}", decision.desired_replicas),
-                    note,
-                )
-                .await;
+                ctx.events
+                    .publish(
+                        job.obj.as_ref(),
+                        EventType::Normal,
+                        if up { "ScaledUp" } else { "ScaledDown" },
+                        // The action names the new count, so a reader filtering on it finds
+                        // each scale.
+                        &format!("ScaleTo{}", decision.desired_replicas),
+                        note,
+                    )
+                    .await;
             }
             Err(e) => {
                 ctx.metrics.controller.failure(&e);
@@ -816,15 +815,9 @@ async fn aas_mode(
                     "AutoScalingDeclared"
                 };
                 tracing::info!(namespace = %job.key.0, name = %job.key.1, %note, reason, "application auto scaling updated");
-                capstan_core::events::publish(
-                    &ctx.recorder,
-                    job.obj.as_ref(),
-                    EventType::Normal,
-                    reason,
-                    "Declare",
-                    note,
-                )
-                .await;
+                ctx.events
+                    .publish(job.obj.as_ref(), EventType::Normal, reason, "Declare", note)
+                    .await;
             }
             let msg = format!(
                 "scalable target {}..{}, {} target-tracking policies and {} scheduled actions in place; AWS owns the desired count",
@@ -916,15 +909,15 @@ async fn finish(
         gone: false,
     };
     if let Some((reason, message)) = warn {
-        capstan_core::events::publish(
-            &ctx.recorder,
-            job.obj.as_ref(),
-            EventType::Warning,
-            reason,
-            "Evaluate",
-            message,
-        )
-        .await;
+        ctx.events
+            .publish(
+                job.obj.as_ref(),
+                EventType::Warning,
+                reason,
+                "Evaluate",
+                message,
+            )
+            .await;
     }
     if status == before {
         return done;

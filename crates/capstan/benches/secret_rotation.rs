@@ -20,6 +20,9 @@
 //!    and statements (server log with `log_connections` and `log_statement = 'all'`);
 //!    extrapolated linearly to one object and one hour (count / objects × 3600 / window).
 //!
+//! `CAPSTAN_BENCH_MANAGER_ENV` (`K=V;K=V`) adds environment variables to the manager,
+//! e.g. `LD_PRELOAD` of a heap profiler.
+//!
 //! Deadlines: each rotate-now run `CAPSTAN_BENCH_ROTATE_LIMIT_SECS` (180), the idle
 //! population's initial rotations `CAPSTAN_BENCH_IDLE_LIMIT_SECS` (300). Smaller
 //! populations for a smoke run: `CAPSTAN_BENCH_PG_OBJECTS`, `CAPSTAN_BENCH_IDLE_OBJECTS`.
@@ -290,6 +293,13 @@ async fn start_manager(
     concurrency: u64,
 ) -> common::Manager {
     let c = concurrency.to_string();
+    // Extra environment for the manager, `K=V;K=V` (profiling: LD_PRELOAD a heap
+    // profiler, or allocator settings).
+    let extra_env = std::env::var("CAPSTAN_BENCH_MANAGER_ENV").unwrap_or_default();
+    let extra_env: Vec<(&str, &str)> = extra_env
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
     let args = [
         "--leader-elect=false",
         "--namespaces",
@@ -306,7 +316,7 @@ async fn start_manager(
         &format!("bench-c{concurrency}"),
         "info",
         &args,
-        &[],
+        &extra_env,
     )
     .await;
     m.await_ready(Duration::from_secs(120)).await;

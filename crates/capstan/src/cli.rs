@@ -92,6 +92,15 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "capstan-system")]
     pub own_namespace: String,
 
+    /// Capstan's service account token, sent to Vault's Kubernetes auth. Read at each
+    /// login: kubelet rotates projected tokens.
+    #[arg(
+        long,
+        env = "CAPSTAN_SERVICE_ACCOUNT_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub service_account_token_file: std::path::PathBuf,
+
     /// This instance's identity (Lease holder, Event reporter); defaults to the pod
     /// name, else the host name plus a random suffix.
     #[arg(long, env = "POD_NAME")]

@@ -58,6 +58,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         instance: identity.clone(),
         own_namespace: args.own_namespace.clone(),
+        service_account_token_file: args.service_account_token_file.clone(),
         clock: Arc::new(SystemClock),
         readiness: readiness.clone(),
     };

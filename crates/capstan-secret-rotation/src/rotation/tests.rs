@@ -550,3 +550,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_steps_with_side_effects_are_claimed() {
+    use RotationStep::*;
+    for delivers in [false, true] {
+        assert!(needs_claim(CreatePending, delivers));
+        assert!(needs_claim(SetTarget, delivers));
+        assert!(!needs_claim(TestTarget, delivers));
+        assert!(needs_claim(Finish, delivers));
+        assert_eq!(needs_claim(Deliver, delivers), delivers);
+    }
+}
