@@ -195,8 +195,27 @@ async fn check_vault(ctx: &Ctx, vault: &VaultConnection) -> Result<String, Check
         address: address.clone(),
         problem,
     };
-    let health = ctx
-        .http
+    // The connection's CA bundle, as the controllers use it; else the system roots.
+    let http = match &vault.ca_secret_ref {
+        None => ctx.http.clone(),
+        Some(r) => {
+            let pem = read_secret_key(ctx, r, "ca.crt").await?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem.expose().as_bytes())
+                .map_err(|e| fail(format!("CA bundle of caSecretRef: {e}")))?;
+            if certs.is_empty() {
+                return Err(fail("CA bundle of caSecretRef holds no certificate".into()));
+            }
+            certs
+                .into_iter()
+                .fold(
+                    reqwest::Client::builder().timeout(Duration::from_secs(10)),
+                    reqwest::ClientBuilder::add_root_certificate,
+                )
+                .build()
+                .map_err(|e| fail(format!("building the HTTP client: {}", without_url(&e))))?
+        }
+    };
+    let health = http
         .get(format!("{address}/v1/sys/health"))
         .send()
         .await
@@ -208,12 +227,28 @@ async fn check_vault(ctx: &Ctx, vault: &VaultConnection) -> Result<String, Check
             "health check answered HTTP {code} (sealed or uninitialised)"
         )));
     }
+    if let Some(ar) = &vault.auth.app_role {
+        let secret_id = read_secret_key(ctx, &ar.secret_id_ref, "secret_id").await?;
+        let body = serde_json::json!({ "role_id": ar.role_id, "secret_id": secret_id.expose() });
+        return check_login(&http, vault, "AppRole", &ar.mount_path, &body, &address).await;
+    }
+    if let Some(k) = &vault.auth.kubernetes {
+        let path = &ctx.rt.service_account_token_file;
+        let jwt = tokio::fs::read_to_string(path).await.map_err(|e| {
+            fail(format!(
+                "Kubernetes auth: Capstan's service account token {} cannot be read: {e}",
+                path.display()
+            ))
+        })?;
+        let jwt = SecretValue::new(jwt.trim().to_owned());
+        let body = serde_json::json!({ "role": k.role, "jwt": jwt.expose() });
+        return check_login(&http, vault, "Kubernetes", &k.mount_path, &body, &address).await;
+    }
     let Some(token_auth) = &vault.auth.token else {
-        return Ok("server healthy; login is checked on first use".into());
+        return Err(fail("no auth method declared".into()));
     };
     let token = read_secret_key(ctx, &token_auth.secret_ref, "token").await?;
-    let mut req = ctx
-        .http
+    let mut req = http
         .get(format!("{address}/v1/auth/token/lookup-self"))
         .header("X-Vault-Token", token.expose());
     if let Some(ns) = &vault.namespace {
@@ -230,6 +265,58 @@ async fn check_vault(ctx: &Ctx, vault: &VaultConnection) -> Result<String, Check
         )));
     }
     Ok("server healthy; token accepted".into())
+}
+
+/// Logs in (`auth/<mount>/login` with `body`), then revokes the token the check got: a
+/// check every resync must not pile up tokens in Vault.
+async fn check_login(
+    http: &reqwest::Client,
+    vault: &VaultConnection,
+    method: &str,
+    mount: &str,
+    body: &serde_json::Value,
+    address: &str,
+) -> Result<String, CheckError> {
+    let fail = |problem: String| CheckError::Vault {
+        address: address.to_owned(),
+        problem,
+    };
+    let mount = mount.trim_matches('/');
+    let with_ns = |req: reqwest::RequestBuilder| match &vault.namespace {
+        Some(ns) => req.header("X-Vault-Namespace", ns),
+        None => req,
+    };
+    let resp = with_ns(http.post(format!("{address}/v1/auth/{mount}/login")))
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| fail(format!("{method} login failed: {}", without_url(&e))))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!(
+            "{method} login at auth/{mount} refused (HTTP {})",
+            resp.status().as_u16()
+        )));
+    }
+    let v: serde_json::Value = resp.json().await.map_err(|e| {
+        fail(format!(
+            "{method} login answer unreadable: {}",
+            without_url(&e)
+        ))
+    })?;
+    let Some(token) = v["auth"]["client_token"].as_str() else {
+        return Err(fail(format!("{method} login returned no token")));
+    };
+    let token = SecretValue::new(token.to_owned());
+    let revoked = with_ns(http.post(format!("{address}/v1/auth/token/revoke-self")))
+        .header("X-Vault-Token", token.expose())
+        .send()
+        .await;
+    if let Err(e) = revoked {
+        tracing::debug!(error = %without_url(&e), "could not revoke the check's token");
+    }
+    Ok(format!(
+        "server healthy; {method} login at auth/{mount} accepted"
+    ))
 }
 
 /// A reqwest error's text without the URL (which could carry a query string).

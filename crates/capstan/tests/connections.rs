@@ -217,3 +217,170 @@ async fn a_connection_admits_only_the_namespaces_it_lists() {
         .await
         .expect("delete connection");
 }
+
+/// Vault connections are checked for real with each auth method: the token is looked up,
+/// an AppRole login is made and its token revoked at once (a check leaves no token
+/// behind); a refused token or secret ID gives Ready=False without the secret in it.
+#[tokio::test]
+async fn vault_connections_are_checked_with_their_auth_method() {
+    let env = TestEnv::get();
+    let kube = env.kube().await.expect("kube");
+    let vault = env.vault().await.expect("vault");
+    let client = kube.client().await;
+    let own = TempNamespace::create(kube).await.expect("own namespace");
+    let n = own.name().to_owned();
+    let http = reqwest::Client::new();
+    let bao = |method: reqwest::Method, path: String, body: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .request(method, format!("{}/v1/{path}", vault.addr()))
+                .header("X-Vault-Token", vault.root_token())
+                .json(&body)
+                .send()
+                .await
+                .expect("bao");
+            assert!(resp.status().is_success(), "{path}: {}", resp.status());
+            let text = resp.text().await.expect("body");
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()
+        }
+    };
+    let mount = format!("approle-conn-{n}");
+    bao(
+        reqwest::Method::POST,
+        format!("sys/auth/{mount}"),
+        json!({"type": "approle"}),
+    )
+    .await;
+    bao(
+        reqwest::Method::POST,
+        format!("auth/{mount}/role/check"),
+        json!({"token_ttl": "1h"}),
+    )
+    .await;
+    let role_id = bao(
+        reqwest::Method::GET,
+        format!("auth/{mount}/role/check/role-id"),
+        json!(null),
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .expect("role id")
+        .to_owned();
+    let secret_id = bao(
+        reqwest::Method::POST,
+        format!("auth/{mount}/role/check/secret-id"),
+        json!({}),
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .expect("secret id")
+        .to_owned();
+    let wrong = "11111111-2222-3333-4444-555555555555";
+    let secrets: Api<Secret> = own.api(client.clone());
+    for (name, data) in [
+        ("token-good", json!({ "token": vault.root_token() })),
+        ("token-bad", json!({ "token": wrong })),
+        ("approle-good", json!({ "secret_id": secret_id })),
+        ("approle-bad", json!({ "secret_id": wrong })),
+    ] {
+        let s: Secret = serde_json::from_value(json!({
+            "metadata": { "name": name }, "stringData": data
+        }))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("secret");
+    }
+    let conns: Api<ClusterConnection> = Api::all(client.clone());
+    let cases = [
+        (
+            "token-good",
+            json!({ "token": { "secretRef": { "name": "token-good" } } }),
+            true,
+        ),
+        (
+            "token-bad",
+            json!({ "token": { "secretRef": { "name": "token-bad" } } }),
+            false,
+        ),
+        (
+            "approle-good",
+            json!({ "appRole": { "mountPath": mount, "roleId": role_id, "secretIdRef": { "name": "approle-good" } } }),
+            true,
+        ),
+        (
+            "approle-bad",
+            json!({ "appRole": { "mountPath": mount, "roleId": role_id, "secretIdRef": { "name": "approle-bad" } } }),
+            false,
+        ),
+    ];
+    for (name, auth, _) in &cases {
+        let conn: ClusterConnection = serde_json::from_value(json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
+            "metadata": { "name": format!("{name}-{n}") },
+            "spec": {
+                "allowedNamespaces": { "names": [n] },
+                "vault": { "address": vault.addr(), "auth": auth }
+            }
+        }))
+        .expect("connection");
+        conns
+            .create(&PostParams::default(), &conn)
+            .await
+            .expect("create");
+    }
+    let manager = common::start(
+        kube.kubeconfig_path(),
+        "vault-connections",
+        &[
+            "--leader-elect=false",
+            "--namespaces",
+            &n,
+            "--own-namespace",
+            &n,
+        ],
+    )
+    .await;
+    for (name, _, ok) in &cases {
+        let full = format!("{name}-{n}");
+        let c = await_condition(
+            &conns,
+            &full,
+            |c: &ClusterConnection| {
+                c.status
+                    .as_ref()
+                    .and_then(|s| find(&s.conditions, "Ready"))
+                    .is_some_and(|r| r.status == if *ok { "True" } else { "False" })
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{full}: {e}\n{}", manager.all_logs()));
+        let text = serde_json::to_string(&c).expect("json");
+        assert!(
+            !text.contains(wrong) && !text.contains(&secret_id),
+            "{text}"
+        );
+        if *name == "approle-good" {
+            assert!(text.contains("AppRole login"), "{text}");
+        }
+    }
+    assert_eq!(
+        common::vault_tokens_from(vault, &mount).await,
+        0,
+        "the AppRole check left its token in Vault"
+    );
+    let logs = manager.all_logs();
+    assert!(
+        !logs.contains(wrong) && !logs.contains(&secret_id),
+        "a secret in the logs"
+    );
+    for (name, _, _) in &cases {
+        conns
+            .delete(&format!("{name}-{n}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+}

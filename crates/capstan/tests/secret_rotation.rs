@@ -790,6 +790,333 @@ async fn vault_backend_with_postgres_rotates() {
     }
 }
 
+/// One call to OpenBao as root; the JSON answer (`Null` when empty).
+async fn bao(
+    vault: &capstan_testenv::Vault,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> Value {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}/v1/{path}", vault.addr()))
+        .header("X-Vault-Token", vault.root_token())
+        .json(&body)
+        .send()
+        .await
+        .expect("bao call");
+    assert!(resp.status().is_success(), "{path}: HTTP {}", resp.status());
+    let text = resp.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// A Vault policy named `ns` allowing KV v2 under `secret/<ns>/` and its pending paths
+/// only.
+async fn kv_policy(vault: &capstan_testenv::Vault, n: &str) {
+    let rule =
+        |p: &str| format!("path \"{p}\" {{ capabilities = [\"create\", \"read\", \"update\"] }}\n");
+    let policy: String = [
+        format!("secret/data/{n}/*"),
+        format!("secret/metadata/{n}/*"),
+        format!("secret/data/capstan-pending/{n}/*"),
+        format!("secret/metadata/capstan-pending/{n}/*"),
+    ]
+    .iter()
+    .map(|p| rule(p))
+    .collect();
+    bao(
+        vault,
+        reqwest::Method::POST,
+        &format!("sys/policies/acl/{n}"),
+        json!({"policy": policy}),
+    )
+    .await;
+}
+
+/// AppRole auth: Capstan logs in with the role ID and the secret ID from a Secret, with a
+/// policy limited to the object's paths, rotates twice on one login (the token is reused,
+/// not one login per reconcile), and a wrong secret ID gives Ready=False naming the
+/// connection, with the secret ID in no status or log.
+#[tokio::test]
+async fn vault_approle_login_is_reused_and_a_bad_secret_id_is_reported() {
+    use reqwest::Method;
+    let env = TestEnv::get();
+    let kube = env.kube().await.expect("kube");
+    let vault = env.vault().await.expect("vault");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let n = ns.name();
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    let mount = format!("approle-{n}");
+    bao(
+        vault,
+        Method::POST,
+        &format!("sys/auth/{mount}"),
+        json!({"type": "approle"}),
+    )
+    .await;
+    kv_policy(vault, n).await;
+    bao(
+        vault,
+        Method::POST,
+        &format!("auth/{mount}/role/capstan"),
+        json!({"token_policies": [n], "token_ttl": "1h"}),
+    )
+    .await;
+    let role_id = bao(
+        vault,
+        Method::GET,
+        &format!("auth/{mount}/role/capstan/role-id"),
+        Value::Null,
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .expect("role id")
+        .to_owned();
+    let secret_id = bao(
+        vault,
+        Method::POST,
+        &format!("auth/{mount}/role/capstan/secret-id"),
+        json!({}),
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .expect("secret id")
+        .to_owned();
+    let approle = |conn: &str| {
+        json!({ "vault": { "address": vault.addr(), "auth": { "appRole": {
+        "mountPath": mount, "roleId": role_id, "secretIdRef": { "name": format!("{conn}-creds") } } } } })
+    };
+    let good = format!("approle-{n}");
+    connection(
+        &client,
+        n,
+        &good,
+        approle(&good),
+        json!({ "secret_id": secret_id }),
+    )
+    .await;
+    let bad = format!("approle-bad-{n}");
+    let wrong_id = "00000000-dead-beef-0000-000000000000";
+    connection(
+        &client,
+        n,
+        &bad,
+        approle(&bad),
+        json!({ "secret_id": wrong_id }),
+    )
+    .await;
+    let object = |name: &str, conn: &str| {
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": name },
+            "spec": {
+                "connectionRef": { "name": conn },
+                "backend": { "vault": { "mount": "secret", "path": format!("{n}/{name}") } },
+                "target": { "none": {} },
+                "schedule": { "interval": "720h" }
+            }
+        })
+    };
+    create(&api, object("key", &good)).await;
+    create(&api, object("refused", &bad)).await;
+    let m = start(kube, n, "sr-approle").await;
+    await_rotations(&api, "key", 1, &m).await;
+    rotate_now(&api, "key", "again").await;
+    await_rotations(&api, "key", 2, &m).await;
+    assert_eq!(
+        common::vault_tokens_from(vault, &mount).await,
+        1,
+        "two rotations, one AppRole login (its token reused)"
+    );
+    let kv = bao(
+        vault,
+        Method::GET,
+        &format!("secret/data/{n}/key"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        kv["data"]["metadata"]["version"],
+        json!(2),
+        "two rotations, two versions"
+    );
+
+    let refused = await_condition(
+        &api,
+        "refused",
+        |o: &SecretRotation| {
+            ready_reason(o).is_some_and(|(s, r)| s == "False" && r == "VaultLoginFailed")
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("refused: {e}\n{}", m.all_logs()));
+    let text = serde_json::to_string(&refused).expect("json");
+    assert!(
+        text.contains(&bad),
+        "the condition names the connection: {text}"
+    );
+    assert!(!text.contains(wrong_id), "secret ID in the status");
+    assert!(!m.all_logs().contains(wrong_id), "secret ID in a log line");
+    assert!(
+        !m.all_logs().contains(&secret_id),
+        "secret ID in a log line"
+    );
+}
+
+/// Kubernetes auth: OpenBao reviews Capstan's service account token with this API server
+/// (TokenReview), Capstan logs in as a role bound to its service account and rotates; a
+/// role the account is not bound to gives Ready=False, VaultLoginFailed, naming the
+/// connection.
+#[tokio::test]
+async fn vault_kubernetes_auth_logs_in_with_the_service_account_token() {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    use reqwest::Method;
+    let env = TestEnv::get();
+    let kube = env.kube().await.expect("kube");
+    let vault = env.vault().await.expect("vault");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let n = ns.name();
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+
+    // Capstan's service account; OpenBao sends its token to TokenReview, which needs
+    // system:auth-delegator.
+    let sas: Api<ServiceAccount> = ns.api(client.clone());
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "capstan" } })).expect("sa");
+    sas.create(&PostParams::default(), &sa)
+        .await
+        .expect("create sa");
+    let binding_name = format!("{n}-auth-delegator");
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": binding_name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator" },
+        "subjects": [{ "kind": "ServiceAccount", "name": "capstan", "namespace": n }]
+    }))
+    .expect("binding");
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create binding");
+    let request: TokenRequest =
+        serde_json::from_value(json!({ "spec": { "expirationSeconds": 3600 } })).expect("tr");
+    let issued: TokenRequest = sas
+        .create_subresource("token", "capstan", &PostParams::default(), &request)
+        .await
+        .expect("token request");
+    let jwt = issued.status.and_then(|s| s.token).expect("token");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &jwt).expect("write token");
+
+    let mount = format!("kubernetes-{n}");
+    bao(
+        vault,
+        Method::POST,
+        &format!("sys/auth/{mount}"),
+        json!({"type": "kubernetes"}),
+    )
+    .await;
+    bao(
+        vault,
+        Method::POST,
+        &format!("auth/{mount}/config"),
+        json!({
+            "kubernetes_host": kube.api_server_url(),
+            "kubernetes_ca_cert": kube.ca_pem(),
+            "disable_local_ca_jwt": true
+        }),
+    )
+    .await;
+    kv_policy(vault, n).await;
+    for (role, sa_name) in [("capstan", "capstan"), ("other", "someone-else")] {
+        bao(
+            vault,
+            Method::POST,
+            &format!("auth/{mount}/role/{role}"),
+            json!({
+                "bound_service_account_names": [sa_name],
+                "bound_service_account_namespaces": [n],
+                "token_policies": [n],
+                "token_ttl": "1h"
+            }),
+        )
+        .await;
+    }
+    let good = format!("k8s-{n}");
+    let bad = format!("k8s-bad-{n}");
+    for (conn, role) in [(&good, "capstan"), (&bad, "other")] {
+        connection(
+            &client,
+            n,
+            conn,
+            json!({ "vault": { "address": vault.addr(), "auth": { "kubernetes": { "mountPath": mount, "role": role } } } }),
+            json!({}),
+        )
+        .await;
+    }
+    let object = |name: &str, conn: &str| {
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": name },
+            "spec": {
+                "connectionRef": { "name": conn },
+                "backend": { "vault": { "mount": "secret", "path": format!("{n}/{name}") } },
+                "target": { "none": {} },
+                "schedule": { "interval": "720h" }
+            }
+        })
+    };
+    create(&api, object("key", &good)).await;
+    create(&api, object("refused", &bad)).await;
+    let args = manager_args(n);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let token_path = token_file.to_str().expect("utf8 path");
+    let m = common::start_with_env(
+        kube.kubeconfig_path(),
+        "sr-k8s-auth",
+        &args,
+        &[("CAPSTAN_SERVICE_ACCOUNT_TOKEN_FILE", token_path)],
+    )
+    .await;
+    await_rotations(&api, "key", 1, &m).await;
+    let kv = bao(
+        vault,
+        Method::GET,
+        &format!("secret/data/{n}/key"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(kv["data"]["metadata"]["version"], json!(1), "{kv}");
+    let refused = await_condition(
+        &api,
+        "refused",
+        |o: &SecretRotation| {
+            ready_reason(o).is_some_and(|(s, r)| s == "False" && r == "VaultLoginFailed")
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("refused: {e}\n{}", m.all_logs()));
+    let text = serde_json::to_string(&refused).expect("json");
+    assert!(
+        text.contains(&bad),
+        "the condition names the connection: {text}"
+    );
+    assert!(
+        !text.contains(&jwt) && !m.all_logs().contains(&jwt),
+        "the service account token leaked"
+    );
+    bindings
+        .delete(&binding_name, &DeleteParams::default())
+        .await
+        .expect("delete binding");
+}
+
 /// AWS Secrets Manager backend (the emulator) without a target: the secret is created,
 /// its AWSCURRENT value is the one delivered, and a rotate-now moves it.
 #[tokio::test]

@@ -150,3 +150,47 @@ pub async fn start_with_level(
         logs,
     }
 }
+
+/// How many live Vault tokens were created by logins at `auth/<mount>/` (looked up by
+/// accessor with the root token), so a test counts only its own logins.
+#[allow(dead_code)]
+pub async fn vault_tokens_from(vault: &capstan_testenv::Vault, mount: &str) -> usize {
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        http.request(method, format!("{}/v1/{path}", vault.addr()))
+            .header("X-Vault-Token", vault.root_token())
+            .json(&body)
+            .send()
+    };
+    let list: serde_json::Value = call(
+        reqwest::Method::from_bytes(b"LIST").expect("LIST"),
+        "auth/token/accessors",
+        serde_json::Value::Null,
+    )
+    .await
+    .expect("list accessors")
+    .json()
+    .await
+    .expect("json");
+    let prefix = format!("auth/{mount}/");
+    let mut n = 0;
+    for accessor in list["data"]["keys"].as_array().into_iter().flatten() {
+        let Ok(resp) = call(
+            reqwest::Method::POST,
+            "auth/token/lookup-accessor",
+            serde_json::json!({ "accessor": accessor }),
+        )
+        .await
+        else {
+            continue;
+        };
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        if v["data"]["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&prefix))
+        {
+            n += 1;
+        }
+    }
+    n
+}
