@@ -122,6 +122,103 @@ where
         })
 }
 
+/// Which objects name which ClusterConnections, for controllers whose cache holds only
+/// metadata ([`crate::runtime::metadata_cache`]): kept up to date from the watch events,
+/// it holds only objects that name a connection.
+#[derive(Debug, Default)]
+pub struct ConnectionIndex {
+    inner: std::sync::Mutex<IndexInner>,
+}
+
+#[derive(Debug, Default)]
+struct IndexInner {
+    /// Connection name → objects (namespace, name) naming it.
+    by_connection: std::collections::HashMap<String, std::collections::HashSet<(String, String)>>,
+    /// Object → the connections it names.
+    of_object: std::collections::HashMap<(String, String), Vec<String>>,
+}
+
+impl ConnectionIndex {
+    /// Records that `object` names `connections` (none: forgets it).
+    pub fn set(&self, object: &(String, String), connections: Vec<String>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = inner.of_object.remove(object) {
+            for c in old {
+                if let Some(set) = inner.by_connection.get_mut(&c) {
+                    set.remove(object);
+                    if set.is_empty() {
+                        inner.by_connection.remove(&c);
+                    }
+                }
+            }
+        }
+        if connections.is_empty() {
+            return;
+        }
+        for c in &connections {
+            inner
+                .by_connection
+                .entry(c.clone())
+                .or_default()
+                .insert(object.clone());
+        }
+        inner.of_object.insert(object.clone(), connections);
+    }
+
+    /// The objects naming `connection`.
+    pub fn naming(&self, connection: &str) -> Vec<(String, String)> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_connection
+            .get(connection)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The objects in `namespace` that name a connection.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<(String, String)> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .of_object
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .cloned()
+            .collect()
+    }
+}
+
+/// [`watch_connections`] for a controller whose cache holds only metadata: the objects
+/// to re-run come from `index` instead of the cached objects' specs.
+pub fn watch_connections_indexed<C>(
+    rt: &Runtime,
+    controller: Controller<C>,
+    index: Arc<ConnectionIndex>,
+) -> Controller<C>
+where
+    C: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let by_connection = index.clone();
+    let connections: Api<ClusterConnection> = Api::all(rt.client.clone());
+    let namespaces: Api<Namespace> = Api::all(rt.client.clone());
+    let config = || watcher::Config::default().any_semantic();
+    let to_ref = |(ns, name): (String, String)| ObjectRef::<C>::new(&name).within(&ns);
+    controller
+        .watches(connections, config(), move |conn| {
+            by_connection
+                .naming(&conn.name_any())
+                .into_iter()
+                .map(to_ref)
+                .collect::<Vec<_>>()
+        })
+        .watches(namespaces, config(), move |ns| {
+            index
+                .in_namespace(&ns.name_any())
+                .into_iter()
+                .map(to_ref)
+                .collect::<Vec<_>>()
+        })
+}
+
 /// The reason a resource gives while its domain step is not part of the build.
 pub const NOT_IMPLEMENTED: &str = "NotImplemented";
 /// The reason a resource gives when its spec fails the controller's validation.
@@ -233,4 +330,37 @@ pub async fn run_unimplemented<K, S>(
         shutdown,
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionIndex;
+
+    fn key(ns: &str, name: &str) -> (String, String) {
+        (ns.to_owned(), name.to_owned())
+    }
+
+    #[test]
+    fn index_follows_changes_and_forgets_objects_without_connections() {
+        let ix = ConnectionIndex::default();
+        ix.set(&key("shop", "db"), vec!["aws".into(), "ecs".into()]);
+        ix.set(&key("shop", "key"), vec!["vault".into()]);
+        ix.set(&key("bank", "db"), vec!["aws".into()]);
+        let mut aws = ix.naming("aws");
+        aws.sort();
+        assert_eq!(aws, vec![key("bank", "db"), key("shop", "db")]);
+        assert_eq!(ix.in_namespace("shop").len(), 2);
+
+        // shop/db now names only vault: it leaves aws and ecs.
+        ix.set(&key("shop", "db"), vec!["vault".into()]);
+        assert_eq!(ix.naming("aws"), vec![key("bank", "db")]);
+        assert!(ix.naming("ecs").is_empty());
+        assert_eq!(ix.naming("vault").len(), 2);
+
+        // Deleted (or naming none): gone everywhere.
+        ix.set(&key("shop", "db"), Vec::new());
+        ix.set(&key("shop", "key"), Vec::new());
+        assert!(ix.naming("vault").is_empty());
+        assert!(ix.in_namespace("shop").is_empty());
+    }
 }

@@ -8,12 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use futures::future::join_all;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
+use kube::core::PartialObjectMeta;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector;
@@ -105,8 +105,101 @@ impl ReadyFlag {
     }
 }
 
-/// Runs one controller for `K` in every watched namespace until `shutdown` fires.
-/// `configure` adds `owns`/`watches` relations to each `Controller` built.
+/// How many whole objects [`Fresh`] holds at most: a few times the reconcile
+/// concurrency, so that the objects a burst is working on come from their watch events.
+pub const FRESH_CAPACITY: usize = 256;
+
+/// Whole objects of the latest watch events, each held until the reconcile of its
+/// object takes it (see [`metadata_cache`]).
+pub struct Fresh<K> {
+    objects: Mutex<std::collections::HashMap<(String, String), Arc<K>>>,
+}
+
+impl<K> Default for Fresh<K> {
+    fn default() -> Self {
+        Self {
+            objects: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<K> Debug for Fresh<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fresh").field("held", &self.len()).finish()
+    }
+}
+
+impl<K> Fresh<K> {
+    /// How many whole objects wait for their reconcile.
+    pub fn len(&self) -> usize {
+        self.objects.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The (namespace, name) of an object.
+pub fn key_of<K: Resource>(o: &K) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+impl<K> Fresh<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    /// Holds `o` for its reconcile, unless [`FRESH_CAPACITY`] objects already wait (a
+    /// burst: startup with thousands of objects, a mass rotate-now): then its reconcile
+    /// reads it from the API, and memory stays bounded. A newer event replaces a held
+    /// object.
+    fn put(&self, o: &K) {
+        let key = key_of(o);
+        let mut held = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        if held.len() < FRESH_CAPACITY || held.contains_key(&key) {
+            held.insert(key, Arc::new(o.clone()));
+        }
+    }
+
+    fn forget(&self, o: &K) {
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key_of(o));
+    }
+
+    /// The whole object behind the cached copy `cached`: the one its latest watch event
+    /// brought (taken, so it is held no longer), else read from the API (`None`: it is
+    /// gone).
+    pub async fn take<C: Resource>(
+        &self,
+        client: &Client,
+        cached: &C,
+    ) -> Result<Option<Arc<K>>, kube::Error> {
+        let key = key_of(cached);
+        let held = self
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        if let Some(o) = held {
+            return Ok(Some(o));
+        }
+        let api: Api<K> = Api::namespaced(client.clone(), &key.0);
+        Ok(api.get_opt(&key.1).await?.map(|mut o| {
+            strip_for_cache(&mut o);
+            Arc::new(o)
+        }))
+    }
+}
+
+/// Runs one controller for `K` in every watched namespace until `shutdown` fires, its
+/// cache holding whole objects (minus [`strip_for_cache`]). `configure` adds
+/// `owns`/`watches` relations to each `Controller` built.
 pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
     rt: &Runtime,
     name: &'static str,
@@ -123,12 +216,53 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
         + Send
         + Sync
         + 'static,
-    K::DynamicType: Eq + Hash + Clone + Debug + Unpin,
     Ctx: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,
     Rec: FnMut(Arc<K>, Arc<Ctx>) -> Fut + Clone,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
     Pol: Fn(Arc<K>, &E, Arc<Ctx>) -> Action + Clone,
+{
+    run_controller_cached(
+        rt,
+        name,
+        ctx,
+        reconcile,
+        error_policy,
+        configure,
+        |ev: watcher::Event<K>| ev,
+        shutdown,
+    )
+    .await;
+}
+
+/// Like [`run_controller`], but the cache holds what `convert` makes of each watch
+/// event's object (`C`, e.g. only its metadata: see [`metadata_cache`]); the controller
+/// reconciles `C`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
+    rt: &Runtime,
+    name: &'static str,
+    ctx: Arc<Ctx>,
+    reconcile: Rec,
+    error_policy: Pol,
+    configure: impl Fn(Controller<C>, Option<&str>) -> Controller<C>,
+    convert: Conv,
+    shutdown: CancellationToken,
+) where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    C: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    Ctx: Send + Sync + 'static,
+    E: std::error::Error + Send + 'static,
+    Rec: FnMut(Arc<C>, Arc<Ctx>) -> Fut + Clone,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    Pol: Fn(Arc<C>, &E, Arc<Ctx>) -> Action + Clone,
+    Conv: Fn(watcher::Event<K>) -> watcher::Event<C> + Clone + Send + 'static,
 {
     let scopes: Vec<Option<String>> = if rt.namespaces.is_empty() {
         vec![None]
@@ -147,6 +281,7 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
         let (reader, writer) = reflector::store();
         let trigger = watcher(api, watcher::Config::default().any_semantic())
             .modify(strip_for_cache)
+            .map_ok(convert.clone())
             .reflect(writer)
             .applied_objects();
         let controller = Controller::for_stream(trigger, reader)
@@ -179,6 +314,56 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
     join_all(runs).await;
 }
 
+/// The conversion of [`run_controller_cached`] that caches only each object's metadata
+/// (as controller-runtime's metadata-only caches do): the whole object of each watch
+/// event waits in `fresh` until its reconcile takes it ([`Fresh::take`], which reads the
+/// object from the API when no event is behind the reconcile, e.g. a requeue), and
+/// `index` learns which ClusterConnections the object names (`connections_of`), for
+/// [`crate::gate::watch_connections_indexed`]. An idle object then costs its metadata
+/// and its place in the scheduler, not a whole copy: what lets 10,000 SecretRotations
+/// fit in 64 MB.
+pub fn metadata_cache<K>(
+    fresh: Arc<Fresh<K>>,
+    index: Arc<crate::gate::ConnectionIndex>,
+    connections_of: fn(&K) -> Vec<String>,
+) -> impl Fn(watcher::Event<K>) -> watcher::Event<PartialObjectMeta<K>> + Clone + Send + 'static
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    move |ev| {
+        let meta = |o: K| PartialObjectMeta::<K> {
+            types: None,
+            metadata: o.meta().clone(),
+            _phantom: std::marker::PhantomData,
+        };
+        match ev {
+            watcher::Event::Apply(o) => {
+                index.set(&key_of(&o), connections_of(&o));
+                fresh.put(&o);
+                watcher::Event::Apply(meta(o))
+            }
+            watcher::Event::InitApply(o) => {
+                index.set(&key_of(&o), connections_of(&o));
+                fresh.put(&o);
+                watcher::Event::InitApply(meta(o))
+            }
+            watcher::Event::Delete(o) => {
+                index.set(&key_of(&o), Vec::new());
+                fresh.forget(&o);
+                watcher::Event::Delete(meta(o))
+            }
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        }
+    }
+}
+
 /// kubectl's client-side apply keeps the whole applied object in this annotation.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -190,4 +375,34 @@ pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration
 pub fn strip_for_cache<K: Resource>(o: &mut K) {
     o.managed_fields_mut().clear();
     o.annotations_mut().remove(LAST_APPLIED);
+}
+
+#[cfg(test)]
+mod fresh_tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    fn cm(name: &str, rv: &str) -> ConfigMap {
+        let mut c = ConfigMap::default();
+        c.metadata.name = Some(name.into());
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.resource_version = Some(rv.into());
+        c
+    }
+
+    #[test]
+    fn holds_at_most_its_capacity_and_keeps_the_newest_event() {
+        let fresh = Fresh::<ConfigMap>::default();
+        for i in 0..FRESH_CAPACITY + 50 {
+            fresh.put(&cm(&format!("o{i}"), "1"));
+        }
+        assert_eq!(fresh.len(), FRESH_CAPACITY);
+        // A held object is replaced by its newer event even when full.
+        fresh.put(&cm("o0", "2"));
+        let held = fresh.objects.lock().expect("lock");
+        let o0 = held.get(&("ns".into(), "o0".into())).expect("held");
+        assert_eq!(o0.metadata.resource_version.as_deref(), Some("2"));
+        assert!(!held.contains_key(&("ns".into(), format!("o{}", FRESH_CAPACITY + 1))));
+    }
 }

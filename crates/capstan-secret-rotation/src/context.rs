@@ -7,7 +7,7 @@
 //! as `Ready=False` before anything is changed anywhere.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capstan_aws::{ClientOptions, Retries, StaticCredentials};
@@ -39,6 +39,9 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// Objects whose rotation is overdue, for the gauge.
     pub overdue: Mutex<BTreeSet<String>>,
+    /// Whole objects from watch events, waiting for their reconcile (the cache keeps
+    /// them without status).
+    pub fresh: Arc<capstan_core::runtime::Fresh<crate::crd::SecretRotation>>,
     /// Vault tokens from logins (AppRole), per ClusterConnection, reused until near
     /// the end of their lease so that reconciles do not each create a token.
     pub vault_tokens: Mutex<HashMap<String, CachedToken>>,
@@ -89,6 +92,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             overdue: Mutex::new(BTreeSet::new()),
             vault_tokens: Mutex::new(HashMap::new()),
+            fresh: Arc::default(),
         }
     }
 

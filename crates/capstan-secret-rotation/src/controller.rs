@@ -36,11 +36,12 @@ use capstan_core::clock::from_k8s_time;
 use capstan_core::conditions::{self, Desired, Status};
 use capstan_core::connection::{ClusterConnection, ConnectionKind};
 use capstan_core::error::Categorized;
-use capstan_core::gate::{Gate, connection_gate, watch_connections};
+use capstan_core::gate::{ConnectionIndex, Gate, connection_gate, watch_connections_indexed};
 use capstan_core::metrics::ControllerMetrics;
-use capstan_core::runtime::{Runtime, run_controller};
+use capstan_core::runtime::{Runtime, metadata_cache, run_controller_cached};
 use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -173,40 +174,51 @@ impl Categorized for Error {
 pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
     failpoints_from_env();
     let ctx = Arc::new(Context::new(rt.clone(), metrics));
-    run_controller(
+    let index = Arc::new(ConnectionIndex::default());
+    // 10,000 idle objects must fit in 64 MB: the cache keeps only metadata, and each
+    // reconcile takes the whole object its watch event brought, or reads it.
+    let convert = metadata_cache(ctx.fresh.clone(), index.clone(), connections_of);
+    run_controller_cached(
         &rt,
         "secret-rotation",
         ctx,
         reconcile,
         error_policy,
-        |c, _| {
-            // Both the backend's connection and a separate ECS delivery connection:
-            // a refusal of either waits for a change to it.
-            let c = watch_connections(&rt, c, |o: &SecretRotation| o.spec.connection_ref.as_ref());
-            watch_connections(&rt, c, |o: &SecretRotation| {
-                o.spec.ecs_connection().filter(|e| {
-                    o.spec
-                        .connection_ref
-                        .as_ref()
-                        .is_none_or(|b| b.name != e.name)
-                })
-            })
-        },
+        // A refusal for the backend's connection or a separate ECS delivery connection
+        // waits for a change to it.
+        |c, _| watch_connections_indexed(&rt, c, index.clone()),
+        convert,
         shutdown,
     )
     .await;
 }
 
-fn error_policy(obj: Arc<SecretRotation>, err: &Error, ctx: Arc<Context>) -> Action {
+/// The ClusterConnections an object names: its backend's and its ECS delivery's.
+fn connections_of(o: &SecretRotation) -> Vec<String> {
+    let mut names: Vec<String> = o
+        .spec
+        .connection_ref
+        .iter()
+        .chain(o.spec.ecs_connection())
+        .map(|r| r.name.clone())
+        .collect();
+    names.dedup();
+    names
+}
+
+fn error_policy(obj: Arc<Cached>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.controller.failure(err);
     match err {
         // A newer view is on its way through the watch.
         Error::ClaimLost(_) => Action::requeue(Duration::from_millis(500)),
-        _ => Action::requeue(rotation::backoff(ctx.failed(&key_of(&obj)))),
+        _ => Action::requeue(rotation::backoff(ctx.failed(&key_of(&*obj)))),
     }
 }
 
-fn key_of(obj: &SecretRotation) -> String {
+/// What the controller's cache holds of a SecretRotation: its metadata.
+type Cached = PartialObjectMeta<SecretRotation>;
+
+fn key_of(obj: &impl Resource) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
@@ -548,10 +560,14 @@ impl Pass<'_> {
     }
 }
 
-async fn reconcile(obj: Arc<SecretRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.controller.start();
+    // The cache holds a copy without status; work on the whole object.
+    let Some(obj) = ctx.fresh.take(&ctx.rt.client, &*cached).await? else {
+        return Ok(Action::await_change());
+    };
     let ns = obj.namespace().unwrap_or_default();
-    let key = key_of(&obj);
+    let key = key_of(&*obj);
     let mut w = Writer {
         api: Api::namespaced(ctx.rt.client.clone(), &ns),
         obj: (*obj).clone(),
