@@ -90,6 +90,19 @@ pub struct PostgresTarget {
     admin_password: SecretValue,
     connect_timeout: Duration,
     name: String,
+    admin_conn: AdminConn,
+}
+
+/// The administrative connection, opened on first use and reused by the later calls of
+/// the same target (one reconcile: the reference check, then the user and password
+/// steps), so a rotation opens one admin connection instead of one per call.
+#[derive(Clone, Default)]
+struct AdminConn(Arc<tokio::sync::Mutex<Option<Client>>>);
+
+impl std::fmt::Debug for AdminConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminConn")
+    }
 }
 
 /// Accepts any certificate (`prefer`, `require`): TLS against eavesdropping only, as libpq.
@@ -210,6 +223,7 @@ impl PostgresTarget {
             admin_password,
             connect_timeout: Duration::from_secs(10),
             name,
+            admin_conn: AdminConn::default(),
         })
     }
 
@@ -320,9 +334,20 @@ impl PostgresTarget {
         Ok(client)
     }
 
-    async fn admin(&self) -> Result<Client, TargetError> {
-        self.connect(&self.admin_user, &self.admin_password, Op::Admin)
-            .await
+    async fn admin(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Client>, TargetError> {
+        let mut held = self.admin_conn.0.lock().await;
+        if held.as_ref().is_none_or(Client::is_closed) {
+            *held = Some(
+                self.connect(&self.admin_user, &self.admin_password, Op::Admin)
+                    .await?,
+            );
+        }
+        tokio::sync::MutexGuard::try_map(held, Option::as_mut).map_err(|_| {
+            TargetError::Unavailable {
+                target: self.name.clone(),
+                detail: "no admin connection".into(),
+            }
+        })
     }
 
     fn classify(&self, e: &tokio_postgres::Error, op: Op<'_>) -> TargetError {
