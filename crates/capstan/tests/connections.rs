@@ -229,47 +229,35 @@ async fn vault_connections_are_checked_with_their_auth_method() {
     let client = kube.client().await;
     let own = TempNamespace::create(kube).await.expect("own namespace");
     let n = own.name().to_owned();
-    let http = reqwest::Client::new();
-    let bao = |method: reqwest::Method, path: String, body: serde_json::Value| {
-        let http = http.clone();
-        async move {
-            let resp = http
-                .request(method, format!("{}/v1/{path}", vault.addr()))
-                .header("X-Vault-Token", vault.root_token())
-                .json(&body)
-                .send()
-                .await
-                .expect("bao");
-            assert!(resp.status().is_success(), "{path}: {}", resp.status());
-            let text = resp.text().await.expect("body");
-            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()
-        }
-    };
     let mount = format!("approle-conn-{n}");
-    bao(
+    common::bao(
+        vault,
         reqwest::Method::POST,
-        format!("sys/auth/{mount}"),
+        &format!("sys/auth/{mount}"),
         json!({"type": "approle"}),
     )
     .await;
-    bao(
+    common::bao(
+        vault,
         reqwest::Method::POST,
-        format!("auth/{mount}/role/check"),
+        &format!("auth/{mount}/role/check"),
         json!({"token_ttl": "1h"}),
     )
     .await;
-    let role_id = bao(
+    let role_id = common::bao(
+        vault,
         reqwest::Method::GET,
-        format!("auth/{mount}/role/check/role-id"),
+        &format!("auth/{mount}/role/check/role-id"),
         json!(null),
     )
     .await["data"]["role_id"]
         .as_str()
         .expect("role id")
         .to_owned();
-    let secret_id = bao(
+    let secret_id = common::bao(
+        vault,
         reqwest::Method::POST,
-        format!("auth/{mount}/role/check/secret-id"),
+        &format!("auth/{mount}/role/check/secret-id"),
         json!({}),
     )
     .await["data"]["secret_id"]

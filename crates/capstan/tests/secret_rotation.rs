@@ -790,23 +790,50 @@ async fn vault_backend_with_postgres_rotates() {
     }
 }
 
-/// One call to OpenBao as root; the JSON answer (`Null` when empty).
-async fn bao(
-    vault: &capstan_testenv::Vault,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-) -> Value {
-    let resp = reqwest::Client::new()
-        .request(method, format!("{}/v1/{path}", vault.addr()))
-        .header("X-Vault-Token", vault.root_token())
-        .json(&body)
-        .send()
-        .await
-        .expect("bao call");
-    assert!(resp.status().is_success(), "{path}: HTTP {}", resp.status());
-    let text = resp.text().await.expect("body");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+/// A SecretRotation of a generated value (no target) kept in KV v2 at
+/// `secret/<ns>/<name>`, through the Vault connection `conn`.
+fn vault_object(ns: &str, name: &str, conn: &str) -> Value {
+    json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+        "metadata": { "name": name },
+        "spec": {
+            "connectionRef": { "name": conn },
+            "backend": { "vault": { "mount": "secret", "path": format!("{ns}/{name}") } },
+            "target": { "none": {} },
+            "schedule": { "interval": "720h" }
+        }
+    })
+}
+
+/// Waits for `name` to be refused with VaultLoginFailed naming `conn`, and checks that
+/// none of `secrets` is in its status or the manager's logs.
+async fn assert_login_refused(
+    api: &Api<SecretRotation>,
+    name: &str,
+    conn: &str,
+    secrets: &[&str],
+    m: &common::Manager,
+) {
+    let refused = await_condition(
+        api,
+        name,
+        |o: &SecretRotation| {
+            ready_reason(o).is_some_and(|(s, r)| s == "False" && r == "VaultLoginFailed")
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}\n{}", m.all_logs()));
+    let text = serde_json::to_string(&refused).expect("json");
+    assert!(
+        text.contains(conn),
+        "the condition names the connection: {text}"
+    );
+    let logs = m.all_logs();
+    for secret in secrets {
+        assert!(!text.contains(secret), "a secret in the status of {name}");
+        assert!(!logs.contains(secret), "a secret in a log line");
+    }
 }
 
 /// A Vault policy named `ns` allowing KV v2 under `secret/<ns>/` and its pending paths
@@ -823,7 +850,7 @@ async fn kv_policy(vault: &capstan_testenv::Vault, n: &str) {
     .iter()
     .map(|p| rule(p))
     .collect();
-    bao(
+    common::bao(
         vault,
         reqwest::Method::POST,
         &format!("sys/policies/acl/{n}"),
@@ -847,7 +874,7 @@ async fn vault_approle_login_is_reused_and_a_bad_secret_id_is_reported() {
     let client = kube.client().await;
     let api: Api<SecretRotation> = ns.api(client.clone());
     let mount = format!("approle-{n}");
-    bao(
+    common::bao(
         vault,
         Method::POST,
         &format!("sys/auth/{mount}"),
@@ -855,14 +882,14 @@ async fn vault_approle_login_is_reused_and_a_bad_secret_id_is_reported() {
     )
     .await;
     kv_policy(vault, n).await;
-    bao(
+    common::bao(
         vault,
         Method::POST,
         &format!("auth/{mount}/role/capstan"),
         json!({"token_policies": [n], "token_ttl": "1h"}),
     )
     .await;
-    let role_id = bao(
+    let role_id = common::bao(
         vault,
         Method::GET,
         &format!("auth/{mount}/role/capstan/role-id"),
@@ -872,7 +899,7 @@ async fn vault_approle_login_is_reused_and_a_bad_secret_id_is_reported() {
         .as_str()
         .expect("role id")
         .to_owned();
-    let secret_id = bao(
+    let secret_id = common::bao(
         vault,
         Method::POST,
         &format!("auth/{mount}/role/capstan/secret-id"),
@@ -905,20 +932,8 @@ async fn vault_approle_login_is_reused_and_a_bad_secret_id_is_reported() {
         json!({ "secret_id": wrong_id }),
     )
     .await;
-    let object = |name: &str, conn: &str| {
-        json!({
-            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
-            "metadata": { "name": name },
-            "spec": {
-                "connectionRef": { "name": conn },
-                "backend": { "vault": { "mount": "secret", "path": format!("{n}/{name}") } },
-                "target": { "none": {} },
-                "schedule": { "interval": "720h" }
-            }
-        })
-    };
-    create(&api, object("key", &good)).await;
-    create(&api, object("refused", &bad)).await;
+    create(&api, vault_object(n, "key", &good)).await;
+    create(&api, vault_object(n, "refused", &bad)).await;
     let m = start(kube, n, "sr-approle").await;
     await_rotations(&api, "key", 1, &m).await;
     rotate_now(&api, "key", "again").await;
@@ -928,7 +943,7 @@ async fn vault_approle_login_is_reused_and_a_bad_secret_id_is_reported() {
         1,
         "two rotations, one AppRole login (its token reused)"
     );
-    let kv = bao(
+    let kv = common::bao(
         vault,
         Method::GET,
         &format!("secret/data/{n}/key"),
@@ -941,27 +956,7 @@ async fn vault_approle_login_is_reused_and_a_bad_secret_id_is_reported() {
         "two rotations, two versions"
     );
 
-    let refused = await_condition(
-        &api,
-        "refused",
-        |o: &SecretRotation| {
-            ready_reason(o).is_some_and(|(s, r)| s == "False" && r == "VaultLoginFailed")
-        },
-        TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("refused: {e}\n{}", m.all_logs()));
-    let text = serde_json::to_string(&refused).expect("json");
-    assert!(
-        text.contains(&bad),
-        "the condition names the connection: {text}"
-    );
-    assert!(!text.contains(wrong_id), "secret ID in the status");
-    assert!(!m.all_logs().contains(wrong_id), "secret ID in a log line");
-    assert!(
-        !m.all_logs().contains(&secret_id),
-        "secret ID in a log line"
-    );
+    assert_login_refused(&api, "refused", &bad, &[wrong_id, &secret_id], &m).await;
 }
 
 /// Kubernetes auth: OpenBao reviews Capstan's service account token with this API server
@@ -1014,14 +1009,14 @@ async fn vault_kubernetes_auth_logs_in_with_the_service_account_token() {
     std::fs::write(&token_file, &jwt).expect("write token");
 
     let mount = format!("kubernetes-{n}");
-    bao(
+    common::bao(
         vault,
         Method::POST,
         &format!("sys/auth/{mount}"),
         json!({"type": "kubernetes"}),
     )
     .await;
-    bao(
+    common::bao(
         vault,
         Method::POST,
         &format!("auth/{mount}/config"),
@@ -1034,7 +1029,7 @@ async fn vault_kubernetes_auth_logs_in_with_the_service_account_token() {
     .await;
     kv_policy(vault, n).await;
     for (role, sa_name) in [("capstan", "capstan"), ("other", "someone-else")] {
-        bao(
+        common::bao(
             vault,
             Method::POST,
             &format!("auth/{mount}/role/{role}"),
@@ -1059,20 +1054,8 @@ async fn vault_kubernetes_auth_logs_in_with_the_service_account_token() {
         )
         .await;
     }
-    let object = |name: &str, conn: &str| {
-        json!({
-            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
-            "metadata": { "name": name },
-            "spec": {
-                "connectionRef": { "name": conn },
-                "backend": { "vault": { "mount": "secret", "path": format!("{n}/{name}") } },
-                "target": { "none": {} },
-                "schedule": { "interval": "720h" }
-            }
-        })
-    };
-    create(&api, object("key", &good)).await;
-    create(&api, object("refused", &bad)).await;
+    create(&api, vault_object(n, "key", &good)).await;
+    create(&api, vault_object(n, "refused", &bad)).await;
     let args = manager_args(n);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let token_path = token_file.to_str().expect("utf8 path");
@@ -1084,7 +1067,7 @@ async fn vault_kubernetes_auth_logs_in_with_the_service_account_token() {
     )
     .await;
     await_rotations(&api, "key", 1, &m).await;
-    let kv = bao(
+    let kv = common::bao(
         vault,
         Method::GET,
         &format!("secret/data/{n}/key"),
@@ -1092,25 +1075,7 @@ async fn vault_kubernetes_auth_logs_in_with_the_service_account_token() {
     )
     .await;
     assert_eq!(kv["data"]["metadata"]["version"], json!(1), "{kv}");
-    let refused = await_condition(
-        &api,
-        "refused",
-        |o: &SecretRotation| {
-            ready_reason(o).is_some_and(|(s, r)| s == "False" && r == "VaultLoginFailed")
-        },
-        TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("refused: {e}\n{}", m.all_logs()));
-    let text = serde_json::to_string(&refused).expect("json");
-    assert!(
-        text.contains(&bad),
-        "the condition names the connection: {text}"
-    );
-    assert!(
-        !text.contains(&jwt) && !m.all_logs().contains(&jwt),
-        "the service account token leaked"
-    );
+    assert_login_refused(&api, "refused", &bad, &[&jwt], &m).await;
     bindings
         .delete(&binding_name, &DeleteParams::default())
         .await

@@ -194,3 +194,24 @@ pub async fn vault_tokens_from(vault: &capstan_testenv::Vault, mount: &str) -> u
     }
     n
 }
+
+/// One call to OpenBao with the root token; the JSON answer (`Null` when empty). Panics
+/// unless it succeeds.
+#[allow(dead_code)]
+pub async fn bao(
+    vault: &capstan_testenv::Vault,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}/v1/{path}", vault.addr()))
+        .header("X-Vault-Token", vault.root_token())
+        .json(&body)
+        .send()
+        .await
+        .expect("bao call");
+    assert!(resp.status().is_success(), "{path}: HTTP {}", resp.status());
+    let text = resp.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
