@@ -50,43 +50,6 @@ impl Publisher {
         }
     }
 
-    /// The Event this publisher writes about `regarding` (built, not sent).
-    pub fn event(
-        &self,
-        regarding: ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-        now: Timestamp,
-    ) -> K8sEvent {
-        let object = regarding.name.as_deref().unwrap_or(&self.controller);
-        K8sEvent {
-            metadata: ObjectMeta {
-                // The scheme of client-go's and kube's recorders: unique per object and
-                // instant, and readable in `kubectl get events`.
-                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
-                namespace: regarding.namespace.clone(),
-                ..ObjectMeta::default()
-            },
-            action: Some(action.to_owned()),
-            reason: Some(reason.to_owned()),
-            note: Some(note),
-            type_: Some(
-                match type_ {
-                    EventType::Normal => "Normal",
-                    EventType::Warning => "Warning",
-                }
-                .to_owned(),
-            ),
-            event_time: Some(MicroTime(now)),
-            reporting_controller: Some(self.controller.clone()),
-            reporting_instance: Some(self.instance.clone()),
-            regarding: Some(regarding),
-            ..K8sEvent::default()
-        }
-    }
-
     /// Publishes an Event about `obj`. `note` is for humans and must hold no secret
     /// value. Cluster-scoped objects get their Events in `default`, as with kubectl.
     pub async fn publish<K>(
@@ -99,7 +62,9 @@ impl Publisher {
     ) where
         K: Resource<DynamicType = ()>,
     {
-        let ev = self.event(
+        let ev = event(
+            &self.controller,
+            &self.instance,
             obj.object_ref(&()),
             type_,
             reason,
@@ -115,25 +80,61 @@ impl Publisher {
     }
 }
 
+/// The Event `controller` (reporting instance `instance`) writes about `regarding`
+/// (built, not sent). Each argument is one field of the Event.
+#[allow(clippy::too_many_arguments)]
+pub fn event(
+    controller: &str,
+    instance: &str,
+    regarding: ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    now: Timestamp,
+) -> K8sEvent {
+    let object = regarding.name.as_deref().unwrap_or(controller);
+    K8sEvent {
+        metadata: ObjectMeta {
+            // The scheme of client-go's and kube's recorders: unique per object and
+            // instant, and readable in `kubectl get events`.
+            name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+            namespace: regarding.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        action: Some(action.to_owned()),
+        reason: Some(reason.to_owned()),
+        note: Some(note),
+        type_: Some(
+            match type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .to_owned(),
+        ),
+        event_time: Some(MicroTime(now)),
+        reporting_controller: Some(controller.to_owned()),
+        reporting_instance: Some(instance.to_owned()),
+        regarding: Some(regarding),
+        ..K8sEvent::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // A client needs a runtime to exist, though nothing is sent.
-    #[tokio::test]
-    async fn event_names_object_controller_and_instance() {
-        let client = Client::try_from(kube::Config::new(
-            "http://127.0.0.1:1".parse().expect("url"),
-        ))
-        .expect("client");
-        let p = Publisher::new(client, "capstan.dev/secret-rotation", "capstan-0");
+    #[test]
+    fn event_names_object_controller_and_instance() {
         let regarding = ObjectReference {
             name: Some("db".into()),
             namespace: Some("shop".into()),
             ..ObjectReference::default()
         };
         let now = Timestamp::from_second(1_800_000_000).expect("time");
-        let ev = p.event(
+        let ev = event(
+            "capstan.dev/secret-rotation",
+            "capstan-0",
             regarding,
             EventType::Warning,
             "AttemptFailed",
