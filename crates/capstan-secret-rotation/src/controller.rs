@@ -830,10 +830,8 @@ fn from_target(e: TargetError, testing: bool) -> StepResult {
 }
 
 /// Runs the steps of the rotation in progress: claim, one side effect, record, until it
-/// finishes, waits, or fails.
-/// Runs the claimed rotation's steps. `started`: this pass has just claimed a new
-/// rotation, so the backend can hold nothing of it (its token is new) and need not be
-/// read again.
+/// finishes, waits, or fails. `started`: this pass has just claimed a new rotation, so
+/// the backend can hold nothing of it (its token is new) and need not be read again.
 async fn run_steps(
     pass: &Pass<'_>,
     w: &mut Writer,
@@ -901,6 +899,15 @@ async fn run_steps(
         }
     }
 
+    // A pass that resumes works from a snapshot that may be stale (a Capstan frozen past
+    // its lease, a lagging watch). CreatePending is the one side effect without a fence
+    // of its own (a backend's pending write is idempotent per token, not conditioned on
+    // the rotation still being in progress), so it is claimed again: a write conditioned
+    // on the resourceVersion read, which a stale snapshot fails (and which changes
+    // nothing when the snapshot is current).
+    if !started && r.step == RotationStep::CreatePending {
+        claimed = false;
+    }
     loop {
         if !claimed {
             st.rotation = Some(r.clone());

@@ -369,7 +369,10 @@ async fn split_brain(mariadb: bool, strategy: &str) -> (usize, Vec<String>) {
             ));
         }
         if !data(&secrets, "db-store-pending").await.is_empty() {
-            violations.push(format!("iteration {i}: a pending value is left"));
+            violations.push(format!(
+                "iteration {i}: a pending value is left\n{}",
+                logs()
+            ));
         }
         let (pu, pp) = (
             prev.get("username").cloned().unwrap_or_default(),
