@@ -105,6 +105,30 @@ impl ReadyFlag {
     }
 }
 
+/// What a controller can watch: a namespaced resource kube can list, cache and share
+/// between tasks.
+pub trait Watched:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// How many whole objects [`Fresh`] holds at most: a few times the reconcile
 /// concurrency, so that the objects a burst is working on come from their watch events.
 pub const FRESH_CAPACITY: usize = 256;
@@ -146,13 +170,7 @@ pub fn key_of<K: Resource>(o: &K) -> (String, String) {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-impl<K> Fresh<K>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-{
+impl<K: Watched> Fresh<K> {
     /// Holds `o` for its reconcile, unless [`FRESH_CAPACITY`] objects already wait (a
     /// burst: startup with thousands of objects, a mass rotate-now): then its reconcile
     /// reads it from the API, and memory stays bounded. A newer event replaces a held
@@ -209,13 +227,7 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
     configure: impl Fn(Controller<K>, Option<&str>) -> Controller<K>,
     shutdown: CancellationToken,
 ) where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     Ctx: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,
     Rec: FnMut(Arc<K>, Arc<Ctx>) -> Fut + Clone,
@@ -249,13 +261,7 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
     convert: Conv,
     shutdown: CancellationToken,
 ) where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     C: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     Ctx: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,
@@ -328,13 +334,7 @@ pub fn metadata_cache<K>(
     connections_of: fn(&K) -> Vec<String>,
 ) -> impl Fn(watcher::Event<K>) -> watcher::Event<PartialObjectMeta<K>> + Clone + Send + 'static
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     move |ev| {
         let meta = |o: K| PartialObjectMeta::<K> {
