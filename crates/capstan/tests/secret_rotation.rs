@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capstan_core::conditions::find;
@@ -295,38 +294,13 @@ async fn schedule_suspend_and_window() {
 // ---------------------------------------------------------------------------------------
 // PostgreSQL helpers: psql from the server's bin directory, no extra client crate.
 
-fn psql(pg: &capstan_testenv::Postgres, url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new(pg.bin_dir().join("psql"))
-        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
 fn logs_in(pg: &capstan_testenv::Postgres, db: &str, user: &str, password: &str) -> bool {
     let url = format!(
         "postgres://{user}:{}@127.0.0.1:{}/{db}",
-        pct(password),
+        common::pct(password),
         pg.port()
     );
-    psql(pg, &url, "select 1").is_ok()
-}
-
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    common::psql(pg, &url, "select 1").is_ok()
 }
 
 /// A database and a login role named after the namespace, plus the admin Secret.
@@ -338,8 +312,8 @@ async fn pg_setup(
     let id = ns.replace('-', "_");
     let db = format!("db_{id}");
     let user = format!("app_{id}");
-    psql(pg, &pg.admin_url(), &format!("CREATE DATABASE {db}")).expect("create db");
-    psql(
+    common::psql(pg, &pg.admin_url(), &format!("CREATE DATABASE {db}")).expect("create db");
+    common::psql(
         pg,
         &pg.admin_url(),
         &format!("CREATE ROLE {user} LOGIN PASSWORD 'initial-{id}'"),

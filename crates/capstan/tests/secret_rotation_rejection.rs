@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
 use capstan_core::conditions::find;
@@ -24,22 +23,11 @@ use serde_json::json;
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn psql(pg: &capstan_testenv::Postgres, url: &str, sql: &str) -> bool {
-    Command::new(pg.bin_dir().join("psql"))
-        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    common::psql(pg, url, sql).is_ok()
 }
 
 async fn data(api: &Api<Secret>, name: &str) -> BTreeMap<String, String> {
-    api.get_opt(name)
-        .await
-        .expect("get")
-        .and_then(|s| s.data)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf8")))
-        .collect()
+    common::secret_data(api, name).await
 }
 
 async fn patch(api: &Api<SecretRotation>, value: serde_json::Value) {

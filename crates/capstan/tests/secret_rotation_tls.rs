@@ -7,7 +7,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
 
 use capstan_core::conditions::find;
@@ -19,19 +18,6 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn psql(pg: &capstan_testenv::Postgres, url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new(pg.bin_dir().join("psql"))
-        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -77,7 +63,7 @@ fn enable_tls(
         "ALTER SYSTEM SET ssl = on".to_owned(),
         "SELECT pg_reload_conf()".to_owned(),
     ] {
-        psql(pg, &pg.admin_url(), &sql).expect("configure TLS");
+        common::psql(pg, &pg.admin_url(), &sql).expect("configure TLS");
     }
 }
 
@@ -119,7 +105,7 @@ async fn postgres_over_tls_verifies_the_server_and_rotates_only_over_tls() {
     let secrets: Api<Secret> = ns.api(client.clone());
 
     let user = format!("tls_{}", n.replace('-', "_"));
-    psql(
+    common::psql(
         pg,
         &pg.admin_url(),
         &format!("CREATE ROLE {user} LOGIN PASSWORD 'initial'"),
@@ -135,10 +121,10 @@ async fn postgres_over_tls_verifies_the_server_and_rotates_only_over_tls() {
         )
     };
     assert!(
-        psql(pg, &url("disable", "initial"), "select 1").is_err(),
+        common::psql(pg, &url("disable", "initial"), "select 1").is_err(),
         "the role must be refused without TLS"
     );
-    assert!(psql(pg, &url("require", "initial"), "select 1").is_ok());
+    assert!(common::psql(pg, &url("require", "initial"), "select 1").is_ok());
 
     for (name, data) in [
         (
@@ -191,7 +177,7 @@ async fn postgres_over_tls_verifies_the_server_and_rotates_only_over_tls() {
     assert_eq!(reason, "TargetInvalid", "{message}");
     assert!(message.contains("PostgreSQL 127.0.0.1"), "{message}");
     assert!(
-        psql(pg, &url("require", "initial"), "select 1").is_ok(),
+        common::psql(pg, &url("require", "initial"), "select 1").is_ok(),
         "a refused rotation changed the password"
     );
 
@@ -220,18 +206,9 @@ async fn postgres_over_tls_verifies_the_server_and_rotates_only_over_tls() {
         let store = secrets.get(&format!("{name}-store")).await.expect("store");
         let password =
             String::from_utf8(store.data.expect("data")["password"].0.clone()).expect("utf8");
-        let encoded: String = password
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let encoded = common::pct(&password);
         assert!(
-            psql(pg, &url("require", &encoded), "select 1").is_ok(),
+            common::psql(pg, &url("require", &encoded), "select 1").is_ok(),
             "{name}: the stored value does not log in over TLS"
         );
     }

@@ -215,3 +215,48 @@ pub async fn bao(
     let text = resp.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
+
+/// Runs `sql` with psql against `url`; its output, or its error text.
+#[allow(dead_code)]
+pub fn psql(pg: &capstan_testenv::Postgres, url: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new(pg.bin_dir().join("psql"))
+        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// `s` percent-encoded for the userinfo of a connection URL.
+#[allow(dead_code)]
+pub fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The data of Secret `name` as strings (empty when it does not exist).
+#[allow(dead_code)]
+pub async fn secret_data(
+    api: &kube::Api<k8s_openapi::api::core::v1::Secret>,
+    name: &str,
+) -> std::collections::BTreeMap<String, String> {
+    api.get_opt(name)
+        .await
+        .expect("get Secret")
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf8")))
+        .collect()
+}
