@@ -39,18 +39,7 @@ async fn a_connection_admits_only_the_namespaces_it_lists() {
     let other = TempNamespace::create(kube).await.expect("other namespace");
 
     // Credentials for the emulator live in Capstan's own namespace.
-    let creds: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "aws-creds" },
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": capstan_testenv::TEST_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": capstan_testenv::TEST_SECRET_ACCESS_KEY
-        }
-    }))
-    .expect("secret");
-    own.api::<Secret>(client.clone())
-        .create(&PostParams::default(), &creds)
-        .await
-        .expect("creds");
+    common::aws_creds_secret(&client, own.name()).await;
 
     let conn_name = format!("aws-{}", allowed.name());
     let conns: Api<ClusterConnection> = Api::all(client.clone());

@@ -20,7 +20,6 @@ use capstan_core::conditions::find;
 use capstan_core::connection::ClusterConnection;
 use capstan_secret_rotation::crd::{RotationStep, SecretRotation};
 use capstan_testenv::{TempNamespace, TestEnv, await_condition};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -77,36 +76,8 @@ async fn each_rotation_forces_one_ecs_deployment_and_is_delivered_when_it_comple
     let own = TempNamespace::create(kube).await.expect("own namespace");
     let ns = TempNamespace::create(kube).await.expect("namespace");
     let api: Api<SecretRotation> = ns.api(client.clone());
-    let creds: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "aws-creds" },
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": capstan_testenv::TEST_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": capstan_testenv::TEST_SECRET_ACCESS_KEY
-        }
-    }))
-    .expect("secret");
-    own.api::<Secret>(client.clone())
-        .create(&PostParams::default(), &creds)
-        .await
-        .expect("creds");
     let connection = format!("aws-{}", ns.name());
-    let conn: ClusterConnection = serde_json::from_value(json!({
-        "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
-        "metadata": { "name": connection },
-        "spec": {
-            "allowedNamespaces": { "names": [ns.name()] },
-            "aws": {
-                "region": aws.region(),
-                "endpointUrl": aws.endpoint_url(),
-                "credentialsSecretRef": { "name": "aws-creds" }
-            }
-        }
-    }))
-    .expect("connection");
-    Api::<ClusterConnection>::all(client.clone())
-        .create(&PostParams::default(), &conn)
-        .await
-        .expect("create connection");
+    common::aws_connection(&client, aws, own.name(), &connection, &[ns.name()]).await;
     let config = aws.sdk_config().await;
     let ecs = ecs::Client::new(&config);
     let cluster = ns.name().to_owned();
@@ -258,18 +229,7 @@ async fn a_refused_ecs_connection_blocks_until_the_connection_allows_the_namespa
     let own = TempNamespace::create(kube).await.expect("own namespace");
     let ns = TempNamespace::create(kube).await.expect("namespace");
     let api: Api<SecretRotation> = ns.api(client.clone());
-    let creds: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "aws-creds" },
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": capstan_testenv::TEST_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": capstan_testenv::TEST_SECRET_ACCESS_KEY
-        }
-    }))
-    .expect("secret");
-    own.api::<Secret>(client.clone())
-        .create(&PostParams::default(), &creds)
-        .await
-        .expect("creds");
+    common::aws_creds_secret(&client, own.name()).await;
     let connection = format!("aws-{}", ns.name());
     let conns: Api<ClusterConnection> = Api::all(client.clone());
     let conn: ClusterConnection = serde_json::from_value(json!({

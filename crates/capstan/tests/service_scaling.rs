@@ -20,7 +20,6 @@ use capstan_core::conditions::find;
 use capstan_core::connection::ClusterConnection;
 use capstan_service_scaling::crd::ServiceScaling;
 use capstan_testenv::{TempNamespace, TestEnv, await_condition};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -49,37 +48,8 @@ impl Fixture {
         let client = kube.client().await;
         let own = TempNamespace::create(kube).await.expect("own namespace");
         let ns = TempNamespace::create(kube).await.expect("namespace");
-        let creds: Secret = serde_json::from_value(json!({
-            "metadata": { "name": "aws-creds" },
-            "stringData": {
-                "AWS_ACCESS_KEY_ID": capstan_testenv::TEST_ACCESS_KEY_ID,
-                "AWS_SECRET_ACCESS_KEY": capstan_testenv::TEST_SECRET_ACCESS_KEY
-            }
-        }))
-        .expect("secret");
-        own.api::<Secret>(client.clone())
-            .create(&PostParams::default(), &creds)
-            .await
-            .expect("creds");
         let connection = format!("aws-{}", ns.name());
-        let conn: ClusterConnection = serde_json::from_value(json!({
-            "apiVersion": "capstan.dev/v1alpha1",
-            "kind": "ClusterConnection",
-            "metadata": { "name": connection },
-            "spec": {
-                "allowedNamespaces": { "names": [ns.name()] },
-                "aws": {
-                    "region": aws.region(),
-                    "endpointUrl": aws.endpoint_url(),
-                    "credentialsSecretRef": { "name": "aws-creds" }
-                }
-            }
-        }))
-        .expect("connection");
-        Api::<ClusterConnection>::all(client.clone())
-            .create(&PostParams::default(), &conn)
-            .await
-            .expect("create connection");
+        common::aws_connection(&client, aws, own.name(), &connection, &[ns.name()]).await;
         let config = aws.sdk_config().await;
         let ecs = ecs::Client::new(&config);
         let cluster = ns.name().to_owned();

@@ -260,3 +260,52 @@ pub async fn secret_data(
         .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf8")))
         .collect()
 }
+
+/// The emulator's credentials as Secret `aws-creds` in Capstan's namespace `own`, where
+/// AWS ClusterConnections read them.
+#[allow(dead_code)]
+pub async fn aws_creds_secret(client: &kube::Client, own: &str) {
+    let creds: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "aws-creds" },
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": capstan_testenv::TEST_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": capstan_testenv::TEST_SECRET_ACCESS_KEY
+        }
+    }))
+    .expect("secret");
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), own)
+        .create(&kube::api::PostParams::default(), &creds)
+        .await
+        .expect("creds");
+}
+
+/// [`aws_creds_secret`] in `own`, and the AWS ClusterConnection `name` to the emulator
+/// that allows the namespaces `allowed`.
+#[allow(dead_code)]
+pub async fn aws_connection(
+    client: &kube::Client,
+    aws: &capstan_testenv::Aws,
+    own: &str,
+    name: &str,
+    allowed: &[&str],
+) {
+    aws_creds_secret(client, own).await;
+    let conn: capstan_core::connection::ClusterConnection =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
+            "metadata": { "name": name },
+            "spec": {
+                "allowedNamespaces": { "names": allowed },
+                "aws": {
+                    "region": aws.region(),
+                    "endpointUrl": aws.endpoint_url(),
+                    "credentialsSecretRef": { "name": "aws-creds" }
+                }
+            }
+        }))
+        .expect("connection");
+    kube::Api::<capstan_core::connection::ClusterConnection>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &conn)
+        .await
+        .expect("create connection");
+}
