@@ -175,11 +175,11 @@ impl<K: Watched> Fresh<K> {
     /// burst: startup with thousands of objects, a mass rotate-now): then its reconcile
     /// reads it from the API, and memory stays bounded. A newer event replaces a held
     /// object.
-    fn put(&self, o: &K) {
-        let key = key_of(o);
+    fn put(&self, o: K) {
+        let key = key_of(&o);
         let mut held = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         if held.len() < FRESH_CAPACITY || held.contains_key(&key) {
-            held.insert(key, Arc::new(o.clone()));
+            held.insert(key, Arc::new(o));
         }
     }
 
@@ -337,26 +337,25 @@ where
     K: Watched,
 {
     move |ev| {
-        let meta = |o: K| PartialObjectMeta::<K> {
+        let meta = |o: &K| PartialObjectMeta::<K> {
             types: None,
             metadata: o.meta().clone(),
             _phantom: std::marker::PhantomData,
         };
+        // The metadata is copied for the cache; the object itself moves to `fresh`.
+        let keep = |o: K| {
+            index.set(&key_of(&o), connections_of(&o));
+            let cached = meta(&o);
+            fresh.put(o);
+            cached
+        };
         match ev {
-            watcher::Event::Apply(o) => {
-                index.set(&key_of(&o), connections_of(&o));
-                fresh.put(&o);
-                watcher::Event::Apply(meta(o))
-            }
-            watcher::Event::InitApply(o) => {
-                index.set(&key_of(&o), connections_of(&o));
-                fresh.put(&o);
-                watcher::Event::InitApply(meta(o))
-            }
+            watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(keep(o)),
             watcher::Event::Delete(o) => {
                 index.set(&key_of(&o), Vec::new());
                 fresh.forget(&o);
-                watcher::Event::Delete(meta(o))
+                watcher::Event::Delete(meta(&o))
             }
             watcher::Event::Init => watcher::Event::Init,
             watcher::Event::InitDone => watcher::Event::InitDone,
@@ -395,11 +394,11 @@ mod fresh_tests {
     fn holds_at_most_its_capacity_and_keeps_the_newest_event() {
         let fresh = Fresh::<ConfigMap>::default();
         for i in 0..FRESH_CAPACITY + 50 {
-            fresh.put(&cm(&format!("o{i}"), "1"));
+            fresh.put(cm(&format!("o{i}"), "1"));
         }
         assert_eq!(fresh.len(), FRESH_CAPACITY);
         // A held object is replaced by its newer event even when full.
-        fresh.put(&cm("o0", "2"));
+        fresh.put(cm("o0", "2"));
         let held = fresh.objects.lock().expect("lock");
         let o0 = held.get(&("ns".into(), "o0".into())).expect("held");
         assert_eq!(o0.metadata.resource_version.as_deref(), Some("2"));
