@@ -63,12 +63,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if has (index . 1) $root.Values.controllers }}true{{ end }}
 {{- end }}
 
-{{/* "true" when some enabled controller restarts or scales workloads (apps/v1). */}}
-{{- define "capstan.needsWorkloads" -}}
-{{- $c := .Values.controllers }}
-{{- if or (has "secret-rotation" $c) (has "service-scaling" $c) (has "pipeline" $c) }}true{{ end }}
-{{- end }}
-
 {{/* The namespaced capstan.dev kinds of the enabled controllers, as resource plurals. */}}
 {{- define "capstan.namespacedKinds" -}}
 {{- $kinds := list }}
@@ -84,14 +78,14 @@ watches every namespace, or into a Role per watched namespace when watchNamespac
 is set. Each rule says why it exists.
 */}}
 {{- define "capstan.namespacedRules" -}}
+{{- $c := .Values.controllers }}
 {{- $kinds := include "capstan.namespacedKinds" . | fromJsonArray }}
 {{- if $kinds }}
-# The namespaced Capstan kinds: watched by their controllers (get/list/watch) and
-# patched for the finalizer each controller adds, so that cleanup (e.g. a delivery
-# Secret with deletionPolicy Delete, a Pipeline's Jobs) runs before the object goes.
+# The namespaced Capstan kinds, watched by their controllers (SecretRotations as
+# metadata only, read whole with get when reconciled).
 - apiGroups: ["capstan.dev"]
   resources: {{ toJson $kinds }}
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 # Status is written by server-side apply of the status subresource.
 - apiGroups: ["capstan.dev"]
   resources:
@@ -99,45 +93,50 @@ is set. Each rule says why it exists.
     - {{ . }}/status
     {{- end }}
   verbs: ["patch"]
-# Objects Capstan creates (delivery Secrets, Pipeline Jobs) carry a controller
-# ownerReference with blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement
-# admission plugin allows only with update on the owner's finalizers subresource.
+{{- end }}
+{{- if has "service-scaling" $c }}
+# ServiceScaling adds and removes its finalizer (a patch of metadata.finalizers), so
+# that the Application Auto Scaling objects it declared are removed before it goes.
 - apiGroups: ["capstan.dev"]
-  resources:
-    {{- range $kinds }}
-    - {{ . }}/finalizers
-    {{- end }}
+  resources: ["servicescalings"]
+  verbs: ["patch"]
+{{- end }}
+{{- if has "secret-rotation" $c }}
+# SecretRotation records the ECS deployments it started in an annotation (a merge
+# patch), and claims each rotation step with a status update conditioned on the
+# resourceVersion (a PUT of the status subresource), so that two managers can never
+# both perform a step.
+- apiGroups: ["capstan.dev"]
+  resources: ["secretrotations"]
+  verbs: ["patch"]
+- apiGroups: ["capstan.dev"]
+  resources: ["secretrotations/status"]
   verbs: ["update"]
+# Delivery Secrets with `deletionPolicy: Delete` carry a controller ownerReference with
+# blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement admission plugin
+# allows only with update on the owner's finalizers subresource. The garbage collector,
+# not Capstan, deletes them with their SecretRotation.
+- apiGroups: ["capstan.dev"]
+  resources: ["secretrotations/finalizers"]
+  verbs: ["update"]
+# Secrets in tenants' namespaces: the kubernetes backend (current and pending Secrets,
+# read with get, created, then replaced with a resourceVersion precondition), database
+# admin credentials a SecretRotation refers to (get), and delivery Secrets (server-side
+# apply: create for the first apply, patch after). Never list, watch or delete: Capstan
+# reads only the Secrets an object names, and never deletes one.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch", "update"]
+# Workloads that consume a rotated credential are restarted like `kubectl rollout
+# restart` (a patch of the pod template's restartedAt annotation); get/list find them
+# by name or label selector and poll their rollout until done. Only SecretRotation
+# touches workloads: ServiceScaling and Pipeline act on ECS.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "list", "patch"]
 {{- end }}
 # Events on transitions and errors: each one a create (no series, nothing patched).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
-{{- if include "capstan.enabled" (list . "secret-rotation") }}
-# Secrets in tenants' namespaces: the kubernetes backend (current and pending Secrets),
-# database admin credentials a SecretRotation refers to, and delivery Secrets, written
-# by server-side apply (create for the first apply, patch after; update for
-# read-modify-write with a resourceVersion precondition). Capstan never deletes a
-# backend Secret: `delete` is here only for delivery Secrets whose SecretRotation says
-# `deletionPolicy: Delete`, removed when that SecretRotation is deleted.
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-{{- end }}
-{{- if include "capstan.needsWorkloads" . }}
-# Workloads: SecretRotation restarts the rollouts that consume a rotated credential
-# (a patch of the pod template's restartedAt annotation, like `kubectl rollout
-# restart`), ServiceScaling patches replicas, Pipeline patches images and rolls back.
-# list/watch: rollouts may be chosen by label selector and are awaited until done.
-- apiGroups: ["apps"]
-  resources: ["deployments", "statefulsets", "daemonsets"]
-  verbs: ["get", "list", "watch", "patch"]
-{{- end }}
-{{- if include "capstan.enabled" (list . "pipeline") }}
-# Pipeline test, build and smoke stages run as Jobs; finished Jobs of superseded runs
-# are deleted (with their Pods, by the garbage collector).
-- apiGroups: ["batch"]
-  resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "delete"]
-{{- end }}
 {{- end }}
