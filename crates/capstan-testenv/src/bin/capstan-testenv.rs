@@ -44,6 +44,16 @@ enum Command {
         /// Keep the temporary directory (logs, data) after stopping.
         #[arg(long)]
         keep: bool,
+        /// Install Capstan's ServiceAccount and RBAC as the Helm chart renders them with
+        /// its default values, into this release namespace (created if missing), and
+        /// write DIR/capstan.kubeconfig (that ServiceAccount's token) and DIR/capstan.args
+        /// (the chart's `capstan run` arguments, one a line).
+        #[arg(long, value_name = "NAMESPACE")]
+        install_capstan: Option<String>,
+        /// An argument that overrides or extends the chart's in DIR/capstan.args
+        /// (repeatable), e.g. `--capstan-arg=--metrics-addr=127.0.0.1:0`.
+        #[arg(long, allow_hyphen_values = true)]
+        capstan_arg: Vec<String>,
     },
 }
 
@@ -75,12 +85,15 @@ fn main() -> ExitCode {
             services,
             log_statements,
             keep,
+            install_capstan,
+            capstan_arg,
         } => {
             let mut options = Options::from_env();
             options.log_statements |= log_statements;
             options.keep |= keep;
             let env = TestEnv::new(options);
-            let code = runtime.block_on(up(&env, &state_dir, &services));
+            let install = install_capstan.map(|ns| (ns, capstan_arg));
+            let code = runtime.block_on(up(&env, &state_dir, &services, install));
             env.shutdown();
             remove_state(&state_dir);
             eprintln!("capstan-testenv: stopped");
@@ -91,7 +104,10 @@ fn main() -> ExitCode {
 
 type Starting<'a> = Pin<Box<dyn Future<Output = capstan_testenv::Result<()>> + 'a>>;
 
-async fn up(env: &TestEnv, state_dir: &Path, services: &[Service]) -> ExitCode {
+/// Capstan's release namespace and the argument overrides, for `--install-capstan`.
+type Install = Option<(String, Vec<String>)>;
+
+async fn up(env: &TestEnv, state_dir: &Path, services: &[Service], install: Install) -> ExitCode {
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -135,6 +151,12 @@ async fn up(env: &TestEnv, state_dir: &Path, services: &[Service]) -> ExitCode {
     }
     let total = started.elapsed();
 
+    if let Some((namespace, overrides)) = install
+        && let Err(e) = install_capstan(env, &state_dir, &namespace, &overrides).await
+    {
+        eprintln!("capstan-testenv: installing Capstan's RBAC: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = write_state(env, &state_dir, total) {
         eprintln!("capstan-testenv: writing {}: {e}", state_dir.display());
         return ExitCode::FAILURE;
@@ -149,8 +171,63 @@ async fn up(env: &TestEnv, state_dir: &Path, services: &[Service]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Installs the chart's ServiceAccount and RBAC (default values) into `namespace` and
+/// writes `capstan.kubeconfig`, `capstan.args` and `capstan.user` into `dir`.
+async fn install_capstan(
+    env: &TestEnv,
+    dir: &Path,
+    namespace: &str,
+    overrides: &[String],
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let kube = env.kube().await.map_err(|e| e.to_string())?;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(kube.client().await);
+    if namespaces
+        .get_opt(namespace)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": namespace }
+        }))
+        .map_err(|e| e.to_string())?;
+        namespaces
+            .create(&kube::api::PostParams::default(), &ns)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let opts = capstan_testenv::InstallOptions {
+        namespace: namespace.to_owned(),
+        leader_elect: true,
+        ..Default::default()
+    };
+    let installed = kube
+        .install_capstan(&opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    std::fs::copy(&installed.kubeconfig_path, dir.join("capstan.kubeconfig"))
+        .map_err(|e| e.to_string())?;
+    let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+    let mut args = installed.run_args(&overrides).join("\n");
+    args.push('\n');
+    std::fs::write(dir.join("capstan.args"), args).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("capstan.user"),
+        format!("{}\n", installed.username),
+    )
+    .map_err(|e| e.to_string())
+}
+
 fn remove_state(dir: &Path) {
-    for name in ["env", "kubeconfig", "services.json"] {
+    for name in [
+        "env",
+        "kubeconfig",
+        "services.json",
+        "capstan.kubeconfig",
+        "capstan.args",
+        "capstan.user",
+    ] {
         let _ = std::fs::remove_file(dir.join(name));
     }
 }
@@ -176,6 +253,10 @@ fn write_state(env: &TestEnv, dir: &Path, total: std::time::Duration) -> std::io
         vars.push((
             "CAPSTAN_KUBE_APISERVER_URL",
             kube.api_server_url().to_owned(),
+        ));
+        vars.push((
+            "CAPSTAN_AUDIT_LOG",
+            kube.audit_log_path().display().to_string(),
         ));
     }
     if let Some(aws) = env.aws_if_started() {
