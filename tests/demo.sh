@@ -7,7 +7,9 @@
 # 2. Declares the local ClusterConnections (tests/demo/connections.yaml: the same names
 #    as the production-shaped ones in manifests/examples/00-connections.yaml, pointed
 #    at the local emulators).
-# 3. Runs `capstan run` against it and applies manifests/examples/.
+# 3. Runs `capstan run` as the Helm chart installs it (its ServiceAccount, RBAC and
+#    arguments, from `helm template`; `capstan-testenv up --install-capstan`) and applies
+#    manifests/examples/. Any request the API server refuses it fails the verdict.
 # 4. Shows what happens. Interactive: follows until Ctrl-C, then tears everything down.
 #    With --ci: checks the verdict and exits: connections reachable; the Vault API key
 #    rotated; the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
@@ -33,7 +35,10 @@ cargo build -q -p capstan -p capstan-testenv --bins
 bin=target/debug
 
 echo "==> starting the local control plane, AWS emulator, OpenBao and PostgreSQL"
-"$bin/capstan-testenv" up --state-dir "$state" --services k8s,aws,vault,postgres >"$state/testenv.log" 2>&1 &
+"$bin/capstan-testenv" up --state-dir "$state" --services k8s,aws,vault,postgres \
+  --install-capstan capstan-system --capstan-arg=--metrics-addr=127.0.0.1:0 \
+  --capstan-arg=--log-format=text --capstan-arg=--identity=capstan-demo \
+  >"$state/testenv.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 180); do [ -f "$state/env" ] && break; sleep 1; done
 [ -f "$state/env" ] || { echo "environment did not start; see $state/testenv.log" >&2; tail -20 "$state/testenv.log" >&2; exit 1; }
@@ -76,9 +81,11 @@ cw.put_metric_data(Namespace="AWS/ECS", MetricData=[
 ])
 PY
 
-echo "==> starting capstan"
-"$bin/capstan" run --leader-elect=false --own-namespace capstan-system \
-  --metrics-addr 127.0.0.1:0 --log-format text >"$state/capstan.log" 2>&1 &
+echo "==> starting capstan as the chart installs it (ServiceAccount $(cat "$state/capstan.user"))"
+mapfile -t capstan_args < "$state/capstan.args"
+echo "    capstan ${capstan_args[*]}"
+KUBECONFIG="$state/capstan.kubeconfig" POD_NAMESPACE=capstan-system \
+  "$bin/capstan" "${capstan_args[@]}" >"$state/capstan.log" 2>&1 &
 pids+=($!)
 
 echo "==> the orders database: role app in a local PostgreSQL, its admin credentials, the api Deployment"
@@ -166,6 +173,20 @@ verdict pipeline shop shop NotImplemented
 verdict secretrotation shop sneaky-card-key ConnectionNotAllowed
 show
 grep -E "ERROR|panicked" "$state/capstan.log" && { echo "capstan logged errors" >&2; ok=false; }
+forbidden=$(python3 - "$CAPSTAN_AUDIT_LOG" "$(cat "$state/capstan.user")" <<'PY'
+import json, sys
+path, user = sys.argv[1], sys.argv[2]
+for line in open(path):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if e.get("user", {}).get("username") == user and e.get("responseStatus", {}).get("code") == 403:
+        print(f"  {e.get('verb')} {e.get('requestURI')}")
+PY
+)
+if [ -z "$forbidden" ]; then echo "    ok: the API server refused Capstan nothing under the chart's RBAC"
+else echo "    FAIL: the API server refused Capstan under the chart's RBAC:" >&2; echo "$forbidden" >&2; ok=false; fi
 
 if $ci; then
   $ok && echo "demo verdict: PASS" || { echo "demo verdict: FAIL (logs: $state)" >&2; exit 1; }

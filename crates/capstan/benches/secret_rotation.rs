@@ -318,7 +318,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 async fn start_manager(
-    kube: &capstan_testenv::Kube,
+    kube: &'static capstan_testenv::Kube,
     ns: &str,
     concurrency: u64,
 ) -> common::Manager {
@@ -342,7 +342,7 @@ async fn start_manager(
         &c,
     ];
     let m = common::start_with_level(
-        kube.kubeconfig_path(),
+        kube,
         &format!("bench-c{concurrency}"),
         "info",
         &args,

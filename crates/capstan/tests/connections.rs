@@ -92,7 +92,7 @@ async fn a_connection_admits_only_the_namespaces_it_lists() {
 
     let namespaces = format!("{},{}", allowed.name(), other.name());
     let manager = common::start(
-        kube.kubeconfig_path(),
+        kube,
         "connections",
         &[
             "--leader-elect=false",
@@ -309,7 +309,7 @@ async fn vault_connections_are_checked_with_their_auth_method() {
             .expect("create");
     }
     let manager = common::start(
-        kube.kubeconfig_path(),
+        kube,
         "vault-connections",
         &[
             "--leader-elect=false",

@@ -65,7 +65,7 @@ async fn await_holder(
 async fn manager_becomes_ready_and_serves_metrics() {
     let kube = TestEnv::get().kube().await.expect("kube");
     let ns = TempNamespace::create(kube).await.expect("namespace");
-    let m = common::start(kube.kubeconfig_path(), "solo", &args(ns.name(), "solo")).await;
+    let m = common::start(kube, "solo", &args(ns.name(), "solo")).await;
     m.await_ready(Duration::from_secs(60)).await;
     let (code, body) = m.get("/healthz").await;
     assert_eq!((code, body.as_str()), (200, "ok"));
@@ -90,18 +90,8 @@ async fn two_managers_one_leader_and_takeover_after_kill() {
     let ns = TempNamespace::create(kube).await.expect("namespace");
     let client = kube.client().await;
     let leases: Api<Lease> = Api::namespaced(client, ns.name());
-    let a = common::start(
-        kube.kubeconfig_path(),
-        "manager-a",
-        &args(ns.name(), "pair"),
-    )
-    .await;
-    let b = common::start(
-        kube.kubeconfig_path(),
-        "manager-b",
-        &args(ns.name(), "pair"),
-    )
-    .await;
+    let a = common::start(kube, "manager-a", &args(ns.name(), "pair")).await;
+    let b = common::start(kube, "manager-b", &args(ns.name(), "pair")).await;
     a.await_ready(Duration::from_secs(60)).await;
     b.await_ready(Duration::from_secs(60)).await;
 
@@ -161,12 +151,7 @@ async fn sigterm_exits_cleanly_and_releases_the_lease() {
     let kube = TestEnv::get().kube().await.expect("kube");
     let ns = TempNamespace::create(kube).await.expect("namespace");
     let leases: Api<Lease> = Api::namespaced(kube.client().await, ns.name());
-    let mut m = common::start(
-        kube.kubeconfig_path(),
-        "terminated",
-        &args(ns.name(), "term"),
-    )
-    .await;
+    let mut m = common::start(kube, "terminated", &args(ns.name(), "term")).await;
     m.await_ready(Duration::from_secs(60)).await;
     await_holder(&leases, "term", Duration::from_secs(30), |h| {
         h == "terminated"

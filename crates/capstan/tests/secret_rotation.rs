@@ -30,10 +30,10 @@ fn manager_args(ns: &str) -> Vec<String> {
     ]
 }
 
-async fn start(kube: &capstan_testenv::Kube, ns: &str, identity: &str) -> common::Manager {
+async fn start(kube: &'static capstan_testenv::Kube, ns: &str, identity: &str) -> common::Manager {
     let args = manager_args(ns);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    common::start(kube.kubeconfig_path(), identity, &args).await
+    common::start(kube, identity, &args).await
 }
 
 fn ready_reason(o: &SecretRotation) -> Option<(String, String)> {
@@ -1034,7 +1034,7 @@ async fn vault_kubernetes_auth_logs_in_with_the_service_account_token() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let token_path = token_file.to_str().expect("utf8 path");
     let m = common::start_with_env(
-        kube.kubeconfig_path(),
+        kube,
         "sr-k8s-auth",
         &args,
         &[("CAPSTAN_SERVICE_ACCOUNT_TOKEN_FILE", token_path)],

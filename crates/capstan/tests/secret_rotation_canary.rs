@@ -365,7 +365,7 @@ async fn generated_values_never_reach_logs_events_status_metrics_or_database_log
         "secret-rotation",
     ];
     let m = common::start_with_level(
-        kube.kubeconfig_path(),
+        kube,
         "sr-canary",
         "debug",
         &args,

@@ -103,7 +103,7 @@ async fn a_crash_after_any_step_resumes_to_exactly_one_new_version() {
         }
         let fp = format!("secret-rotation::after-{step}=return");
         let mut crashing = common::start_with_env(
-            kube.kubeconfig_path(),
+            kube,
             &format!("crash-{i}"),
             &args,
             &[("FAILPOINTS", fp.as_str())],
@@ -116,7 +116,7 @@ async fn a_crash_after_any_step_resumes_to_exactly_one_new_version() {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(6), "aborted (SIGABRT) after {step}");
 
-        let m = common::start(kube.kubeconfig_path(), &format!("resume-{i}"), &args).await;
+        let m = common::start(kube, &format!("resume-{i}"), &args).await;
         expected_count += 1;
         let o = await_condition(
             &api,

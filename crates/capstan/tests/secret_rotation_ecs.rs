@@ -150,7 +150,7 @@ async fn each_rotation_forces_one_ecs_deployment_and_is_delivered_when_it_comple
         "--own-namespace",
         own.name(),
     ];
-    let m = common::start(kube.kubeconfig_path(), "sr-ecs-1", &args).await;
+    let m = common::start(kube, "sr-ecs-1", &args).await;
 
     // Rotation 1: the deployment is forced, and the rotation waits in Deliver while it
     // is IN_PROGRESS.
@@ -176,7 +176,7 @@ async fn each_rotation_forces_one_ecs_deployment_and_is_delivered_when_it_comple
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(count(&api.get("api-key").await.expect("get")), 0);
     drop(m);
-    let m = common::start(kube.kubeconfig_path(), "sr-ecs-2", &args).await;
+    let m = common::start(kube, "sr-ecs-2", &args).await;
     let o = await_condition(&api, "api-key", |o| count(o) >= 1, TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("rotation 1 not delivered: {e}\n{}", m.all_logs()));
@@ -284,7 +284,7 @@ async fn a_refused_ecs_connection_blocks_until_the_connection_allows_the_namespa
         .await
         .expect("create");
     let m = common::start(
-        kube.kubeconfig_path(),
+        kube,
         "sr-ecs-refused",
         &[
             "--leader-elect=false",

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn start(kube: &capstan_testenv::Kube, ns: &str, identity: &str) -> common::Manager {
+async fn start(kube: &'static capstan_testenv::Kube, ns: &str, identity: &str) -> common::Manager {
     let args = [
         "--leader-elect=false",
         "--namespaces",
@@ -28,7 +28,7 @@ async fn start(kube: &capstan_testenv::Kube, ns: &str, identity: &str) -> common
         "--controllers",
         "secret-rotation",
     ];
-    common::start(kube.kubeconfig_path(), identity, &args).await
+    common::start(kube, identity, &args).await
 }
 
 fn opts(db: &MariaDb, user: &str, password: &str) -> mysql_async::Opts {

@@ -93,7 +93,7 @@ async fn a_value_the_policy_refuses_is_never_replayed_and_attempts_are_capped() 
         .await
         .expect("create");
     let m = common::start(
-        kube.kubeconfig_path(),
+        kube,
         "sr-rejection",
         &[
             "--leader-elect=false",

@@ -271,7 +271,7 @@ async fn split_brain(mariadb: bool, strategy: &str) -> (usize, Vec<String>) {
     {
         let args = base("sb-initial");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let m = common::start(kube.kubeconfig_path(), "sb-initial", &args).await;
+        let m = common::start(kube, "sb-initial", &args).await;
         await_count(&api, 1, &|| m.all_logs()).await;
     }
     // Rotations the takeover runs after the frozen one's: the stale write must meet a
@@ -287,7 +287,7 @@ async fn split_brain(mariadb: bool, strategy: &str) -> (usize, Vec<String>) {
         let (a_id, b_id) = (format!("sb-{i}-a"), format!("sb-{i}-b"));
         // Only the first leader is held after its claim of SetTarget (once).
         let stale = common::start_with_env(
-            kube.kubeconfig_path(),
+            kube,
             &a_id,
             &args,
             &[(
@@ -297,7 +297,7 @@ async fn split_brain(mariadb: bool, strategy: &str) -> (usize, Vec<String>) {
         )
         .await;
         await_holder(&leases, &lease, &a_id).await;
-        let other = common::start(kube.kubeconfig_path(), &b_id, &args).await;
+        let other = common::start(kube, &b_id, &args).await;
         let logs = || format!("A:\n{}\nB:\n{}", stale.all_logs(), other.all_logs());
 
         rotate_now(&api, &format!("freeze-{i}")).await;

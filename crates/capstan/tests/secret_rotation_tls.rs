@@ -164,7 +164,7 @@ async fn postgres_over_tls_verifies_the_server_and_rotates_only_over_tls() {
         "--controllers",
         "secret-rotation",
     ];
-    let m = common::start(kube.kubeconfig_path(), "sr-tls", &args).await;
+    let m = common::start(kube, "sr-tls", &args).await;
     let refused = await_condition(
         &api,
         "wrong-ca",

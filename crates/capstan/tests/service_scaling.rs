@@ -279,7 +279,7 @@ impl Fixture {
 async fn start_manager(identity: &str, ns: &str, own: &str) -> common::Manager {
     let kube = TestEnv::get().kube().await.expect("kube");
     common::start(
-        kube.kubeconfig_path(),
+        kube,
         identity,
         &[
             "--leader-elect=false",

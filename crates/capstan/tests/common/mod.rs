@@ -1,14 +1,22 @@
-//! Runs `capstan run` as a real process against the test environment and reads its
-//! JSON log lines.
+//! Runs `capstan run` as a real process against the test environment, as the Helm chart
+//! installs it, and reads its JSON log lines.
+//!
+//! Every manager runs as the chart's ServiceAccount with the chart's RBAC, rendered by
+//! `helm template` for the values its arguments imply (`--namespaces` becomes
+//! `watchNamespaces`, `--controllers` `controllers`, ...), and with the arguments the
+//! chart's Deployment passes; the test's own arguments override or extend them. The admin
+//! identity is used only by the test's own setup. When a [`Manager`] is dropped (at the
+//! end of its test) the API server's audit log is read, and any request the manager was
+//! refused with 403 Forbidden fails the test.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use capstan_testenv::{AuditedRequest, InstallOptions, Installation, Kube};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -19,12 +27,15 @@ pub struct Manager {
     pub admin: SocketAddr,
     /// Every log line so far.
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The chart's identity and permissions it runs with.
+    pub installation: Installation,
+    kube: &'static Kube,
 }
 
-/// Starts `capstan run` with a kubeconfig and extra arguments; waits until its admin
-/// server listens.
-pub async fn start(kubeconfig: &Path, identity: &str, extra: &[&str]) -> Manager {
-    start_with_level(kubeconfig, identity, DEFAULT_LEVEL, extra, &[]).await
+/// Starts `capstan run` under the chart's RBAC with extra arguments (which must include
+/// `--own-namespace`, the release namespace); waits until its admin server listens.
+pub async fn start(kube: &'static Kube, identity: &str, extra: &[&str]) -> Manager {
+    start_with_level(kube, identity, DEFAULT_LEVEL, extra, &[]).await
 }
 
 /// The log filter the tests run the manager at.
@@ -58,12 +69,46 @@ impl Manager {
         }
     }
 
+    /// Every log line so far, and then any request the API server refused (403), so
+    /// a test that times out waiting says when RBAC was the cause.
     pub fn all_logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        let mut text = self.logs.lock().unwrap().join("\n");
+        let refused = self.forbidden();
+        if !refused.is_empty() {
+            text.push_str("\nrefused by the API server under the chart's RBAC:");
+            for r in refused {
+                text.push_str(&format!("\n  {r}"));
+            }
+        }
+        text
     }
 
     pub fn logged(&self, needle: &str) -> bool {
         self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// The requests the API server refused this manager with 403, from its audit log.
+    pub fn forbidden(&self) -> Vec<AuditedRequest> {
+        self.kube
+            .forbidden(&self.installation.username)
+            .expect("reading the API server's audit log")
+    }
+
+    /// Panics, listing them, if the API server refused this manager any request.
+    pub fn assert_no_forbidden(&self) {
+        let refused = self.forbidden();
+        assert!(
+            refused.is_empty(),
+            "the API server refused manager {} ({}) {} request(s) under the chart's RBAC:\n  {}",
+            self.identity,
+            self.installation.username,
+            refused.len(),
+            refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
     }
 
     pub fn pid(&self) -> i32 {
@@ -76,40 +121,60 @@ impl Manager {
     }
 }
 
+impl Drop for Manager {
+    /// A manager that was refused anything fails its test (unless it is failing already).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_forbidden();
+        }
+    }
+}
+
 /// Like [`start`], with extra environment variables (e.g. `FAILPOINTS`) for the process.
 pub async fn start_with_env(
-    kubeconfig: &Path,
+    kube: &'static Kube,
     identity: &str,
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Manager {
-    start_with_level(kubeconfig, identity, DEFAULT_LEVEL, extra, env).await
+    start_with_level(kube, identity, DEFAULT_LEVEL, extra, env).await
 }
 
 /// Starts `capstan run` with a chosen `--log-level` filter (the leak canary runs at plain
 /// `debug`, every crate), extra arguments and environment; waits until its admin server
 /// listens.
 pub async fn start_with_level(
-    kubeconfig: &Path,
+    kube: &'static Kube,
     identity: &str,
     level: &str,
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Manager {
+    let opts = InstallOptions::from_run_args(extra, "");
+    assert!(
+        !opts.namespace.is_empty(),
+        "common::start needs --own-namespace: the chart is installed into it"
+    );
+    let installation = kube
+        .install_capstan(&opts)
+        .await
+        .expect("installing the chart's ServiceAccount and RBAC");
+    let mut overrides = vec![
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--identity",
+        identity,
+        "--log-level",
+        level,
+    ];
+    overrides.extend_from_slice(extra);
+    let args = installation.run_args(&overrides);
     let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .arg("run")
-        .args([
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--identity",
-            identity,
-            "--log-level",
-            level,
-        ])
-        .args(extra)
-        .env("KUBECONFIG", kubeconfig)
+        .args(&args)
+        .env("KUBECONFIG", &installation.kubeconfig_path)
+        .env("POD_NAMESPACE", &installation.namespace)
         .env("CAPSTAN_AWS_NO_RETRIES", "true")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
@@ -148,6 +213,8 @@ pub async fn start_with_level(
         identity: identity.to_owned(),
         admin,
         logs,
+        installation,
+        kube,
     }
 }
 
