@@ -285,7 +285,10 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
         // The cache holds every watched object for the life of the process: drop what
         // no controller reads before it reaches the cache.
         let (reader, writer) = reflector::store();
+        // With backoff: a watch the API server refuses (e.g. 403 under too narrow RBAC)
+        // is retried with growing delays instead of in a tight loop.
         let trigger = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
             .modify(strip_for_cache)
             .map_ok(convert.clone())
             .reflect(writer)
@@ -295,6 +298,7 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
         let controller = configure(controller, ns.as_deref());
         let store = controller.store();
         let token = shutdown.clone();
+        let scope_for_log: Arc<str> = scope.clone().into();
         let ready = async move {
             if store.wait_until_ready().await.is_ok() {
                 flag.set(true);
@@ -304,13 +308,21 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
         let stream = controller
             .graceful_shutdown_on(async move { token.cancelled().await })
             .run(reconcile.clone(), error_policy.clone(), ctx.clone())
-            .for_each(move |res| async move {
+            .for_each(move |res| {
+                let scope = scope_for_log.clone();
+                async move {
                 match res {
                     Ok(_) => {}
                     Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
                         tracing::warn!(controller = name, object = %obj, error = %e, "reconcile failed");
                     }
+                    // A failed list or watch (RBAC refusing it, the API server away):
+                    // the controller cannot see its objects, so say so loudly.
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        tracing::warn!(controller = name, namespace = %scope, error = %e, "watch failed");
+                    }
                     Err(e) => tracing::debug!(controller = name, error = %e, "controller event"),
+                }
                 }
             });
         async move {
