@@ -1097,6 +1097,7 @@ async fn a_revoked_connection_does_not_block_deletion_forever() {
         .await
         .unwrap_or_else(|e| panic!("not deleted: {e}\n{}", f.manager.all_logs()));
     let took = asked.elapsed();
+    eprintln!("deleted {took:?} after the request (cleanup timeout {CLEANUP_TIMEOUT_SECS} s)");
     // The deadline counts from the deletion timestamp, which has whole seconds.
     assert!(
         took >= Duration::from_secs(CLEANUP_TIMEOUT_SECS - 1),
