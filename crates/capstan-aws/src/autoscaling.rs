@@ -184,6 +184,17 @@ pub trait AutoScalingApi: Send + Sync + Debug {
         resource_id: &str,
         target: ScalableTarget,
     ) -> impl Future<Output = Result<(), AutoScalingError>> + Send;
+    /// Deregisters the scalable target. AWS deletes the target's scaling policies and
+    /// scheduled actions with it, whoever made them.
+    fn deregister_scalable_target(
+        &self,
+        resource_id: &str,
+    ) -> impl Future<Output = Result<(), AutoScalingError>> + Send;
+    /// The names of every scaling policy of the target, of any type.
+    fn scaling_policy_names(
+        &self,
+        resource_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, AutoScalingError>> + Send;
     /// The target-tracking policies; policies of other types are left out.
     fn target_tracking_policies(
         &self,
@@ -282,6 +293,47 @@ impl AutoScalingApi for SdkAutoScaling {
             .await
             .map_err(sdk_err("RegisterScalableTarget"))?;
         Ok(())
+    }
+
+    async fn deregister_scalable_target(&self, resource_id: &str) -> Result<(), AutoScalingError> {
+        self.client
+            .deregister_scalable_target()
+            .service_namespace(ServiceNamespace::Ecs)
+            .resource_id(resource_id)
+            .scalable_dimension(dimension())
+            .send()
+            .await
+            .map_err(sdk_err("DeregisterScalableTarget"))?;
+        Ok(())
+    }
+
+    async fn scaling_policy_names(
+        &self,
+        resource_id: &str,
+    ) -> Result<Vec<String>, AutoScalingError> {
+        let mut names = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .describe_scaling_policies()
+                .service_namespace(ServiceNamespace::Ecs)
+                .resource_id(resource_id)
+                .scalable_dimension(dimension())
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(sdk_err("DescribeScalingPolicies"))?;
+            names.extend(
+                out.scaling_policies()
+                    .iter()
+                    .map(|p| p.policy_name().to_owned()),
+            );
+            next = out.next_token().map(str::to_owned);
+            if next.is_none() {
+                return Ok(names);
+            }
+        }
     }
 
     async fn target_tracking_policies(

@@ -19,6 +19,12 @@
 //! Drift: every evaluation reads the three kinds back and rewrites whatever differs;
 //! Capstan-named policies and actions the spec no longer declares are deleted. Objects
 //! with other names are someone else's and are left alone.
+//!
+//! Removal ([`remove`], run by the [finalizer](crate::cleanup) when the object is
+//! deleted or leaves this mode): Capstan-named policies and actions are deleted, then
+//! the scalable target is deregistered, unless policies or actions of someone else's
+//! still use it (AWS would delete them with it): then it is kept, and the Event says
+//! why.
 
 use std::time::SystemTime;
 
@@ -203,7 +209,7 @@ pub async fn apply(
         }
     }
     for p in &policies {
-        if p.name.starts_with(PREFIX) && !declared.policies.iter().any(|w| w.name == p.name) {
+        if is_capstan_name(&p.name) && !declared.policies.iter().any(|w| w.name == p.name) {
             api.delete_scaling_policy(resource_id, &p.name).await?;
             changed.push(format!("deleted policy {}", p.name));
         }
@@ -228,12 +234,129 @@ pub async fn apply(
         }
     }
     for a in &actions {
-        if a.name.starts_with(PREFIX) && !declared.actions.iter().any(|w| w.name == a.name) {
+        if is_capstan_name(&a.name) && !declared.actions.iter().any(|w| w.name == a.name) {
             api.delete_scheduled_action(resource_id, &a.name).await?;
             changed.push(format!("deleted scheduled action {}", a.name));
         }
     }
     Ok(changed)
+}
+
+/// Whether `name` is one of Capstan's policies or scheduled actions.
+pub fn is_capstan_name(name: &str) -> bool {
+    name.starts_with(PREFIX)
+}
+
+/// What removing Capstan's objects from one scalable target does, decided from what AWS
+/// holds ([`plan_removal`]) and carried out by [`remove`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Removal {
+    /// Capstan's policies, deleted.
+    pub policies: Vec<String>,
+    /// Capstan's scheduled actions, deleted.
+    pub actions: Vec<String>,
+    /// Whether a scalable target was registered.
+    pub target_found: bool,
+    /// Whether the scalable target is deregistered.
+    pub deregister: bool,
+    /// Someone else's policies and scheduled actions on the target, which keep it
+    /// registered: deregistering would delete them too.
+    pub foreign: Vec<String>,
+}
+
+/// Decides what to remove, given whether the target exists and the names of every
+/// policy and scheduled action on it. Pure.
+pub fn plan_removal(target_found: bool, policies: &[String], actions: &[String]) -> Removal {
+    let mine = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| is_capstan_name(n))
+            .cloned()
+            .collect()
+    };
+    let foreign: Vec<String> = policies
+        .iter()
+        .filter(|n| !is_capstan_name(n))
+        .map(|n| format!("policy {n}"))
+        .chain(
+            actions
+                .iter()
+                .filter(|n| !is_capstan_name(n))
+                .map(|n| format!("scheduled action {n}")),
+        )
+        .collect();
+    Removal {
+        policies: mine(policies),
+        actions: mine(actions),
+        target_found,
+        deregister: target_found && foreign.is_empty(),
+        foreign,
+    }
+}
+
+impl Removal {
+    /// What was done, for the Event.
+    pub fn describe(&self, resource_id: &str) -> String {
+        let mut parts = Vec::new();
+        if !self.policies.is_empty() {
+            parts.push(format!("deleted policies {}", self.policies.join(", ")));
+        }
+        if !self.actions.is_empty() {
+            parts.push(format!(
+                "deleted scheduled actions {}",
+                self.actions.join(", ")
+            ));
+        }
+        if self.deregister {
+            parts.push(format!("deregistered the scalable target {resource_id}"));
+        } else if self.target_found {
+            parts.push(format!(
+                "kept the scalable target {resource_id}: {} still use it and are not Capstan's",
+                self.foreign.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            format!("nothing of Capstan's was left on {resource_id}")
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// `Ok` for a call that succeeded or found its object already gone (removal is
+/// idempotent: a retry after a partial removal, or someone deleting it first).
+fn gone_is_done(r: Result<(), AutoScalingError>) -> Result<(), AutoScalingError> {
+    match r {
+        Err(e) if e.code.as_deref() == Some("ObjectNotFoundException") => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes Capstan's policies and scheduled actions from `resource_id`, then its
+/// scalable target unless someone else's objects still use it; returns what it did.
+pub async fn remove(
+    api: &impl AutoScalingApi,
+    resource_id: &str,
+) -> Result<Removal, AutoScalingError> {
+    let target_found = api.scalable_target(resource_id).await?.is_some();
+    let policies = api.scaling_policy_names(resource_id).await?;
+    let actions: Vec<String> = api
+        .scheduled_actions(resource_id)
+        .await?
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    let plan = plan_removal(target_found, &policies, &actions);
+    for name in &plan.policies {
+        gone_is_done(api.delete_scaling_policy(resource_id, name).await)?;
+    }
+    for name in &plan.actions {
+        gone_is_done(api.delete_scheduled_action(resource_id, name).await)?;
+    }
+    if plan.deregister {
+        gone_is_done(api.deregister_scalable_target(resource_id).await)?;
+    }
+    Ok(plan)
 }
 
 #[cfg(test)]
@@ -304,6 +427,47 @@ mod tests {
         let inside = declare(&s, &behavior, &windows, at("2026-11-27T13:00:00Z")).expect("d");
         assert_eq!(inside.target.min_capacity, 8);
         assert_eq!(inside.actions.len(), 1);
+    }
+
+    /// Removal deletes only Capstan-named objects, and keeps the scalable target while
+    /// someone else's policy or action uses it (deregistering would delete theirs).
+    #[test]
+    fn removal_takes_only_capstans_objects() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let only_mine = plan_removal(
+            true,
+            &names(&["capstan-0-cpu", "capstan-1-memory"]),
+            &names(&["capstan-schedule-1"]),
+        );
+        assert_eq!(
+            only_mine.policies,
+            names(&["capstan-0-cpu", "capstan-1-memory"])
+        );
+        assert_eq!(only_mine.actions, names(&["capstan-schedule-1"]));
+        assert!(only_mine.deregister);
+        assert_eq!(
+            only_mine.describe("service/main/web"),
+            "deleted policies capstan-0-cpu, capstan-1-memory; deleted scheduled actions capstan-schedule-1; deregistered the scalable target service/main/web"
+        );
+        let shared = plan_removal(
+            true,
+            &names(&["capstan-0-cpu", "team-step-policy"]),
+            &names(&["nightly", "capstan-schedule-1"]),
+        );
+        assert_eq!(shared.policies, names(&["capstan-0-cpu"]));
+        assert_eq!(shared.actions, names(&["capstan-schedule-1"]));
+        assert!(!shared.deregister);
+        let text = shared.describe("service/main/web");
+        assert!(
+            text.contains("kept the scalable target service/main/web: policy team-step-policy, scheduled action nightly"),
+            "{text}"
+        );
+        let nothing = plan_removal(false, &[], &[]);
+        assert!(!nothing.deregister);
+        assert_eq!(
+            nothing.describe("service/main/web"),
+            "nothing of Capstan's was left on service/main/web"
+        );
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub const DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS: i64 = 300;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
     /// A tolerance string is not a valid tolerance.
-    #[error("{field}: invalid tolerance {value:?} (expected a decimal from 0 to 0.999)")]
+    #[error(
+        "{field}: invalid tolerance {value:?} (expected a non-negative decimal such as \"0.1\" or \"2.0\", or a milli-quantity such as \"100m\")"
+    )]
     InvalidTolerance {
         /// Where it is.
         field: &'static str,
@@ -700,6 +702,8 @@ impl ScalingState {
 pub mod reasons {
     /// AbleToScale True: the current count was read.
     pub const SUCCEEDED_GET_SCALE: &str = "SucceededGetScale";
+    /// AbleToScale True: the desired count was just written (HPA `SucceededRescale`).
+    pub const SUCCEEDED_RESCALE: &str = "SucceededRescale";
     /// AbleToScale True: nothing holds the next change back.
     pub const READY_FOR_NEW_SCALE: &str = "ReadyForNewScale";
     /// AbleToScale True: a lower recent recommendation holds a scale-up back.
@@ -814,6 +818,20 @@ impl Decision {
     /// Whether the service's count must change.
     pub fn rescale(&self, current: i32) -> bool {
         self.desired_replicas != current
+    }
+
+    /// AbleToScale once the rescale to `desired_replicas` succeeded: the HPA replaces
+    /// the stabilization reason (`ReadyForNewScale`, ...) with `SucceededRescale`, so a
+    /// reader right after a scale sees that it happened.
+    pub fn able_after_rescale(&self) -> ConditionUpdate {
+        ConditionUpdate::new(
+            true,
+            reasons::SUCCEEDED_RESCALE,
+            format!(
+                "the controller was able to update the service's desired count to {}",
+                self.desired_replicas
+            ),
+        )
     }
 }
 
@@ -1462,6 +1480,21 @@ mod tests {
         let d = e.run(&s);
         assert_eq!((d.outcome, d.desired_replicas), (Outcome::OutOfBounds, 20));
         assert_eq!(d.state_after_scale.scale_up_events.len(), 1);
+        // Unlike the HPA (which sets only AbleToScale on this path), Capstan also says
+        // why the count moved: ScalingLimited=True with the bound's reason. ScalingActive
+        // is left as it was, as in the HPA.
+        let limited = d.scaling_limited.as_ref().expect("ScalingLimited set");
+        assert_eq!(
+            (limited.status, limited.reason),
+            (Status::True, reasons::TOO_FEW_REPLICAS)
+        );
+        assert!(
+            limited.message.contains("below the minimum 20"),
+            "{}",
+            limited.message
+        );
+        assert_eq!(d.scaling_active, None);
+        assert_eq!(d.able_to_scale.reason, reasons::SUCCEEDED_GET_SCALE);
         // current == 0 → disabled, nothing changes.
         let d = eval(&b, 0, vec![cpu(500.0, 50)]).run(&s);
         assert_eq!((d.outcome, d.desired_replicas), (Outcome::Disabled, 0));
@@ -1936,6 +1969,72 @@ mod tests {
                 "cpu".to_owned(),
                 MetricTarget::Utilization { target_percent: 60 }
             )]
+        );
+    }
+
+    /// A tolerance of 2.0 (a 200% band, which the HPA accepts) behaves as in the HPA:
+    /// `1 - 2 <= ratio <= 1 + 2`, so scaling up needs more than 3x the target and no
+    /// ratio ever scales down.
+    #[test]
+    fn a_tolerance_of_two_behaves_like_the_hpa() {
+        let spec: ServiceScalingSpec = serde_json::from_value(serde_json::json!({
+            "connectionRef": {"name": "prod"},
+            "service": {"cluster": "main", "service": "web"},
+            "maxReplicas": 100,
+            "metrics": [{"cpuUtilization": {"targetPercent": 50}}],
+            "tolerance": "2.0",
+        }))
+        .expect("deserializes");
+        let b = ResolvedBehavior::from_spec(&spec).expect("2.0 is a valid tolerance");
+        assert_eq!((b.scale_up.tolerance, b.scale_down.tolerance), (2.0, 2.0));
+        let tol = Tolerances { down: 2.0, up: 2.0 };
+        // (utilization, proposal at 10 tasks, target 50%)
+        for (util, want) in [
+            (150.0, 10), // ratio 3.0: the inclusive edge
+            (151.0, 31), // ratio 3.02: ceil(30.2)
+            (100.0, 10), // 2x: within
+            (0.0, 10),   // idle: 1 - 2 < 0 <= ratio, within
+            (10.0, 10),
+        ] {
+            assert_eq!(
+                propose(&cpu(util, 50), 10, 10, tol).proposal,
+                Ok(want),
+                "{util}%"
+            );
+        }
+        // Through a whole evaluation: no scale-down however idle, a scale-up above 3x.
+        let mut b = b;
+        b.scale_down.stabilization_window_seconds = 0;
+        let d = eval(&b, 10, vec![cpu(0.0, 50)]).run(&ScalingState::default());
+        assert_eq!(d.desired_replicas, 10);
+        let d = eval(&b, 10, vec![cpu(160.0, 50)]).run(&ScalingState::default());
+        assert_eq!(d.metric_desired_replicas, Some(32));
+        // "100m" is the HPA's canonical form of 0.1.
+        let mut spec = spec;
+        spec.tolerance = Tolerance::new("100m").expect("valid");
+        assert_eq!(
+            ResolvedBehavior::from_spec(&spec).expect("valid"),
+            ResolvedBehavior::hpa_defaults(0.1)
+        );
+    }
+
+    /// After a rescale, AbleToScale says SucceededRescale with the new count (the
+    /// HPA's condition), not the stabilization reason of the decision.
+    #[test]
+    fn a_rescale_reports_succeeded_rescale() {
+        let b = unstabilized();
+        let d = eval(&b, 2, vec![cpu(100.0, 50)]).run(&ScalingState::default());
+        assert!(d.rescale(2));
+        assert_eq!(d.able_to_scale.reason, reasons::READY_FOR_NEW_SCALE);
+        let after = d.able_after_rescale();
+        assert_eq!(
+            (after.status, after.reason),
+            (Status::True, reasons::SUCCEEDED_RESCALE)
+        );
+        assert!(
+            after.message.ends_with("desired count to 4"),
+            "{}",
+            after.message
         );
     }
 

@@ -7,7 +7,9 @@
 //!    it does not allow ([`capstan_core::gate`]); validate what the schema cannot
 //!    ([`Inputs::from_spec`]); then record the object in the [`Registry`] and wait for the
 //!    next change. A refused or invalid object is taken out of the registry and its
-//!    `Ready=False` written there. Reconcile never calls AWS.
+//!    `Ready=False` written there. Reconcile calls AWS only for the ApplicationAutoScaling
+//!    finalizer ([`crate::cleanup`]): on deletion, or when the spec stops declaring on
+//!    the service Capstan declared on.
 //! 2. **The evaluation loop** ([`crate::evaluation`]): wakes at the earliest evaluation
 //!    deadline of any registered object; takes every object due; per ClusterConnection,
 //!    reads their ECS services with one DescribeServices per 10 services and their
@@ -53,6 +55,7 @@ use crate::aas;
 use crate::algorithm::{
     MetricTarget, ResolvedBehavior, ScalingState, Window, metric_targets, windows_from_spec,
 };
+use crate::cleanup::{self, Settings};
 use crate::clients::{ClientCache, RequestCounter};
 use crate::crd::{ScalingMode, ServiceScaling, ServiceScalingStatus};
 
@@ -273,6 +276,24 @@ impl Registry {
             self.wake.notify_one();
         }
     }
+
+    /// Takes `key` out of the registry, so that nothing evaluates (or declares for) it
+    /// again. `false` while an evaluation of it is in flight: it is then held back from
+    /// the next cycle, and the caller asks again shortly.
+    pub(crate) fn retire(&self, key: &Key) -> bool {
+        let mut entries = self.lock();
+        match entries.get_mut(key) {
+            Some(e) if e.busy => {
+                e.next_eval = DateTime::<Utc>::MAX_UTC;
+                false
+            }
+            Some(_) => {
+                entries.remove(key);
+                true
+            }
+            None => true,
+        }
+    }
 }
 
 /// What reconcile and the evaluation loop share.
@@ -282,6 +303,7 @@ pub(crate) struct Ctx {
     pub(crate) registry: Arc<Registry>,
     pub(crate) clients: ClientCache,
     pub(crate) events: Publisher,
+    pub(crate) settings: Settings,
     pub(crate) stores: Mutex<Vec<(Store<ServiceScaling>, Arc<AtomicBool>)>>,
 }
 
@@ -303,19 +325,32 @@ impl Categorized for Error {
 
 async fn reconcile(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let _timer = ctx.metrics.controller.start();
+    if obj.metadata.deletion_timestamp.is_some() {
+        return cleanup::finalize(&ctx, &obj).await;
+    }
     let ns = obj.namespace().unwrap_or_default();
     let key = (ns.clone(), obj.name_any());
-    let refusal = match connection_gate(
+    let gate = connection_gate(
         &ctx.rt,
         &ns,
         Some(&obj.spec.connection_ref),
         ConnectionKind::Aws,
     )
-    .await?
+    .await?;
+    // Objects declared in AWS on a service the spec no longer declares on go first,
+    // whether or not the rest of the spec is valid.
+    if let Gate::Proceed(Some(conn), conditions) = &gate
+        && let Some(action) = cleanup::leave_old_resource(&ctx, &obj, conn, conditions).await?
     {
+        return Ok(action);
+    }
+    let refusal = match gate {
         Gate::Refused(conditions) => conditions,
         Gate::Proceed(conn, mut conditions) => match (conn, Inputs::from_spec(&obj)) {
             (Some(conn), Ok(inputs)) => {
+                if let Some(action) = cleanup::ensure_finalizer(&ctx, &obj).await? {
+                    return Ok(action);
+                }
                 let now = ctx.rt.clock.now();
                 ctx.registry
                     .upsert(obj.clone(), Arc::from(conn), conditions, inputs, now);
@@ -361,9 +396,19 @@ fn error_policy(_obj: Arc<ServiceScaling>, err: &Error, ctx: Arc<Ctx>) -> Action
     Action::requeue(Duration::from_secs(15))
 }
 
+/// Runs the controller with the default [`Settings`] until `shutdown`.
+pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
+    run_with(rt, metrics, Settings::default(), shutdown).await;
+}
+
 /// Runs the controller until `shutdown`: the reconcile loop that maintains the registry
 /// and the evaluation loop that evaluates it.
-pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
+pub async fn run_with(
+    rt: Runtime,
+    metrics: Metrics,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
     let options = ClientOptions {
         retries: Retries::Standard(2),
         session_name: format!("capstan-{}", rt.instance),
@@ -379,6 +424,7 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
         events: Publisher::new(rt.client.clone(), CONTROLLER, &rt.instance),
         rt: rt.clone(),
         metrics,
+        settings,
         registry: Arc::new(Registry::default()),
         stores: Mutex::new(Vec::new()),
     });

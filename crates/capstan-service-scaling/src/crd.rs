@@ -103,10 +103,12 @@ pub struct ServiceScalingSpec {
     pub metrics: Vec<MetricSpec>,
 
     /// How far a metric may drift from its target, as a fraction of the target, before
-    /// the service is scaled: a decimal string from "0" to "0.999" with at most three
-    /// decimals (default "0.1", the HPA's 10%). Within 1-tolerance ≤ value/target ≤
-    /// 1+tolerance (both ends inclusive) nothing changes. behavior.scaleUp.tolerance and
-    /// behavior.scaleDown.tolerance override it one direction at a time.
+    /// the service is scaled: a non-negative decimal string such as "0.1", "0.05" or
+    /// "2.0", or a milli-quantity such as "100m" (the HPA's Quantity forms; default
+    /// "0.1", the HPA's 10%). Within 1-tolerance ≤ value/target ≤ 1+tolerance (both
+    /// ends inclusive) nothing changes, so "2.0" scales up only above 300% of the
+    /// target, and a tolerance of 1 or more never scales down. behavior.scaleUp.tolerance
+    /// and behavior.scaleDown.tolerance override it one direction at a time.
     #[serde(default = "default_tolerance")]
     pub tolerance: Tolerance,
 
@@ -348,16 +350,25 @@ fn positive_number(_generator: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// A tolerance: a decimal string from "0" to "0.999", at most three decimals.
+/// A tolerance: a non-negative decimal string ("0.1", ".05", "2.0") or a
+/// milli-quantity ("100m"), the forms of the HPA's `resource.Quantity` a tolerance is
+/// written in. The HPA accepts any non-negative quantity (a scale-up band of 200% is
+/// "2.0"); so does Capstan. Exponent and binary-suffix forms ("1e-1", "1Ki") are not
+/// accepted: nobody writes a tolerance that way.
 ///
-/// A string rather than a JSON number, so `0.1` is exactly one tenth (as the HPA's
-/// Quantity is) and the schema can bound it with a pattern; kept in per-mille.
+/// A string rather than a JSON number, so `0.1` is exactly what was written (the HPA
+/// converts its Quantity with `AsApproximateFloat64`, as [`Tolerance::fraction`] does)
+/// and the schema can refuse a negative value with a pattern.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(transparent)]
 pub struct Tolerance(String);
 
-/// The `pattern` of [`Tolerance`].
-pub const TOLERANCE_PATTERN: &str = r"^(0|0?\.[0-9]{1,3})$";
+/// The `pattern` of [`Tolerance`]: digits with an optional fraction (or a bare
+/// fraction), optionally followed by `m` (thousandths). No sign: negative is refused.
+pub const TOLERANCE_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)m?$";
+
+/// The longest tolerance string the schema accepts.
+pub const TOLERANCE_MAX_LENGTH: usize = 20;
 
 impl Default for Tolerance {
     fn default() -> Self {
@@ -366,15 +377,10 @@ impl Default for Tolerance {
 }
 
 impl Tolerance {
-    /// A tolerance from a decimal string, validated as the schema does.
+    /// A tolerance from a string, validated as the schema does.
     pub fn new(value: impl Into<String>) -> Option<Self> {
         let t = Self(value.into());
-        t.per_mille().map(|_| t)
-    }
-
-    /// A tolerance of `per_mille`/1000 (at most 999).
-    pub fn from_per_mille(per_mille: u16) -> Option<Self> {
-        (per_mille < 1000).then(|| Self(format!("0.{per_mille:03}")))
+        t.fraction().map(|_| t)
     }
 
     /// The string as written.
@@ -382,23 +388,31 @@ impl Tolerance {
         &self.0
     }
 
-    /// The tolerance in thousandths, or `None` if the string is not a valid tolerance.
-    pub fn per_mille(&self) -> Option<u16> {
+    /// The tolerance as a fraction (`"100m"` and `"0.1"` are both 0.1), or `None` if the
+    /// string is not a valid tolerance (the same grammar as [`TOLERANCE_PATTERN`]).
+    pub fn fraction(&self) -> Option<f64> {
         let s = self.0.as_str();
-        if s == "0" {
-            return Some(0);
-        }
-        let frac = s.strip_prefix("0.").or_else(|| s.strip_prefix('.'))?;
-        if frac.is_empty() || frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        if s.len() > TOLERANCE_MAX_LENGTH {
             return None;
         }
-        let padded = format!("{frac:0<3}");
-        padded.parse().ok()
-    }
-
-    /// The tolerance as a fraction, or `None` if invalid.
-    pub fn fraction(&self) -> Option<f64> {
-        self.per_mille().map(|p| f64::from(p) / 1000.0)
+        let (number, scale) = match s.strip_suffix('m') {
+            Some(n) => (n, 1000.0),
+            None => (s, 1.0),
+        };
+        let (int, frac) = match number.split_once('.') {
+            Some((i, f)) => (i, Some(f)),
+            None => (number, None),
+        };
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        let valid = match frac {
+            None => digits(int),
+            Some(f) => digits(f) && (int.is_empty() || digits(int)),
+        };
+        if !valid {
+            return None;
+        }
+        let v: f64 = number.parse().ok()?;
+        Some(v / scale).filter(|v| v.is_finite())
     }
 }
 
@@ -415,7 +429,7 @@ impl JsonSchema for Tolerance {
         json_schema!({
             "type": "string",
             "pattern": TOLERANCE_PATTERN,
-            "maxLength": 5,
+            "maxLength": TOLERANCE_MAX_LENGTH,
         })
     }
 }
@@ -893,7 +907,7 @@ mod tests {
         }))
         .expect("deserializes");
         assert_eq!(spec.min_replicas, 1);
-        assert_eq!(spec.tolerance.per_mille(), Some(100));
+        assert_eq!(spec.tolerance.fraction(), Some(0.1));
         assert_eq!(
             spec.evaluation_interval.duration(),
             Ok(std::time::Duration::from_secs(15))
@@ -906,35 +920,49 @@ mod tests {
         assert_eq!(spec.metrics[0].display_name(), "cpu");
     }
 
+    /// Any non-negative decimal or milli-quantity is a tolerance, as in the HPA (whose
+    /// validation only refuses a negative Quantity); the schema's pattern and the
+    /// parser agree on every case.
     #[test]
-    fn tolerance_parses_per_mille() {
+    fn tolerance_accepts_every_non_negative_quantity_form() {
         let cases = [
-            ("0", Some(0)),
-            ("0.1", Some(100)),
-            (".05", Some(50)),
-            ("0.125", Some(125)),
-            ("0.999", Some(999)),
+            ("0", Some(0.0)),
+            ("0.1", Some(0.1)),
+            (".05", Some(0.05)),
+            ("0.125", Some(0.125)),
+            ("0.999", Some(0.999)),
+            ("0.0", Some(0.0)),
+            ("1", Some(1.0)),
+            ("2.0", Some(2.0)),
+            ("10", Some(10.0)),
+            ("0.1234", Some(0.1234)),
+            ("100m", Some(0.1)),
+            ("2000m", Some(2.0)),
+            ("1.5m", Some(0.0015)),
             ("0.", None),
-            ("0.0", Some(0)),
-            ("1", None),
-            ("0.1234", None),
             ("-0.1", None),
+            ("-2", None),
+            ("+1", None),
             ("10%", None),
+            ("1e3", None),
+            ("inf", None),
+            ("NaN", None),
+            ("m", None),
+            (".m", None),
+            ("1Ki", None),
             ("", None),
+            ("123456789012345678901", None),
         ];
         let re = regex::Regex::new(TOLERANCE_PATTERN).expect("pattern compiles");
         for (s, want) in cases {
-            assert_eq!(Tolerance(s.to_owned()).per_mille(), want, "{s}");
+            assert_eq!(Tolerance(s.to_owned()).fraction(), want, "{s}");
             assert_eq!(
-                re.is_match(s),
+                re.is_match(s) && s.len() <= TOLERANCE_MAX_LENGTH,
                 want.is_some(),
                 "pattern and parser agree on {s:?}"
             );
         }
-        assert_eq!(
-            Tolerance::from_per_mille(50).and_then(|t| t.per_mille()),
-            Some(50)
-        );
-        assert_eq!(Tolerance::from_per_mille(1000), None);
+        assert_eq!(Tolerance::new("2.0").and_then(|t| t.fraction()), Some(2.0));
+        assert_eq!(Tolerance::new("-1"), None);
     }
 }

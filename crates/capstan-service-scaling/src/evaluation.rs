@@ -652,6 +652,7 @@ async fn direct_mode(
         {
             Ok(()) => {
                 state = decision.state_after_scale.clone();
+                able = desired_of(&decision.able_after_rescale(), CONDITION_ABLE_TO_SCALE);
                 let up = decision.desired_replicas > current;
                 scaled = Some(if up {
                     ScaleDirection::Up

@@ -6,10 +6,12 @@
 //! - [`replay`]: a deterministic simulation of a sales event, for tests and `make bench`.
 //! - [`controller`]: the controller (reconcile keeps a registry; [`evaluation`] evaluates
 //!   it in batches per connection); [`clients`]: its AWS clients; [`aas`]: the
-//!   ApplicationAutoScaling mode's declared AWS objects.
+//!   ApplicationAutoScaling mode's declared AWS objects; [`cleanup`]: the finalizer that
+//!   removes them.
 
 pub mod aas;
 pub mod algorithm;
+pub mod cleanup;
 pub mod clients;
 pub mod controller;
 pub mod crd;

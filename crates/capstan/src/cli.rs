@@ -126,6 +126,18 @@ pub struct RunArgs {
     #[arg(long, env = "CAPSTAN_CRD_WAIT", default_value_t = 60)]
     pub crd_wait: u64,
 
+    /// How long a deleted ServiceScaling in ApplicationAutoScaling mode waits for Capstan
+    /// to remove its scalable target, policies and scheduled actions from AWS (when its
+    /// connection no longer allows the namespace, is gone, or AWS keeps failing) before
+    /// it is deleted anyway, with a Warning Event naming what was left; in seconds.
+    #[arg(
+        long,
+        env = "CAPSTAN_SCALING_CLEANUP_TIMEOUT",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub scaling_cleanup_timeout: u64,
+
     /// Turn off the AWS SDK's retries (tests against an emulator that answers
     /// unimplemented calls with a retryable 500). Never needed in production.
     #[arg(

@@ -110,6 +110,7 @@ struct Controllers {
     service_scaling: Option<capstan_service_scaling::controller::Metrics>,
     pipeline: Option<capstan_pipeline::controller::Metrics>,
     aws_no_retries: bool,
+    service_scaling_settings: capstan_service_scaling::cleanup::Settings,
 }
 
 impl Controllers {
@@ -125,6 +126,9 @@ impl Controllers {
             pipeline: on(ControllerName::Pipeline)
                 .then(|| capstan_pipeline::controller::Metrics::register(registry)),
             aws_no_retries: args.aws_no_retries,
+            service_scaling_settings: capstan_service_scaling::cleanup::Settings {
+                cleanup_timeout: Duration::from_secs(args.scaling_cleanup_timeout),
+            },
         }
     }
 
@@ -142,7 +146,13 @@ impl Controllers {
         };
         let service_scaling = async {
             if let Some(m) = self.service_scaling {
-                capstan_service_scaling::controller::run(rt.clone(), m, token.clone()).await;
+                capstan_service_scaling::controller::run_with(
+                    rt.clone(),
+                    m,
+                    self.service_scaling_settings,
+                    token.clone(),
+                )
+                .await;
             }
         };
         let pipeline = async {

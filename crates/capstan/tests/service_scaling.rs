@@ -276,8 +276,13 @@ impl Fixture {
     }
 }
 
+/// The cleanup timeout of the test managers: a deletion whose Application Auto Scaling
+/// objects cannot be removed completes this long after it was asked for.
+const CLEANUP_TIMEOUT_SECS: u64 = 3;
+
 async fn start_manager(identity: &str, ns: &str, own: &str) -> common::Manager {
     let kube = TestEnv::get().kube().await.expect("kube");
+    let cleanup_timeout = CLEANUP_TIMEOUT_SECS.to_string();
     common::start(
         kube,
         identity,
@@ -289,6 +294,8 @@ async fn start_manager(identity: &str, ns: &str, own: &str) -> common::Manager {
             ns,
             "--own-namespace",
             own,
+            "--scaling-cleanup-timeout",
+            &cleanup_timeout,
         ],
     )
     .await
@@ -756,5 +763,476 @@ async fn metric_periods_are_checked_at_admission() {
         api.create(&PostParams::default(), &object(period, lookback))
             .await
             .unwrap_or_else(|e| panic!("{period}/{lookback} refused: {e}"));
+    }
+}
+
+/// The Application Auto Scaling objects of one ECS service, read back from the emulator.
+#[derive(Debug, PartialEq)]
+struct Declared {
+    /// The scalable target's bounds, if registered.
+    target: Option<(i32, i32)>,
+    /// Policy names, sorted.
+    policies: Vec<String>,
+    /// Scheduled action names, sorted.
+    actions: Vec<String>,
+}
+
+impl Fixture {
+    fn resource(&self, service: &str) -> String {
+        format!("service/{}/{service}", self.cluster)
+    }
+
+    async fn declared(&self, service: &str) -> Declared {
+        let resource = self.resource(service);
+        let ns = aas::types::ServiceNamespace::Ecs;
+        let target = self
+            .autoscaling
+            .describe_scalable_targets()
+            .service_namespace(ns.clone())
+            .resource_ids(&resource)
+            .send()
+            .await
+            .expect("targets")
+            .scalable_targets()
+            .iter()
+            .find(|t| t.resource_id() == resource)
+            .map(|t| (t.min_capacity(), t.max_capacity()));
+        let mut policies: Vec<String> = self
+            .autoscaling
+            .describe_scaling_policies()
+            .service_namespace(ns.clone())
+            .resource_id(&resource)
+            .send()
+            .await
+            .expect("policies")
+            .scaling_policies()
+            .iter()
+            .map(|p| p.policy_name().to_owned())
+            .collect();
+        policies.sort();
+        let mut actions: Vec<String> = self
+            .autoscaling
+            .describe_scheduled_actions()
+            .service_namespace(ns)
+            .resource_id(&resource)
+            .send()
+            .await
+            .expect("actions")
+            .scheduled_actions()
+            .iter()
+            .map(|a| a.scheduled_action_name().to_owned())
+            .collect();
+        actions.sort();
+        Declared {
+            target,
+            policies,
+            actions,
+        }
+    }
+
+    /// Someone else's target-tracking policy and scheduled action on the service's
+    /// scalable target (a team's own, made outside Capstan).
+    async fn add_foreign_objects(&self, service: &str) {
+        let resource = self.resource(service);
+        let ns = aas::types::ServiceNamespace::Ecs;
+        let dim = aas::types::ScalableDimension::EcsServiceDesiredCount;
+        let config = aas::types::TargetTrackingScalingPolicyConfiguration::builder()
+            .target_value(70.0)
+            .predefined_metric_specification(
+                aas::types::PredefinedMetricSpecification::builder()
+                    .predefined_metric_type(
+                        aas::types::MetricType::EcsServiceAverageMemoryUtilization,
+                    )
+                    .build()
+                    .expect("metric"),
+            )
+            .build()
+            .expect("config");
+        self.autoscaling
+            .put_scaling_policy()
+            .policy_name("team-memory")
+            .service_namespace(ns.clone())
+            .resource_id(&resource)
+            .scalable_dimension(dim.clone())
+            .policy_type(aas::types::PolicyType::TargetTrackingScaling)
+            .target_tracking_scaling_policy_configuration(config)
+            .send()
+            .await
+            .expect("foreign policy");
+        self.autoscaling
+            .put_scheduled_action()
+            .scheduled_action_name("team-nightly")
+            .service_namespace(ns)
+            .resource_id(&resource)
+            .scalable_dimension(dim)
+            .schedule("cron(0 2 * * ? *)")
+            .scalable_target_action(
+                aas::types::ScalableTargetAction::builder()
+                    .min_capacity(1)
+                    .max_capacity(3)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("foreign scheduled action");
+    }
+
+    /// Applies `name` in ApplicationAutoScaling mode with a sales window an hour ahead
+    /// (so two scheduled actions are declared) and waits until it is declared.
+    async fn declare_autoscaling(&self, name: &str) {
+        let start = Timestamp::now().as_second() + 3600;
+        self.apply(
+            name,
+            json!({
+                "mode": "ApplicationAutoScaling",
+                "minReplicas": 2,
+                "maxReplicas": 8,
+                "schedules": [{
+                    "name": "sale",
+                    "start": rfc3339(start),
+                    "end": rfc3339(start + 7200),
+                    "minReplicas": 6
+                }]
+            }),
+        )
+        .await;
+        self.await_condition(name, "Ready", "AutoScalingDeclared")
+            .await;
+    }
+
+    /// Waits for an Event about `name` with `reason` whose note satisfies `pred`.
+    async fn await_event(&self, name: &str, reason: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let events = self.events(name).await;
+            if let Some((_, note)) = events.iter().find(|(r, n)| r == reason && pred(n)) {
+                return note.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {reason} Event about {name}: {events:?}\nlogs:\n{}",
+                self.manager.all_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn finalizers(o: &ServiceScaling) -> Vec<String> {
+    o.metadata.finalizers.clone().unwrap_or_default()
+}
+
+/// Deleting a ServiceScaling in ApplicationAutoScaling mode removes the scalable target,
+/// Capstan's policies and its scheduled actions; on a service where someone else also
+/// has a policy and a scheduled action, those are kept, and so is the target they need
+/// (AWS would delete them with it).
+#[tokio::test]
+async fn deleting_in_autoscaling_mode_removes_only_capstans_objects() {
+    let f = Fixture::new("aas-delete").await;
+    f.create_service("orders", 2).await;
+    f.create_service("billing", 2).await;
+    f.declare_autoscaling("orders").await;
+    f.declare_autoscaling("billing").await;
+    f.add_foreign_objects("billing").await;
+    let declared = f.declared("orders").await;
+    assert_eq!(
+        declared,
+        Declared {
+            target: Some((2, 8)),
+            policies: vec!["capstan-0-cpu".into()],
+            actions: vec!["capstan-schedule-1".into(), "capstan-schedule-2".into()],
+        }
+    );
+    let o = f.api().get("orders").await.expect("get");
+    assert_eq!(
+        finalizers(&o),
+        vec!["capstan.dev/autoscaling-cleanup".to_owned()]
+    );
+    assert_eq!(
+        o.metadata
+            .annotations
+            .unwrap_or_default()
+            .get("capstan.dev/autoscaling-resource"),
+        Some(&f.resource("orders"))
+    );
+
+    for name in ["orders", "billing"] {
+        f.api()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in ["orders", "billing"] {
+        capstan_testenv::await_deleted(&f.api(), name, TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{name} not deleted: {e}\n{}", f.manager.all_logs()));
+    }
+    assert_eq!(
+        f.declared("orders").await,
+        Declared {
+            target: None,
+            policies: vec![],
+            actions: vec![],
+        }
+    );
+    assert_eq!(
+        f.declared("billing").await,
+        Declared {
+            target: Some((2, 8)),
+            policies: vec!["team-memory".into()],
+            actions: vec!["team-nightly".into()],
+        },
+        "someone else's policy and action, and the target they use, are kept"
+    );
+    let note = f
+        .await_event("orders", "AutoScalingRemoved", |_| true)
+        .await;
+    assert!(
+        note.contains("deleted policies capstan-0-cpu")
+            && note.contains("deregistered the scalable target"),
+        "{note}"
+    );
+    let note = f
+        .await_event("billing", "AutoScalingRemoved", |_| true)
+        .await;
+    assert!(
+        note.contains("kept the scalable target") && note.contains("policy team-memory"),
+        "{note}"
+    );
+    f.cleanup().await;
+}
+
+/// Switching a ServiceScaling from ApplicationAutoScaling to Direct mode removes what it
+/// declared (target, policy, scheduled actions) and drops the finalizer before Direct
+/// mode evaluates it.
+#[tokio::test]
+async fn switching_to_direct_mode_removes_the_declared_objects() {
+    let mut f = Fixture::new("aas-to-direct").await;
+    f.create_service("orders", 2).await;
+    let load = Arc::new(Mutex::new(Some(1.0)));
+    f.feed("orders", &load);
+    f.declare_autoscaling("orders").await;
+    f.add_foreign_objects("orders").await;
+    assert_eq!(f.declared("orders").await.policies.len(), 2);
+    f.apply("orders", json!({ "mode": "Direct" })).await;
+    let o = f.await_condition("orders", "Ready", "Evaluated").await;
+    assert!(finalizers(&o).is_empty(), "{:?}", finalizers(&o));
+    assert!(
+        !o.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("capstan.dev/autoscaling-resource")
+    );
+    assert_eq!(
+        f.declared("orders").await,
+        Declared {
+            target: Some((2, 8)),
+            policies: vec!["team-memory".into()],
+            actions: vec!["team-nightly".into()],
+        },
+        "Capstan's objects gone, someone else's kept"
+    );
+    f.await_event("orders", "AutoScalingRemoved", |n| {
+        n.contains("deleted policies capstan-0-cpu")
+    })
+    .await;
+
+    // Without anyone else's objects the target goes too.
+    f.create_service("api", 2).await;
+    f.declare_autoscaling("api").await;
+    f.apply("api", json!({ "mode": "Direct" })).await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = f.declared("api").await;
+        if left.target.is_none() && left.policies.is_empty() && left.actions.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left after the switch: {left:?}\n{}",
+            f.manager.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    f.cleanup().await;
+}
+
+/// A connection that no longer allows the namespace cannot be used to clean up, and
+/// does not block the deletion forever: after the cleanup timeout the object is deleted
+/// with a Warning Event naming what was left in AWS, which Capstan did not touch.
+#[tokio::test]
+async fn a_revoked_connection_does_not_block_deletion_forever() {
+    let f = Fixture::new("aas-revoked").await;
+    f.create_service("orders", 2).await;
+    f.declare_autoscaling("orders").await;
+    let before = f.declared("orders").await;
+    assert_eq!(before.policies, vec!["capstan-0-cpu".to_owned()]);
+    // The administrator takes the namespace off the connection.
+    Api::<ClusterConnection>::all(f.client.clone())
+        .patch(
+            &f.connection,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "spec": { "allowedNamespaces": { "names": ["someone-else"] } } }),
+            ),
+        )
+        .await
+        .expect("revoke the namespace");
+    f.await_condition("orders", "Ready", "ConnectionNotAllowed")
+        .await;
+    let asked = Instant::now();
+    f.api()
+        .delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let o = f
+        .await_condition("orders", "Ready", "AutoScalingCleanupFailed")
+        .await;
+    let msg = find(&o.status.expect("status").conditions, "Ready")
+        .expect("Ready")
+        .message
+        .clone();
+    assert!(msg.contains(&f.resource("orders")), "{msg}");
+    capstan_testenv::await_deleted(&f.api(), "orders", TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("not deleted: {e}\n{}", f.manager.all_logs()));
+    let took = asked.elapsed();
+    eprintln!("deleted {took:?} after the request (cleanup timeout {CLEANUP_TIMEOUT_SECS} s)");
+    // The deadline counts from the deletion timestamp, which has whole seconds.
+    assert!(
+        took >= Duration::from_secs(CLEANUP_TIMEOUT_SECS - 1),
+        "deleted after {took:?}, before the {CLEANUP_TIMEOUT_SECS} s cleanup timeout"
+    );
+    let note = f
+        .await_event("orders", "AutoScalingCleanupAbandoned", |_| true)
+        .await;
+    for part in [
+        f.resource("orders"),
+        "capstan-0-cpu".to_owned(),
+        "capstan-schedule-1".to_owned(),
+        format!("{:?}", f.connection),
+    ] {
+        assert!(note.contains(&part), "{part} not in: {note}");
+    }
+    f.await_event("orders", "AutoScalingCleanupFailed", |n| {
+        n.contains(&f.connection)
+    })
+    .await;
+    assert_eq!(
+        f.declared("orders").await,
+        before,
+        "nothing is removed through a connection that refuses the namespace"
+    );
+    f.cleanup().await;
+}
+
+/// Right after a rescale, AbleToScale says SucceededRescale with the new count (the
+/// HPA's condition), not the algorithm's reason for the decision.
+#[tokio::test]
+async fn a_rescale_reports_succeeded_rescale() {
+    let mut f = Fixture::new("rescaled").await;
+    f.create_service("web", 2).await;
+    let load = Arc::new(Mutex::new(Some(1.0))); // on target
+    f.feed("web", &load);
+    f.apply("web", json!({})).await;
+    let o = f.await_condition("web", "Ready", "Evaluated").await;
+    let able = |o: &ServiceScaling| {
+        o.status
+            .as_ref()
+            .and_then(|s| find(&s.conditions, "AbleToScale"))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
+    assert_ne!(able(&o).1, "SucceededRescale", "nothing was rescaled yet");
+    // Watch from before the spike: the next evaluation may replace the condition.
+    let api = f.api();
+    let rescaled = tokio::spawn(async move {
+        await_condition(
+            &api,
+            "web",
+            |o: &ServiceScaling| {
+                o.status
+                    .as_ref()
+                    .and_then(|s| find(&s.conditions, "AbleToScale"))
+                    .is_some_and(|c| c.reason == "SucceededRescale")
+            },
+            TIMEOUT,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *load.lock().unwrap() = Some(4.0); // 200% on 2 tasks
+    let o = rescaled
+        .await
+        .expect("watch task")
+        .unwrap_or_else(|e| panic!("no SucceededRescale: {e}\n{}", f.manager.all_logs()));
+    let (status, _, message) = able(&o);
+    assert_eq!(status, "True");
+    assert!(message.ends_with("desired count to 4"), "{message}");
+    assert_eq!(o.status.expect("status").desired_replicas, Some(4));
+    assert_eq!(f.service("web").await.desired_count(), 4);
+    f.cleanup().await;
+}
+
+/// The API server accepts any non-negative tolerance, as the HPA does (2.0 is a 200%
+/// band; "100m" is the HPA's own form of 0.1), and refuses a negative one naming the
+/// field.
+#[tokio::test]
+async fn tolerance_accepts_what_the_hpa_accepts_at_admission() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let client = kube.client().await;
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let api: Api<ServiceScaling> = ns.api(client);
+    let object = |name: &str, extra: Value| -> ServiceScaling {
+        let mut spec = json!({
+            "connectionRef": { "name": "any" },
+            "service": { "cluster": "c", "service": "s" },
+            "maxReplicas": 2,
+            "metrics": [{ "cpuUtilization": { "targetPercent": 50 } }]
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ServiceScaling",
+            "metadata": { "name": name },
+            "spec": spec
+        }))
+        .expect("object")
+    };
+    for (name, extra) in [
+        ("two", json!({ "tolerance": "2.0" })),
+        ("one", json!({ "tolerance": "1" })),
+        ("milli", json!({ "tolerance": "100m" })),
+        (
+            "per-direction",
+            json!({ "behavior": { "scaleUp": { "tolerance": "2.0" },
+                                  "scaleDown": { "tolerance": "1.5" } } }),
+        ),
+    ] {
+        api.create(&PostParams::default(), &object(name, extra.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{extra} refused: {e}"));
+    }
+    let stored = api.get("two").await.expect("get");
+    assert_eq!(stored.spec.tolerance.fraction(), Some(2.0));
+    for (name, extra, path) in [
+        ("negative", json!({ "tolerance": "-0.1" }), "spec.tolerance"),
+        (
+            "negative-down",
+            json!({ "behavior": { "scaleDown": { "tolerance": "-1" } } }),
+            "spec.behavior.scaleDown.tolerance",
+        ),
+        ("percent", json!({ "tolerance": "10%" }), "spec.tolerance"),
+    ] {
+        match api
+            .create(&PostParams::default(), &object(name, extra.clone()))
+            .await
+        {
+            Err(kube::Error::Api(e)) => assert!(e.message.contains(path), "{extra}: {}", e.message),
+            other => panic!("{extra} accepted: {other:?}"),
+        }
     }
 }
