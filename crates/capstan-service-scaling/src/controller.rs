@@ -4,8 +4,8 @@
 //!
 //! 1. **Reconcile** (kube-runtime, per object, on every change to the object, its
 //!    ClusterConnection or its namespace): resolve the connection and refuse a namespace
-//!    it does not allow ([`capstan_core::gate`]); validate what the schema cannot
-//!    ([`Inputs::from_spec`]); then record the object in the [`Registry`] and wait for the
+//!    it does not allow, or a service its scopes do not grant ([`capstan_core::gate`]);
+//!    validate what the schema cannot ([`Inputs::from_spec`]); then record the object in the [`Registry`] and wait for the
 //!    next change. A refused or invalid object is taken out of the registry and its
 //!    `Ready=False` written there. Reconcile never calls AWS.
 //! 2. **The evaluation loop** ([`crate::evaluation`]): wakes at the earliest evaluation
@@ -37,6 +37,7 @@ use capstan_core::events::Publisher;
 use capstan_core::gate::{Gate, INVALID_SPEC, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::runtime::{Runtime, run_controller};
+use capstan_core::scope::ScopedResource;
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -305,11 +306,16 @@ async fn reconcile(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Action, Er
     let _timer = ctx.metrics.controller.start();
     let ns = obj.namespace().unwrap_or_default();
     let key = (ns.clone(), obj.name_any());
+    let service = ScopedResource::EcsService {
+        cluster: obj.spec.service.cluster.clone(),
+        service: obj.spec.service.service.clone(),
+    };
     let refusal = match connection_gate(
         &ctx.rt,
         &ns,
         Some(&obj.spec.connection_ref),
         ConnectionKind::Aws,
+        std::slice::from_ref(&service),
     )
     .await?
     {
