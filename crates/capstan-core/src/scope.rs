@@ -26,7 +26,8 @@
 //!   a name pattern by writing an ARN (or the reverse).
 //! - Vault KV v2: `<mount>/<path>` as `vault kv get` takes it (no `data/`); an explicit
 //!   `pendingPath` is matched too, the default `capstan-pending/<path>` goes with
-//!   `<path>`.
+//!   `<path>`. A path with a `.` or `..` segment matches nothing: the HTTP client would
+//!   resolve it to another path than the one the pattern saw.
 //! - ECS: `<cluster>/<service>` by name; a cluster or service given as an ARN is reduced
 //!   to its name, and a service ARN naming another cluster than `cluster` matches
 //!   nothing.
@@ -169,17 +170,21 @@ impl fmt::Display for ScopedResource {
 }
 
 impl ScopedResource {
-    /// The string patterns are matched against; `None` when it cannot be named (an ECS
-    /// ARN that is not a cluster's or a service's, or names another cluster), which no
-    /// pattern matches.
+    /// The string patterns are matched against; `None` when it cannot be named (a Vault
+    /// path with `.`, `..` or empty segments, an ECS ARN that is not a cluster's or a
+    /// service's, or names another cluster), which no pattern matches.
     pub fn subject(&self) -> Option<String> {
         match self {
             ScopedResource::SecretsManagerSecret(id) => Some(id.clone()),
-            ScopedResource::VaultKv { mount, path } => Some(format!(
-                "{}/{}",
-                mount.trim_matches('/'),
-                path.trim_matches('/')
-            )),
+            ScopedResource::VaultKv { mount, path } => {
+                let joined = format!("{}/{}", mount.trim_matches('/'), path.trim_matches('/'));
+                // Vault is called over HTTP, where `a/../b` is `b`: such a path is not the
+                // one its characters spell, so no pattern may match it.
+                (!joined
+                    .split('/')
+                    .any(|s| s == "." || s == ".." || s.is_empty()))
+                .then_some(joined)
+            }
             ScopedResource::EcsService { cluster, service } => {
                 let cluster = ecs_cluster_name(cluster)?;
                 let service = ecs_service_name(service, cluster)?;

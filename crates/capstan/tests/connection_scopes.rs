@@ -332,11 +332,12 @@ async fn kv_metadata(vault: &capstan_testenv::Vault, path: &str) -> Value {
     resp.json().await.expect("json")
 }
 
-/// Vault/OpenBao KV: with `secret/${namespace}/*` granted, the other team's path, and an
-/// explicit pendingPath onto it, are refused before Capstan even logs in (no AppRole
-/// token exists while only refused objects exist); the other team's secret keeps its
-/// version and value and gets no pending copy. Then the tenant's own path rotates,
-/// through the same connection.
+/// Vault/OpenBao KV: with `secret/${namespace}/**` granted, the other team's path, an
+/// explicit pendingPath onto it, and a `..` path out of the tenant's prefix (which the
+/// HTTP client would resolve to the other team's path) are refused before Capstan even
+/// logs in (no AppRole token exists while only refused objects exist); the other team's
+/// secret keeps its version and value and gets no pending copy. Then the tenant's own
+/// path rotates, through the same connection.
 #[tokio::test]
 async fn vault_outside_the_scope_is_refused_before_any_vault_call() {
     let env = TestEnv::get();
@@ -361,7 +362,7 @@ async fn vault_outside_the_scope_is_refused_before_any_vault_call() {
         &client,
         &conn,
         &n,
-        json!([{ "vault": { "paths": ["secret/${namespace}/*"] } }]),
+        json!([{ "vault": { "paths": ["secret/${namespace}/**"] } }]),
         json!({ "vault": { "address": vault.addr(), "auth": { "appRole": {
             "mountPath": mount, "roleId": role_id, "secretIdRef": { "name": "approle" }
         } } } }),
@@ -389,6 +390,9 @@ async fn vault_outside_the_scope_is_refused_before_any_vault_call() {
         rotation("pending-onto-theirs", &conn, pending_onto_theirs),
     )
     .await;
+    // `**` grants everything below the tenant's prefix, but not a way out of it.
+    let traversal = format!("{n}/../{victim}");
+    create(&api, rotation("traversal", &conn, kv(&traversal))).await;
     let m = start(kube, "scope-vault", &n, own.name(), "secret-rotation").await;
 
     await_refused(&api, "theirs", &conn, &[&format!("secret/{victim}")], &m).await;
@@ -397,6 +401,14 @@ async fn vault_outside_the_scope_is_refused_before_any_vault_call() {
         "pending-onto-theirs",
         &conn,
         &[&format!("secret/{victim}")],
+        &m,
+    )
+    .await;
+    await_refused(
+        &api,
+        "traversal",
+        &conn,
+        &[&format!("secret/{traversal}")],
         &m,
     )
     .await;

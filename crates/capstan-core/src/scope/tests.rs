@@ -249,6 +249,37 @@ fn vault_paths_are_mount_slash_path() {
 }
 
 #[test]
+fn vault_paths_with_dot_segments_match_nothing() {
+    // Over HTTP `shop/../payments/db` is `payments/db`: `**` must not let it through.
+    for path in [
+        "shop/../payments/db",
+        "shop/./db",
+        "shop/..",
+        "../payments/db",
+        "shop//db",
+    ] {
+        let r = ScopedResource::VaultKv {
+            mount: "secret".into(),
+            path: path.into(),
+        };
+        assert_eq!(r.subject(), None, "{path}");
+        assert!(!r.matched_by("secret/shop/**", "shop"), "{path}");
+        assert!(!r.matched_by("**", "shop"), "{path}");
+    }
+    let mount = ScopedResource::VaultKv {
+        mount: "..".into(),
+        path: "x".into(),
+    };
+    assert!(!mount.matched_by("**", "shop"));
+    // Dots inside a segment are ordinary characters.
+    let dotted = ScopedResource::VaultKv {
+        mount: "secret".into(),
+        path: "shop/db.v2/..x".into(),
+    };
+    assert!(dotted.matched_by("secret/shop/**", "shop"));
+}
+
+#[test]
 fn ecs_arns_are_reduced_to_names() {
     let svc = |cluster: &str, service: &str| ScopedResource::EcsService {
         cluster: cluster.into(),
