@@ -14,7 +14,8 @@
 #    With --ci: checks the verdict and exits: connections reachable; the Vault API key
 #    rotated; the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
 #    DATABASE_URL that logs in, the api Deployment restarted for it; the ECS service
-#    scaled up on a CPU spike; a tenant refused by a connection that does not list it;
+#    scaled up on a CPU spike; a tenant refused by a connection that does not list it,
+#    and one refused a Vault path outside its connection's scope;
 #    the Pipeline honestly not implemented.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -171,6 +172,7 @@ if [ "$scaled" -gt 3 ]; then echo "    ok: ECS service shop/web scaled up from 3
 else echo "    FAIL: ECS service shop/web still has $scaled tasks" >&2; ok=false; fi
 verdict pipeline shop shop NotImplemented
 verdict secretrotation shop sneaky-card-key ConnectionNotAllowed
+verdict secretrotation payments platform-signing-key ResourceNotAllowed
 show
 grep -E "ERROR|panicked" "$state/capstan.log" && { echo "capstan logged errors" >&2; ok=false; }
 forbidden=$(python3 - "$CAPSTAN_AUDIT_LOG" "$(cat "$state/capstan.user")" <<'PY'

@@ -8,7 +8,8 @@
 //! Operator's ClusterSecretStore and ACK's cross-account role mapping do), which lists
 //! the namespaces allowed to use it. A SecretRotation, ServiceScaling or Pipeline names a
 //! connection; [`resolve`] refuses a reference from a namespace the connection does not
-//! allow, and the controller reports that in a condition naming the connection.
+//! allow, and the controller reports that in a condition naming the connection. Its
+//! `scopes` narrow what each allowed namespace may touch there ([`crate::scope`]).
 //!
 //! Credentials a connection needs come from Secrets in Capstan's own namespace, never
 //! from the referencing object's namespace.
@@ -22,6 +23,7 @@ use kube::{Api, Client, CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Categorized;
+use crate::scope::{ConnectionScope, MAX_SCOPES, ScopedResource, permits};
 
 /// A connection to an outside system (an AWS account or a Vault/OpenBao server) and
 /// the namespaces allowed to use it. Cluster-scoped: declared by cluster administrators.
@@ -38,13 +40,26 @@ use crate::error::Categorized;
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("has(self.aws) != has(self.vault)").message("exactly one of aws or vault must be set").reason(Reason::FieldValueRequired))]
+#[x_kube(
+    validation = Rule::new("has(self.aws) != has(self.vault)").message("exactly one of aws or vault must be set").reason(Reason::FieldValueRequired),
+    validation = Rule::new(RULE_AWS_SCOPES).message("an aws connection's scopes grant secretsManager and ecs, not vault").field_path(".scopes"),
+    validation = Rule::new(RULE_VAULT_SCOPES).message("a vault connection's scopes grant vault, not secretsManager or ecs").field_path(".scopes"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterConnectionSpec {
     /// The namespaces whose objects may use this connection. A namespace is allowed
     /// when its name is listed or its labels match the selector. Empty allows none.
     #[serde(default)]
     pub allowed_namespaces: AllowedNamespaces,
+    /// What each allowed namespace may touch through this connection: Secrets Manager
+    /// secrets, Vault KV paths, ECS services, as glob patterns (`*` within a `/`
+    /// segment, `**` across, `${namespace}` for the object's namespace). Omitted: an
+    /// allowed namespace may touch anything the connection reaches. Set: only what the
+    /// scopes that apply to its namespace grant; anything else is refused with
+    /// `ResourceNotAllowed` before Capstan calls the system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_SCOPES))]
+    pub scopes: Option<Vec<ConnectionScope>>,
     /// An AWS account and region, reached with Capstan's own credentials or with a role
     /// it assumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +68,10 @@ pub struct ClusterConnectionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultConnection>,
 }
+
+const RULE_AWS_SCOPES: &str =
+    "!has(self.aws) || !has(self.scopes) || self.scopes.all(s, !has(s.vault))";
+const RULE_VAULT_SCOPES: &str = "!has(self.vault) || !has(self.scopes) || self.scopes.all(s, !has(s.secretsManager) && !has(s.ecs))";
 
 /// Which namespaces may use a connection.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -283,6 +302,16 @@ pub enum ConnectionRefError {
         /// The referencing object's namespace.
         namespace: String,
     },
+    /// The connection's scopes do not grant the namespace a resource the object names.
+    #[error("ClusterConnection {name:?} does not allow namespace {namespace:?} to use {resource}")]
+    ResourceNotAllowed {
+        /// The connection's name.
+        name: String,
+        /// The referencing object's namespace.
+        namespace: String,
+        /// What the object names (e.g. `Secrets Manager secret "payments/db"`).
+        resource: String,
+    },
     /// The connection points at another kind of system.
     #[error("ClusterConnection {name:?} is a {actual} connection, but {expected} is needed here")]
     WrongKind {
@@ -310,6 +339,7 @@ impl ConnectionRefError {
         match self {
             ConnectionRefError::NotFound { .. } => "ConnectionNotFound",
             ConnectionRefError::NotAllowed { .. } => "ConnectionNotAllowed",
+            ConnectionRefError::ResourceNotAllowed { .. } => "ResourceNotAllowed",
             ConnectionRefError::WrongKind { .. } => "ConnectionWrongKind",
             ConnectionRefError::Kube { .. } => "ConnectionUnreadable",
         }
@@ -327,19 +357,22 @@ impl Categorized for ConnectionRefError {
         match self {
             ConnectionRefError::NotFound { .. } => "connection_not_found",
             ConnectionRefError::NotAllowed { .. } => "connection_not_allowed",
+            ConnectionRefError::ResourceNotAllowed { .. } => "resource_not_allowed",
             ConnectionRefError::WrongKind { .. } => "connection_wrong_kind",
             ConnectionRefError::Kube { .. } => "kube_api",
         }
     }
 }
 
-/// Looks up the connection `reference` names and checks that `namespace` may use it
-/// and that it points at the `expected` kind of system.
+/// Looks up the connection `reference` names and checks that `namespace` may use it,
+/// that it points at the `expected` kind of system and that its scopes grant the
+/// namespace every one of `resources`.
 pub async fn resolve(
     client: &Client,
     reference: &ConnectionRef,
     namespace: &str,
     expected: ConnectionKind,
+    resources: &[ScopedResource],
 ) -> Result<ClusterConnection, ConnectionRefError> {
     let name = &reference.name;
     let kube_err = |source| ConnectionRefError::Kube {
@@ -357,6 +390,7 @@ pub async fn resolve(
         .map_err(kube_err)?;
     let labels = ns.map(|n| n.labels().clone()).unwrap_or_default();
     check(&conn, namespace, &labels, expected)?;
+    check_scopes(&conn, namespace, &labels, resources)?;
     Ok(conn)
 }
 
@@ -389,6 +423,28 @@ pub fn check(
     Ok(())
 }
 
+/// The scope part of [`resolve`]: the first of `resources` the connection's scopes do
+/// not grant `namespace` is refused.
+pub fn check_scopes(
+    conn: &ClusterConnection,
+    namespace: &str,
+    namespace_labels: &BTreeMap<String, String>,
+    resources: &[ScopedResource],
+) -> Result<(), ConnectionRefError> {
+    let scopes = conn.spec.scopes.as_deref();
+    match resources
+        .iter()
+        .find(|r| !permits(scopes, namespace, namespace_labels, r))
+    {
+        None => Ok(()),
+        Some(r) => Err(ConnectionRefError::ResourceNotAllowed {
+            name: conn.name_any(),
+            namespace: namespace.to_owned(),
+            resource: r.to_string(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +455,7 @@ mod tests {
             "prod-aws",
             ClusterConnectionSpec {
                 allowed_namespaces: allowed,
+                scopes: None,
                 aws: Some(AwsConnection {
                     region: "eu-west-1".into(),
                     account_id: None,
@@ -468,6 +525,56 @@ mod tests {
         });
         let err = check(&conn, "a", &labels(&[]), ConnectionKind::Vault).unwrap_err();
         assert_eq!(err.reason(), "ConnectionWrongKind");
+    }
+
+    #[test]
+    fn an_out_of_scope_resource_is_refused_naming_the_connection_and_the_resource() {
+        let mut conn = aws_conn(AllowedNamespaces {
+            names: vec!["shop".into()],
+            selector: None,
+        });
+        let own = ScopedResource::SecretsManagerSecret("shop/db".into());
+        let theirs = ScopedResource::SecretsManagerSecret("payments/db".into());
+        let none = labels(&[]);
+        // No scopes: unrestricted, as before scopes existed.
+        assert!(check_scopes(&conn, "shop", &none, &[own.clone(), theirs.clone()]).is_ok());
+        conn.spec.scopes = Some(vec![ConnectionScope {
+            secrets_manager: Some(crate::scope::SecretsManagerScope {
+                secrets: vec!["${namespace}/*".into()],
+            }),
+            ..ConnectionScope::default()
+        }]);
+        assert!(check_scopes(&conn, "shop", &none, std::slice::from_ref(&own)).is_ok());
+        let err = check_scopes(&conn, "shop", &none, &[own, theirs]).unwrap_err();
+        assert_eq!(err.reason(), "ResourceNotAllowed");
+        assert_eq!(err.category(), "resource_not_allowed");
+        assert!(!err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            r#"ClusterConnection "prod-aws" does not allow namespace "shop" to use Secrets Manager secret "payments/db""#
+        );
+    }
+
+    #[test]
+    fn crd_carries_the_scope_rules() {
+        let json = serde_json::to_string(&ClusterConnection::crd()).unwrap_or_default();
+        for needle in [
+            "an aws connection's scopes grant secretsManager and ecs, not vault",
+            "a vault connection's scopes grant vault, not secretsManager or ecs",
+            "a scope must grant secretsManager, vault or ecs",
+            "*** is ambiguous",
+            "namespaces must list names or a selector",
+        ] {
+            assert!(json.contains(needle), "{needle}");
+        }
+        for pattern in [
+            crate::scope::SECRETS_MANAGER_PATTERN,
+            crate::scope::VAULT_PATTERN,
+            crate::scope::ECS_PATTERN,
+        ] {
+            let escaped = serde_json::to_string(pattern).unwrap_or_default();
+            assert!(json.contains(escaped.trim_matches('"')), "{pattern}");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Step one of every resource reconcile: resolve the connection the object names and
-//! refuse, in status, a namespace the connection does not allow.
+//! refuse, in status, a namespace the connection does not allow, or a resource its
+//! scopes do not grant the namespace.
 //!
 //! A refusal writes `Ready=False` and `ConnectionReady=False` with a reason
-//! (`ConnectionNotAllowed`, `ConnectionNotFound`, `ConnectionWrongKind`) and a message
-//! naming the connection, then waits: the controllers also watch ClusterConnections
+//! (`ConnectionNotAllowed`, `ResourceNotAllowed`, `ConnectionNotFound`,
+//! `ConnectionWrongKind`) and a message naming the connection, then waits: the controllers also watch ClusterConnections
 //! ([`watch_connections`]), so an administrator's change to the connection re-runs the
 //! objects that reference it.
 //!
@@ -31,6 +32,7 @@ use crate::connection::{
 use crate::metrics::ControllerMetrics;
 use crate::runtime::Runtime;
 use crate::runtime::run_controller;
+use crate::scope::ScopedResource;
 use crate::ssa::update_status;
 
 /// The condition saying whether the object's connection may be used.
@@ -50,18 +52,20 @@ pub enum Gate {
     Refused(Vec<Desired<'static>>),
 }
 
-/// Resolves `reference` for an object in `namespace`. Errors are transient API
-/// failures only; refusals are a [`Gate::Refused`].
+/// Resolves `reference` for an object in `namespace` that reaches `resources` through
+/// it (checked against the connection's scopes). Errors are transient API failures
+/// only; refusals are a [`Gate::Refused`].
 pub async fn connection_gate(
     rt: &Runtime,
     namespace: &str,
     reference: Option<&ConnectionRef>,
     kind: ConnectionKind,
+    resources: &[ScopedResource],
 ) -> Result<Gate, kube::Error> {
     let Some(reference) = reference else {
         return Ok(Gate::Proceed(None, Vec::new()));
     };
-    match resolve(&rt.client, reference, namespace, kind).await {
+    match resolve(&rt.client, reference, namespace, kind, resources).await {
         Ok(conn) => {
             let msg = format!(
                 "ClusterConnection {:?} allows namespace {namespace:?}",
@@ -282,6 +286,7 @@ pub async fn run_unimplemented<K, S>(
             &ns,
             (spec.connection_of)(&obj),
             (spec.kind_of)(&obj),
+            &[],
         )
         .await?
         {

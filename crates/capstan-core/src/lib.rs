@@ -4,7 +4,8 @@
 //! ([`conditions`]), server-side apply ([`ssa`]), Events ([`events`]), metrics
 //! ([`metrics`]), error categories ([`error`]), schedules ([`schedule`]), the clock
 //! domain logic takes ([`clock`]), the cluster-scoped connection kind that decides
-//! who may reach which outside system ([`connection`]), and the redacting wrapper for
+//! who may reach which outside system ([`connection`]) and what each namespace may
+//! touch there ([`scope`]), and the redacting wrapper for
 //! secret values ([`redact`]).
 
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod redact;
 pub mod runtime;
 pub mod schedule;
+pub mod scope;
 pub mod secret_ref;
 pub mod ssa;
 pub mod validation;

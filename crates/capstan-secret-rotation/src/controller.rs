@@ -3,7 +3,8 @@
 //! Reconcile pipeline, one object at a time:
 //!
 //! 1. **gate**: resolve the ClusterConnection the object names and refuse a namespace it
-//!    does not allow ([`capstan_core::gate::connection_gate`]);
+//!    does not allow, or a secret, path or ECS service its scopes do not grant the
+//!    namespace ([`capstan_core::gate::connection_gate`]), before any other call;
 //! 2. **validate** what the schema cannot ([`crate::validation::validate`]) and read the
 //!    policy ([`Policy::from_spec`]); an invalid spec waits for a change;
 //! 3. **decide** ([`rotation::plan`]): nothing due → write status, requeue at the next
@@ -586,21 +587,29 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
         Backend::Vault(_) => ConnectionKind::Vault,
         _ => ConnectionKind::Aws,
     };
-    let (connection, gate) =
-        match connection_gate(&ctx.rt, &ns, obj.spec.connection_ref.as_ref(), kind).await? {
-            Gate::Refused(conds) => {
-                let mut st = status.clone();
-                st.observed_generation = generation;
-                for d in conds {
-                    conditions::set(&mut st.conditions, d, generation, now);
-                }
-                if st != status {
-                    w.write(&st).await?;
-                }
-                return Ok(Action::await_change());
+    let resources = obj.spec.scoped_resources();
+    let (connection, gate) = match connection_gate(
+        &ctx.rt,
+        &ns,
+        obj.spec.connection_ref.as_ref(),
+        kind,
+        &resources,
+    )
+    .await?
+    {
+        Gate::Refused(conds) => {
+            let mut st = status.clone();
+            st.observed_generation = generation;
+            for d in conds {
+                conditions::set(&mut st.conditions, d, generation, now);
             }
-            Gate::Proceed(conn, conds) => (conn, conds),
-        };
+            if st != status {
+                w.write(&st).await?;
+            }
+            return Ok(Action::await_change());
+        }
+        Gate::Proceed(conn, conds) => (conn, conds),
+    };
     // The ECS connection, when it is not the one above.
     let ecs_connection = match obj.spec.ecs_connection() {
         None => None,
@@ -613,7 +622,15 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
         {
             connection.clone()
         }
-        Some(r) => match connection_gate(&ctx.rt, &ns, Some(r), ConnectionKind::Aws).await? {
+        Some(r) => match connection_gate(
+            &ctx.rt,
+            &ns,
+            Some(r),
+            ConnectionKind::Aws,
+            &obj.spec.ecs_scoped_resources(),
+        )
+        .await?
+        {
             Gate::Refused(conds) => {
                 let mut st = status.clone();
                 st.observed_generation = generation;

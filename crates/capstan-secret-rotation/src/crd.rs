@@ -25,6 +25,7 @@ use capstan_core::schedule::{
     CRON_MAX_LENGTH, CRON_PATTERN, DURATION_PATTERN, DurationString, TIME_ZONE_MAX_LENGTH,
     TIME_ZONE_PATTERN,
 };
+use capstan_core::scope::ScopedResource;
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
@@ -990,6 +991,45 @@ impl SecretRotationSpec {
             .ecs_connection_ref
             .as_ref()
             .or(self.connection_ref.as_ref())
+    }
+
+    /// What the object reaches through `connectionRef`, checked against that
+    /// connection's scopes: its backend's Secrets Manager secret or Vault KV paths (an
+    /// explicit `pendingPath` too; the default one goes with `path`), and its ECS
+    /// services when they use the same connection.
+    pub fn scoped_resources(&self) -> Vec<ScopedResource> {
+        let mut out = match &self.backend {
+            Backend::AwsSecretsManager(a) => {
+                vec![ScopedResource::SecretsManagerSecret(a.secret_id.clone())]
+            }
+            Backend::Vault(v) => std::iter::once(&v.path)
+                .chain(v.pending_path.as_ref())
+                .map(|path| ScopedResource::VaultKv {
+                    mount: v.mount.clone(),
+                    path: path.clone(),
+                })
+                .collect(),
+            Backend::Kubernetes(_) => Vec::new(),
+        };
+        if let (Some(main), Some(ecs)) = (&self.connection_ref, self.ecs_connection())
+            && main.name == ecs.name
+        {
+            out.extend(self.ecs_scoped_resources());
+        }
+        out
+    }
+
+    /// The services of `delivery.ecsServices`, checked against the scopes of
+    /// [`Self::ecs_connection`].
+    pub fn ecs_scoped_resources(&self) -> Vec<ScopedResource> {
+        self.delivery
+            .iter()
+            .flat_map(|d| &d.ecs_services)
+            .map(|s| ScopedResource::EcsService {
+                cluster: s.cluster.clone(),
+                service: s.service.clone(),
+            })
+            .collect()
     }
 }
 

@@ -32,6 +32,7 @@ use capstan_core::conditions::{self, Desired, READY};
 use capstan_core::connection::{ClusterConnection, ConnectionKind};
 use capstan_core::events::EventType;
 use capstan_core::gate::{Gate, connection_gate};
+use capstan_core::scope::ScopedResource;
 use chrono::{DateTime, TimeDelta, Utc};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -103,6 +104,20 @@ pub fn recorded(obj: &ServiceScaling) -> Option<String> {
             .cloned()
             .unwrap_or_else(|| resource_of(&obj.spec))
     })
+}
+
+/// The ECS service a recorded resource ID (`service/<cluster>/<service>`) names, for the
+/// connection's scope check: the annotation that records it is writable by the tenant,
+/// so cleanup touches it only where the tenant's scope reaches.
+pub fn scoped(resource: &str) -> Option<ScopedResource> {
+    let mut parts = resource.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("service"), Some(cluster), Some(service)) => Some(ScopedResource::EcsService {
+            cluster: cluster.to_owned(),
+            service: service.to_owned(),
+        }),
+        _ => None,
+    }
 }
 
 /// Where the spec declares: its service in ApplicationAutoScaling mode, else nowhere.
@@ -311,11 +326,13 @@ pub(crate) async fn finalize(ctx: &Ctx, obj: &ServiceScaling) -> Result<Action, 
     }
     let ns = obj.namespace().unwrap_or_default();
     let connection = obj.spec.connection_ref.name.clone();
+    let scope: Vec<ScopedResource> = scoped(&resource).into_iter().collect();
     let (gate, result) = match connection_gate(
         &ctx.rt,
         &ns,
         Some(&obj.spec.connection_ref),
         ConnectionKind::Aws,
+        &scope,
     )
     .await?
     {
@@ -376,6 +393,23 @@ pub(crate) async fn finalize(ctx: &Ctx, obj: &ServiceScaling) -> Result<Action, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_resource_is_scope_checked_as_its_service() {
+        assert_eq!(
+            scoped("service/main/web"),
+            Some(ScopedResource::EcsService {
+                cluster: "main".into(),
+                service: "web".into()
+            })
+        );
+        assert_eq!(
+            scoped(&ecs_resource_id("main", "web")),
+            scoped("service/main/web")
+        );
+        assert_eq!(scoped("table/orders"), None);
+        assert_eq!(scoped("service/main"), None);
+    }
 
     fn object(mode: &str, service: &str, meta: serde_json::Value) -> ServiceScaling {
         serde_json::from_value(json!({

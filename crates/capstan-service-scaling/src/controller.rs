@@ -4,8 +4,8 @@
 //!
 //! 1. **Reconcile** (kube-runtime, per object, on every change to the object, its
 //!    ClusterConnection or its namespace): resolve the connection and refuse a namespace
-//!    it does not allow ([`capstan_core::gate`]); validate what the schema cannot
-//!    ([`Inputs::from_spec`]); then record the object in the [`Registry`] and wait for the
+//!    it does not allow, or a service its scopes do not grant ([`capstan_core::gate`]);
+//!    validate what the schema cannot ([`Inputs::from_spec`]); then record the object in the [`Registry`] and wait for the
 //!    next change. A refused or invalid object is taken out of the registry and its
 //!    `Ready=False` written there. Reconcile calls AWS only for the ApplicationAutoScaling
 //!    finalizer ([`crate::cleanup`]): on deletion, or when the spec stops declaring on
@@ -39,6 +39,7 @@ use capstan_core::events::Publisher;
 use capstan_core::gate::{Gate, INVALID_SPEC, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::runtime::{Runtime, run_controller};
+use capstan_core::scope::ScopedResource;
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -330,11 +331,24 @@ async fn reconcile(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Action, Er
     }
     let ns = obj.namespace().unwrap_or_default();
     let key = (ns.clone(), obj.name_any());
+    let service = ScopedResource::EcsService {
+        cluster: obj.spec.service.cluster.clone(),
+        service: obj.spec.service.service.clone(),
+    };
+    // Where Capstan declared before (a recorded annotation the tenant can write) must be
+    // in scope too, or cleaning it up could reach another team's service.
+    let mut resources = vec![service];
+    if let Some(before) = cleanup::recorded(&obj).and_then(|r| cleanup::scoped(&r))
+        && !resources.contains(&before)
+    {
+        resources.push(before);
+    }
     let gate = connection_gate(
         &ctx.rt,
         &ns,
         Some(&obj.spec.connection_ref),
         ConnectionKind::Aws,
+        &resources,
     )
     .await?;
     // Objects declared in AWS on a service the spec no longer declares on go first,

@@ -744,3 +744,70 @@ fn spec_helpers() {
     };
     assert_eq!(k8s.effective_pending_secret_name(), "db-pending");
 }
+
+/// What a spec reaches through each connection, for the connections' scopes: the
+/// backend through `connectionRef`, ECS services through the connection that serves them
+/// (listed with the backend's when it is the same one), nothing for the Kubernetes
+/// backend.
+#[test]
+fn scoped_resources_follow_the_connection_that_reaches_them() {
+    use capstan_core::scope::ScopedResource as R;
+    let ecs = |c: &str, s: &str| R::EcsService {
+        cluster: c.into(),
+        service: s.into(),
+    };
+    let mut spec = example_spec();
+    spec.delivery = None;
+    assert_eq!(
+        spec.scoped_resources(),
+        vec![R::SecretsManagerSecret("shop/orders-db".into())]
+    );
+    // ECS through connectionRef: checked together with the backend.
+    spec.delivery = Some(Delivery {
+        ecs_services: vec![EcsService {
+            cluster: "shop".into(),
+            service: "web".into(),
+        }],
+        ..Delivery::default()
+    });
+    assert_eq!(
+        spec.scoped_resources(),
+        vec![
+            R::SecretsManagerSecret("shop/orders-db".into()),
+            ecs("shop", "web")
+        ]
+    );
+    assert_eq!(spec.ecs_scoped_resources(), vec![ecs("shop", "web")]);
+    // Through another connection: only there.
+    if let Some(d) = spec.delivery.as_mut() {
+        d.ecs_connection_ref = Some(ConnectionRef {
+            name: "ecs-prod".into(),
+        });
+    }
+    assert_eq!(
+        spec.scoped_resources(),
+        vec![R::SecretsManagerSecret("shop/orders-db".into())]
+    );
+    assert_eq!(spec.ecs_scoped_resources(), vec![ecs("shop", "web")]);
+    // Vault: path, and an explicit pending path.
+    spec.backend = Backend::Vault(VaultBackend {
+        mount: "secret".into(),
+        path: "shop/db".into(),
+        pending_path: Some("staging/shop/db".into()),
+    });
+    let kv = |p: &str| R::VaultKv {
+        mount: "secret".into(),
+        path: p.into(),
+    };
+    assert_eq!(
+        spec.scoped_resources(),
+        vec![kv("shop/db"), kv("staging/shop/db")]
+    );
+    spec.backend = Backend::Kubernetes(KubernetesBackend {
+        secret_name: "db".into(),
+        key: "password".into(),
+        pending_secret_name: None,
+    });
+    spec.connection_ref = None;
+    assert!(spec.scoped_resources().is_empty());
+}
