@@ -177,7 +177,15 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
     let index = Arc::new(ConnectionIndex::default());
     // 10,000 idle objects must fit in 64 MB: the cache keeps only metadata, and each
     // reconcile takes the whole object its watch event brought, or reads it.
-    let convert = metadata_cache(ctx.fresh.clone(), index.clone(), connections_of);
+    let cache = metadata_cache(ctx.fresh.clone(), index.clone(), connections_of);
+    // A deleted object leaves the overdue gauge and the failure counts too.
+    let forget = ctx.clone();
+    let convert = move |ev: kube::runtime::watcher::Event<SecretRotation>| {
+        if let kube::runtime::watcher::Event::Delete(o) = &ev {
+            forget.forget(&key_of(o));
+        }
+        cache(ev)
+    };
     run_controller_cached(
         &rt,
         "secret-rotation",
@@ -564,6 +572,8 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
     let _timer = ctx.metrics.controller.start();
     // The cache holds a copy without status; work on the whole object.
     let Some(obj) = ctx.fresh.take(&ctx.rt.client, &*cached).await? else {
+        // Gone (its Delete event may have been missed while the watch restarted).
+        ctx.forget(&key_of(&*cached));
         return Ok(Action::await_change());
     };
     let ns = obj.namespace().unwrap_or_default();
