@@ -554,7 +554,8 @@ impl Pass<'_> {
                 Plan::Wait { until, .. } => until,
                 Plan::Start { .. } => Some(now),
                 Plan::Continue => None,
-            };
+            }
+            .map(whole_second_after);
         if self.policy.suspend {
             status.next_rotation_time = None;
         }
@@ -566,6 +567,13 @@ impl Pass<'_> {
         let late = conditions::is_true(&status.conditions, ct::OVERDUE);
         self.ctx.set_overdue(&self.key, late);
     }
+}
+
+/// `t` rounded up to a whole second: `status.nextRotationTime` reads as a plain date
+/// in `kubectl get` (not nanoseconds), and is never before the time it stands for.
+fn whole_second_after(t: DateTime<Utc>) -> DateTime<Utc> {
+    let up = i64::from(t.timestamp_subsec_nanos() > 0);
+    DateTime::from_timestamp(t.timestamp().saturating_add(up), 0).unwrap_or(t)
 }
 
 async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -1474,4 +1482,28 @@ async fn finish_failed(
         Some(t) => Action::requeue(rotation::until(t, now).max(Duration::from_millis(200))),
         None => Action::await_change(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `status.nextRotationTime` holds whole seconds (`kubectl get` prints it as
+    /// `2026-12-03T09:40:13Z`, not with nanoseconds), never earlier than the due time,
+    /// and stable: the same due time always gives the same value (no status write per
+    /// pass).
+    #[test]
+    fn next_rotation_time_is_rounded_up_to_a_whole_second() {
+        let due = DateTime::parse_from_rfc3339("2026-12-03T09:40:12.123456789Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let shown = whole_second_after(due);
+        assert!(shown >= due);
+        assert_eq!(
+            serde_json::to_string(&shown).expect("json"),
+            "\"2026-12-03T09:40:13Z\""
+        );
+        assert_eq!(whole_second_after(shown), shown);
+        assert_eq!(whole_second_after(due), shown);
+    }
 }

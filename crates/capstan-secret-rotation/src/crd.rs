@@ -211,17 +211,26 @@ pub(crate) const RULE_PENDING_PATH_DIFFERS: &str =
         json_path = ".status.lastRotationTime",
         description = "When the last rotation finished"
     ),
+    // A future time in a `date` column prints as `<invalid>` (the API server's table
+    // printer shows ages, and a negative age is invalid); the time itself, in whole
+    // seconds, reads better.
     printcolumn(
         name = "Next rotation",
         type_ = "string",
         json_path = ".status.nextRotationTime",
-        description = "When the next scheduled rotation is due"
+        description = "When the next scheduled rotation is due (UTC, whole seconds)"
     ),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         description = "Whether the current credential is tested and delivered"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why Ready has its status"
     ),
     printcolumn(
         name = "Step",
@@ -234,6 +243,12 @@ pub(crate) const RULE_PENDING_PATH_DIFFERS: &str =
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "What Ready's reason means for this object"
     )
 )]
 #[serde(rename_all = "camelCase")]

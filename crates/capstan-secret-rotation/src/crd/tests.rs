@@ -188,17 +188,35 @@ fn printer_columns() {
             ("Backend", "string", ".status.backend"),
             ("Target", "string", ".status.target"),
             ("Last rotation", "date", ".status.lastRotationTime"),
-            // A future time as `date` would print as <invalid>.
+            // A future time as `date` would print as <invalid>; the status holds it
+            // in whole seconds instead (see the table test in crates/capstan/tests).
             ("Next rotation", "string", ".status.nextRotationTime"),
             (
                 "Ready",
                 "string",
                 ".status.conditions[?(@.type==\"Ready\")].status"
             ),
+            (
+                "Reason",
+                "string",
+                ".status.conditions[?(@.type==\"Ready\")].reason"
+            ),
             ("Step", "string", ".status.rotation.step"),
             ("Age", "date", ".metadata.creationTimestamp"),
+            (
+                "Message",
+                "string",
+                ".status.conditions[?(@.type==\"Ready\")].message"
+            ),
         ]
     );
+    // Reason and Message show in `kubectl get` (priority 0): why an object is not
+    // Ready is on the first screen, not behind a custom-columns query.
+    for c in &columns {
+        if ["Reason", "Message"].contains(&c.name.as_str()) {
+            assert_eq!(c.priority, None, "{}", c.name);
+        }
+    }
 }
 
 #[test]
