@@ -1381,6 +1381,10 @@ async fn finish(
     st.rotation = None;
     st.last_rotation_time = Some(now);
     st.rotation_count += 1;
+    if r.rotate_now_token.is_some() {
+        st.completed_rotate_now_token
+            .clone_from(&r.rotate_now_token);
+    }
     st.record_rotation(RotationSummary {
         id: r.id.clone(),
         trigger: r.trigger,
@@ -1450,6 +1454,10 @@ async fn finish_failed(
     audit::step(&pass.subject(&r), r.step, None, "gave-up");
     st.last_failure = Some(RotationFailure::new(now, r.step, reason, msg, &[]));
     st.rotation = None;
+    if r.rotate_now_token.is_some() {
+        st.completed_rotate_now_token
+            .clone_from(&r.rotate_now_token);
+    }
     st.record_rotation(RotationSummary {
         id: r.id.clone(),
         trigger: r.trigger,

@@ -1100,9 +1100,16 @@ pub struct SecretRotationStatus {
     /// The last finished rotations, newest first, at most ten.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_rotations: Vec<RotationSummary>,
-    /// The last `capstan.dev/rotate-now` token acted on.
+    /// The last `capstan.dev/rotate-now` token acted on (its rotation has started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_rotate_now_token: Option<String>,
+    /// The last `capstan.dev/rotate-now` token whose rotation has ended: delivered
+    /// (`Ready=True`), or given up (`Ready=False`, reason `RotationFailed`). Wait for
+    /// exactly the rotation a token requested with
+    /// `kubectl wait --for=jsonpath='{.status.completedRotateNowToken}'=<token>`:
+    /// `Ready` stays True during a rotation, so waiting on it returns at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_rotate_now_token: Option<String>,
 }
 
 /// Steps of a rotation, in order (AWS's createSecret, setSecret, testSecret,
