@@ -319,9 +319,11 @@ async fn check_login(
     ))
 }
 
-/// A reqwest error's text without the URL (which could carry a query string).
+/// A reqwest error's text with its causes ("Connection refused", "invalid peer
+/// certificate: UnknownIssuer": reqwest's own text says only "error sending request"),
+/// without the URL (which could carry a query string).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
+    let mut s = capstan_core::error::with_causes(e);
     if let Some(url) = e.url() {
         s = s.replace(url.as_str(), "<url>");
     }
