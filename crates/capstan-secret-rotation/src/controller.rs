@@ -607,15 +607,7 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
     let (connection, gate) =
         match connection_gate(&ctx.rt, &ns, obj.spec.connection_ref.as_ref(), kind).await? {
             Gate::Refused(conds) => {
-                let mut st = status.clone();
-                st.observed_generation = generation;
-                for d in conds {
-                    conditions::set(&mut st.conditions, d, generation, now);
-                }
-                if st != status {
-                    w.write(&st).await?;
-                }
-                return Ok(Action::await_change());
+                return refuse(&ctx, &mut w, &status, generation, conds).await;
             }
             Gate::Proceed(conn, conds) => (conn, conds),
         };
@@ -633,15 +625,7 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
         }
         Some(r) => match connection_gate(&ctx.rt, &ns, Some(r), ConnectionKind::Aws).await? {
             Gate::Refused(conds) => {
-                let mut st = status.clone();
-                st.observed_generation = generation;
-                for d in conds {
-                    conditions::set(&mut st.conditions, d, generation, now);
-                }
-                if st != status {
-                    w.write(&st).await?;
-                }
-                return Ok(Action::await_change());
+                return refuse(&ctx, &mut w, &status, generation, conds).await;
             }
             Gate::Proceed(conn, _) => conn,
         },
@@ -655,6 +639,15 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
     {
         Ok(p) => p,
         Err(msg) => {
+            let warning = capstan_core::events::ready_turned_false(
+                &status.conditions,
+                &[Desired::new(
+                    ct::READY,
+                    false,
+                    reasons::INVALID_SPEC,
+                    msg.clone(),
+                )],
+            );
             let mut st = status.clone();
             set_conditions(
                 &mut st,
@@ -671,6 +664,11 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
             );
             if st != status {
                 w.write(&st).await?;
+            }
+            if let Some((reason, note)) = warning {
+                ctx.events
+                    .publish(&w.obj, EventType::Warning, &reason, "Validate", note)
+                    .await;
             }
             return Ok(Action::await_change());
         }
@@ -770,6 +768,33 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
             run_steps(&pass, &mut w, &clients, false).await
         }
     }
+}
+
+/// The connection gate refused the object: its conditions, and a Warning Event when
+/// that is new (once per transition, not per reconcile); then wait for a change.
+async fn refuse(
+    ctx: &Context,
+    w: &mut Writer,
+    status: &SecretRotationStatus,
+    generation: Option<i64>,
+    conds: Vec<Desired<'static>>,
+) -> Result<Action, Error> {
+    let now = ctx.rt.clock.now();
+    let warning = capstan_core::events::ready_turned_false(&status.conditions, &conds);
+    let mut st = status.clone();
+    st.observed_generation = generation;
+    for d in conds {
+        conditions::set(&mut st.conditions, d, generation, now);
+    }
+    if st != *status {
+        w.write(&st).await?;
+    }
+    if let Some((reason, note)) = warning {
+        ctx.events
+            .publish(&w.obj, EventType::Warning, &reason, "Reconcile", note)
+            .await;
+    }
+    Ok(Action::await_change())
 }
 
 /// Builds the clients, or reports the unresolvable reference and says when to retry.
