@@ -185,6 +185,24 @@ impl FailureStreaks {
     }
 }
 
+/// The most an Event's note may hold: the API server refuses a longer one (and the
+/// Event with it), which an error with its causes easily is.
+pub const NOTE_MAX_BYTES: usize = 1024;
+
+/// `note` cut to [`NOTE_MAX_BYTES`] on a character boundary, marked with `…` when cut.
+fn bounded_note(mut note: String) -> String {
+    if note.len() <= NOTE_MAX_BYTES {
+        return note;
+    }
+    let mut end = NOTE_MAX_BYTES - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push('…');
+    note
+}
+
 /// The Event `controller` (reporting instance `instance`) writes about `regarding`
 /// (built, not sent). Each argument is one field of the Event.
 #[allow(clippy::too_many_arguments)]
@@ -209,7 +227,7 @@ pub fn event(
         },
         action: Some(action.to_owned()),
         reason: Some(reason.to_owned()),
-        note: Some(note),
+        note: Some(bounded_note(note)),
         type_: Some(
             match type_ {
                 EventType::Normal => "Normal",
@@ -263,6 +281,24 @@ mod tests {
             None
         );
         assert_eq!(ready_turned_false(&[], &[]), None);
+    }
+
+    /// The API server refuses an Event whose note exceeds 1024 bytes (a reconcile
+    /// error with its causes did): the note is cut to fit.
+    #[test]
+    fn long_notes_are_cut_to_what_the_api_accepts() {
+        let regarding = ObjectReference {
+            name: Some("db".into()),
+            namespace: Some("shop".into()),
+            ..ObjectReference::default()
+        };
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let long = "é".repeat(2000);
+        let ev = event("c", "i", regarding, EventType::Warning, "R", "A", long, now);
+        let note = ev.note.expect("note");
+        assert!(note.len() <= NOTE_MAX_BYTES, "{}", note.len());
+        assert!(note.ends_with('…'));
+        assert_eq!(bounded_note("short".into()), "short");
     }
 
     #[test]
