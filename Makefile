@@ -30,6 +30,7 @@ fmt: ## Format the code
 lint: ## cargo fmt --check and clippy with -D warnings on every target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@CARGO=$(CARGO) bash tests/check-shipped-features.sh
 
 build: ## Build every crate and test
 	$(CARGO) build --workspace --all-targets --locked

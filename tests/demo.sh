@@ -130,8 +130,10 @@ show() {
   echo
   k get clusterconnections.capstan.dev
   echo
-  k get secretrotations.capstan.dev,servicescalings.capstan.dev,pipelines.capstan.dev -A \
-    -o custom-columns='KIND:.kind,NAMESPACE:.metadata.namespace,NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,REASON:.status.conditions[?(@.type=="Ready")].reason,MESSAGE:.status.conditions[?(@.type=="Ready")].message'
+  # The printer columns show Ready with its reason (and SecretRotation's message).
+  k get secretrotations.capstan.dev -A
+  echo
+  k get servicescalings.capstan.dev,pipelines.capstan.dev -A -o wide
 }
 
 echo "==> waiting for the verdict"

@@ -1,6 +1,11 @@
 //! Kubernetes Events: one [`Publisher`] per controller, Events on transitions and errors
 //! only (a reconcile that changes nothing publishes nothing).
 //!
+//! Warnings tell a `kubectl describe` reader why nothing happens: a refused connection,
+//! an invalid spec, an unreachable system ([`ready_turned_false`]: when `Ready` turns
+//! False with a new reason, not on every reconcile that finds it so), and reconciles
+//! that keep failing ([`FailureStreaks`]).
+//!
 //! Publishing an Event is best effort: a failure is logged and never fails a reconcile,
 //! since the status condition and the audit log carry the same facts durably.
 //!
@@ -14,10 +19,13 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client, Resource};
+
+use crate::conditions::{Desired, READY, Status, find};
 
 pub use kube::runtime::events::EventType;
 
@@ -80,6 +88,121 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Publishes a Warning when `desired` turns `Ready` False with a reason it did not
+    /// have in `before` (see [`ready_turned_false`]): `kubectl describe` then shows why
+    /// nothing happens, once per transition and not once per reconcile.
+    pub async fn warn_on_ready_transition<K>(
+        &self,
+        obj: &K,
+        before: &[Condition],
+        desired: &[Desired<'_>],
+        action: &str,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        if let Some((reason, message)) = ready_turned_false(before, desired) {
+            self.publish(obj, EventType::Warning, &reason, action, message)
+                .await;
+        }
+    }
+
+    /// Publishes an Event about the object `regarding` names (built from a reference,
+    /// e.g. a failed reconcile's, with no object at hand).
+    pub async fn publish_ref(
+        &self,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = event(
+            &self.controller,
+            &self.instance,
+            regarding,
+            type_,
+            reason,
+            action,
+            note,
+            Timestamp::now(),
+        );
+        let ns = ev.metadata.namespace.as_deref().unwrap_or("default");
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), ns);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::warn!(error = %e, reason, "could not publish Event");
+        }
+    }
+}
+
+/// The Warning a status change calls for: `Ready` in `desired` is False with a
+/// (status, reason) that `before` did not have, as (reason, message). `None` when Ready
+/// stays as it was (another reconcile of a persistently refused object), or is not
+/// False.
+pub fn ready_turned_false(
+    before: &[Condition],
+    desired: &[Desired<'_>],
+) -> Option<(String, String)> {
+    let ready = desired
+        .iter()
+        .rev()
+        .find(|d| d.type_ == READY && d.status == Status::False)?;
+    let was = find(before, READY);
+    let same = was.is_some_and(|c| c.status == ready.status.as_str() && c.reason == ready.reason);
+    (!same).then(|| (ready.reason.to_owned(), ready.message.clone()))
+}
+
+/// Reason of the Warning published when an object's reconciles keep failing.
+pub const RECONCILE_FAILING: &str = "ReconcileFailing";
+
+/// How many reconciles of one object must fail in a row before a Warning says so.
+pub const REPEATED_FAILURES: u32 = 3;
+
+/// Consecutive failed reconciles per object, for one Warning Event
+/// ([`RECONCILE_FAILING`]) when they repeat: at the [`REPEATED_FAILURES`]th failure in a
+/// row, and not again until a reconcile succeeds (no Event per retry).
+#[derive(Debug, Default)]
+pub struct FailureStreaks {
+    streaks: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl FailureStreaks {
+    /// Records a failed reconcile of `key`; true exactly when this failure makes the
+    /// streak [`REPEATED_FAILURES`] long (time to publish).
+    pub fn failed(&self, key: &str) -> bool {
+        let mut streaks = self.streaks.lock().unwrap_or_else(|e| e.into_inner());
+        let n = streaks.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n == REPEATED_FAILURES
+    }
+
+    /// Records a successful reconcile of `key`: the streak ends.
+    pub fn succeeded(&self, key: &str) {
+        self.streaks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// The most an Event's note may hold: the API server refuses a longer one (and the
+/// Event with it), which an error with its causes easily is.
+pub const NOTE_MAX_BYTES: usize = 1024;
+
+/// `note` cut to [`NOTE_MAX_BYTES`] on a character boundary, marked with `…` when cut.
+fn bounded_note(mut note: String) -> String {
+    if note.len() <= NOTE_MAX_BYTES {
+        return note;
+    }
+    let mut end = NOTE_MAX_BYTES - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push('…');
+    note
+}
+
 /// The Event `controller` (reporting instance `instance`) writes about `regarding`
 /// (built, not sent). Each argument is one field of the Event.
 #[allow(clippy::too_many_arguments)]
@@ -104,7 +227,7 @@ pub fn event(
         },
         action: Some(action.to_owned()),
         reason: Some(reason.to_owned()),
-        note: Some(note),
+        note: Some(bounded_note(note)),
         type_: Some(
             match type_ {
                 EventType::Normal => "Normal",
@@ -123,6 +246,71 @@ pub fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ready(status: &str, reason: &str) -> Vec<Condition> {
+        vec![Condition {
+            type_: READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: "m".into(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(1_800_000_000).expect("time"),
+            ),
+            observed_generation: None,
+        }]
+    }
+
+    /// A Warning goes out when Ready turns False or changes its False reason, and not
+    /// when a reconcile finds it as it was (a persistently invalid object).
+    #[test]
+    fn warnings_follow_ready_transitions_only() {
+        let invalid = [Desired::new(READY, false, "InvalidSpec", "bad interval")];
+        assert_eq!(
+            ready_turned_false(&[], &invalid),
+            Some(("InvalidSpec".into(), "bad interval".into()))
+        );
+        assert!(ready_turned_false(&ready("True", "CredentialCurrent"), &invalid).is_some());
+        assert!(ready_turned_false(&ready("False", "ConnectionNotAllowed"), &invalid).is_some());
+        assert_eq!(
+            ready_turned_false(&ready("False", "InvalidSpec"), &invalid),
+            None
+        );
+        let fine = [Desired::new(READY, true, "CredentialCurrent", "ok")];
+        assert_eq!(
+            ready_turned_false(&ready("False", "InvalidSpec"), &fine),
+            None
+        );
+        assert_eq!(ready_turned_false(&[], &[]), None);
+    }
+
+    /// The API server refuses an Event whose note exceeds 1024 bytes (a reconcile
+    /// error with its causes did): the note is cut to fit.
+    #[test]
+    fn long_notes_are_cut_to_what_the_api_accepts() {
+        let regarding = ObjectReference {
+            name: Some("db".into()),
+            namespace: Some("shop".into()),
+            ..ObjectReference::default()
+        };
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let long = "é".repeat(2000);
+        let ev = event("c", "i", regarding, EventType::Warning, "R", "A", long, now);
+        let note = ev.note.expect("note");
+        assert!(note.len() <= NOTE_MAX_BYTES, "{}", note.len());
+        assert!(note.ends_with('…'));
+        assert_eq!(bounded_note("short".into()), "short");
+    }
+
+    #[test]
+    fn repeated_failures_warn_once_per_streak() {
+        let s = FailureStreaks::default();
+        let fired: Vec<bool> = (0..6).map(|_| s.failed("ns/a")).collect();
+        assert_eq!(fired, [false, false, true, false, false, false]);
+        assert!(!s.failed("ns/b"), "streaks are per object");
+        s.succeeded("ns/a");
+        let fired: Vec<bool> = (0..3).map(|_| s.failed("ns/a")).collect();
+        assert_eq!(fired, [false, false, true], "a new streak warns again");
+    }
 
     #[test]
     fn event_names_object_controller_and_instance() {

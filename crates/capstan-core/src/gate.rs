@@ -249,6 +249,7 @@ struct UnimplementedCtx<K> {
     rt: Runtime,
     metrics: ControllerMetrics,
     spec: Unimplemented<K>,
+    events: crate::events::Publisher,
 }
 
 /// Runs a controller whose domain step is not built yet: per object, the gate, then the
@@ -273,6 +274,7 @@ pub async fn run_unimplemented<K, S>(
     let name = spec.name;
     let connection_of = spec.connection_of;
     let ctx = Arc::new(UnimplementedCtx {
+        events: crate::events::Publisher::new(rt.client.clone(), spec.field_manager, &rt.instance),
         rt: rt.clone(),
         metrics,
         spec,
@@ -307,6 +309,13 @@ pub async fn run_unimplemented<K, S>(
                 conditions
             }
         };
+        // A refusal or an invalid spec is also a Warning Event, once per transition.
+        let before = status_of(&obj)
+            .cloned()
+            .unwrap_or_default()
+            .conditions_mut()
+            .clone();
+        let warning = crate::events::ready_turned_false(&before, &conditions);
         let api: Api<K> = Api::namespaced(ctx.rt.client.clone(), &ns);
         let now = ctx.rt.clock.now();
         update_status(
@@ -319,6 +328,17 @@ pub async fn run_unimplemented<K, S>(
             |_| {},
         )
         .await?;
+        if let Some((reason, message)) = warning {
+            ctx.events
+                .publish(
+                    obj.as_ref(),
+                    crate::events::EventType::Warning,
+                    &reason,
+                    "Reconcile",
+                    message,
+                )
+                .await;
+        }
         Ok::<_, kube::Error>(Action::await_change())
     };
     let error_policy = |_obj: Arc<K>, err: &kube::Error, ctx: Arc<UnimplementedCtx<K>>| {

@@ -4,7 +4,10 @@
 //! instance's identity, the clock, readiness) and hands it to each controller crate's
 //! `run`. [`run_controller`] is the shared loop: one kube-runtime `Controller` per
 //! watched namespace (or one for all), bounded concurrency, readiness once the watch
-//! has synced, graceful shutdown on the manager's token, and a log line per failure.
+//! has synced, graceful shutdown on the manager's token, a log line per failure, and a
+//! Warning Event (`ReconcileFailing`) when an object's reconciles fail several times in
+//! a row (once per streak), so `kubectl describe` shows e.g. a status write the API
+//! keeps refusing.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -275,6 +278,9 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
     } else {
         rt.namespaces.iter().cloned().map(Some).collect()
     };
+    let streaks = Arc::new(crate::events::FailureStreaks::default());
+    let events =
+        crate::events::Publisher::new(rt.client.clone(), &format!("capstan-{name}"), &rt.instance);
     let runs = scopes.into_iter().map(|ns| {
         let api: Api<K> = match &ns {
             Some(ns) => Api::namespaced(rt.client.clone(), ns),
@@ -299,6 +305,8 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
         let store = controller.store();
         let token = shutdown.clone();
         let scope_for_log: Arc<str> = scope.clone().into();
+        let streaks = streaks.clone();
+        let events = events.clone();
         let ready = async move {
             if store.wait_until_ready().await.is_ok() {
                 flag.set(true);
@@ -310,19 +318,43 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
             .run(reconcile.clone(), error_policy.clone(), ctx.clone())
             .for_each(move |res| {
                 let scope = scope_for_log.clone();
+                let streaks = streaks.clone();
+                let events = events.clone();
                 async move {
-                match res {
-                    Ok(_) => {}
-                    Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
-                        tracing::warn!(controller = name, object = %obj, error = %e, "reconcile failed");
+                    match res {
+                        Ok((obj, _)) => streaks.succeeded(&streak_key(&obj)),
+                        Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                            tracing::warn!(controller = name, object = %obj, error = %e, "reconcile failed");
+                            // Repeated failures (e.g. a status write the API keeps
+                            // refusing) also show in `kubectl describe`, once per streak.
+                            if streaks.failed(&streak_key(&obj)) {
+                                let note = format!(
+                                    "{} reconciles in a row failed; the last: {}",
+                                    crate::events::REPEATED_FAILURES,
+                                    crate::error::with_causes(&e)
+                                );
+                                tokio::spawn(async move {
+                                    events
+                                        .publish_ref(
+                                            (*obj).into(),
+                                            crate::events::EventType::Warning,
+                                            crate::events::RECONCILE_FAILING,
+                                            "Reconcile",
+                                            note,
+                                        )
+                                        .await;
+                                });
+                            }
+                        }
+                        // A failed list or watch (RBAC refusing it, the API server away):
+                        // the controller cannot see its objects, so say so loudly.
+                        Err(kube::runtime::controller::Error::QueueError(e)) => {
+                            tracing::warn!(controller = name, namespace = %scope, error = %e, "watch failed");
+                        }
+                        Err(e) => {
+                            tracing::debug!(controller = name, error = %e, "controller event");
+                        }
                     }
-                    // A failed list or watch (RBAC refusing it, the API server away):
-                    // the controller cannot see its objects, so say so loudly.
-                    Err(kube::runtime::controller::Error::QueueError(e)) => {
-                        tracing::warn!(controller = name, namespace = %scope, error = %e, "watch failed");
-                    }
-                    Err(e) => tracing::debug!(controller = name, error = %e, "controller event"),
-                }
                 }
             });
         async move {
@@ -330,6 +362,14 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
         }
     });
     join_all(runs).await;
+}
+
+fn streak_key<C: Resource>(obj: &reflector::ObjectRef<C>) -> String {
+    format!(
+        "{}/{}",
+        obj.namespace.as_deref().unwrap_or_default(),
+        obj.name
+    )
 }
 
 /// The conversion of [`run_controller_cached`] that caches only each object's metadata

@@ -132,6 +132,12 @@ pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.dep
         description = "Whether spec.revision went through every stage"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why Ready has its status"
+    ),
+    printcolumn(
         name = "Last success",
         type_ = "string",
         json_path = ".status.lastSuccessfulRevision",

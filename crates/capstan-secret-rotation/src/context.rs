@@ -112,6 +112,14 @@ impl Context {
             .remove(key);
     }
 
+    /// Forgets everything kept about `key` (a deleted object): its failures and its
+    /// place in the overdue gauge, so that an alert on the gauge does not stay on for
+    /// an object that no longer exists.
+    pub fn forget(&self, key: &str) {
+        self.succeeded(key);
+        self.set_overdue(key, false);
+    }
+
     /// Records whether `key` is overdue and updates the gauge.
     pub fn set_overdue(&self, key: &str, overdue: bool) {
         let mut set = self.overdue.lock().unwrap_or_else(|e| e.into_inner());
@@ -440,4 +448,67 @@ pub fn forget_vault_token(ctx: &Context, connection: &str) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(connection);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use capstan_core::clock::SystemClock;
+    use capstan_core::runtime::{Readiness, Runtime};
+
+    use super::*;
+
+    fn context(registry: &mut prometheus_client::registry::Registry) -> Context {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let rt = Runtime {
+            client: kube::Client::try_from(config).expect("client"),
+            namespaces: Vec::new(),
+            concurrency: 1,
+            instance: "unit".into(),
+            own_namespace: "capstan-system".into(),
+            service_account_token_file: "/nonexistent".into(),
+            clock: Arc::new(SystemClock),
+            readiness: Readiness::default(),
+        };
+        Context::new(rt, Metrics::register(registry))
+    }
+
+    fn overdue_gauge(registry: &prometheus_client::registry::Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text.lines()
+            .find(|l| l.starts_with("capstan_secret_rotation_objects_overdue "))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A deleted object leaves the overdue gauge and the failure counts: before, the
+    /// gauge counted it (and an alert on it stayed on) until Capstan restarted.
+    #[tokio::test]
+    async fn forgetting_a_deleted_object_clears_its_gauge_and_failures() {
+        let mut registry = capstan_core::metrics::new_registry();
+        let ctx = context(&mut registry);
+        ctx.set_overdue("shop/db", true);
+        ctx.set_overdue("shop/key", true);
+        assert_eq!(ctx.failed("shop/db"), 1);
+        assert_eq!(ctx.failed("shop/db"), 2);
+        assert_eq!(
+            overdue_gauge(&registry),
+            "capstan_secret_rotation_objects_overdue 2"
+        );
+
+        ctx.forget("shop/db");
+        assert_eq!(
+            overdue_gauge(&registry),
+            "capstan_secret_rotation_objects_overdue 1"
+        );
+        assert!(
+            !ctx.failures.lock().expect("lock").contains_key("shop/db"),
+            "failures forgotten"
+        );
+        // A new object of the same name starts from no failures.
+        assert_eq!(ctx.failed("shop/db"), 1);
+    }
 }

@@ -178,7 +178,15 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
     let index = Arc::new(ConnectionIndex::default());
     // 10,000 idle objects must fit in 64 MB: the cache keeps only metadata, and each
     // reconcile takes the whole object its watch event brought, or reads it.
-    let convert = metadata_cache(ctx.fresh.clone(), index.clone(), connections_of);
+    let cache = metadata_cache(ctx.fresh.clone(), index.clone(), connections_of);
+    // A deleted object leaves the overdue gauge and the failure counts too.
+    let forget = ctx.clone();
+    let convert = move |ev: kube::runtime::watcher::Event<SecretRotation>| {
+        if let kube::runtime::watcher::Event::Delete(o) = &ev {
+            forget.forget(&key_of(o));
+        }
+        cache(ev)
+    };
     run_controller_cached(
         &rt,
         "secret-rotation",
@@ -547,7 +555,8 @@ impl Pass<'_> {
                 Plan::Wait { until, .. } => until,
                 Plan::Start { .. } => Some(now),
                 Plan::Continue => None,
-            };
+            }
+            .map(whole_second_after);
         if self.policy.suspend {
             status.next_rotation_time = None;
         }
@@ -561,10 +570,19 @@ impl Pass<'_> {
     }
 }
 
+/// `t` rounded up to a whole second: `status.nextRotationTime` reads as a plain date
+/// in `kubectl get` (not nanoseconds), and is never before the time it stands for.
+fn whole_second_after(t: DateTime<Utc>) -> DateTime<Utc> {
+    let up = i64::from(t.timestamp_subsec_nanos() > 0);
+    DateTime::from_timestamp(t.timestamp().saturating_add(up), 0).unwrap_or(t)
+}
+
 async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.controller.start();
     // The cache holds a copy without status; work on the whole object.
     let Some(obj) = ctx.fresh.take(&ctx.rt.client, &*cached).await? else {
+        // Gone (its Delete event may have been missed while the watch restarted).
+        ctx.forget(&key_of(&*cached));
         return Ok(Action::await_change());
     };
     let ns = obj.namespace().unwrap_or_default();
@@ -598,15 +616,7 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
     .await?
     {
         Gate::Refused(conds) => {
-            let mut st = status.clone();
-            st.observed_generation = generation;
-            for d in conds {
-                conditions::set(&mut st.conditions, d, generation, now);
-            }
-            if st != status {
-                w.write(&st).await?;
-            }
-            return Ok(Action::await_change());
+            return refuse(&ctx, &mut w, &status, generation, conds).await;
         }
         Gate::Proceed(conn, conds) => (conn, conds),
     };
@@ -632,15 +642,7 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
         .await?
         {
             Gate::Refused(conds) => {
-                let mut st = status.clone();
-                st.observed_generation = generation;
-                for d in conds {
-                    conditions::set(&mut st.conditions, d, generation, now);
-                }
-                if st != status {
-                    w.write(&st).await?;
-                }
-                return Ok(Action::await_change());
+                return refuse(&ctx, &mut w, &status, generation, conds).await;
             }
             Gate::Proceed(conn, _) => conn,
         },
@@ -654,6 +656,15 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
     {
         Ok(p) => p,
         Err(msg) => {
+            let warning = capstan_core::events::ready_turned_false(
+                &status.conditions,
+                &[Desired::new(
+                    ct::READY,
+                    false,
+                    reasons::INVALID_SPEC,
+                    msg.clone(),
+                )],
+            );
             let mut st = status.clone();
             set_conditions(
                 &mut st,
@@ -670,6 +681,11 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
             );
             if st != status {
                 w.write(&st).await?;
+            }
+            if let Some((reason, note)) = warning {
+                ctx.events
+                    .publish(&w.obj, EventType::Warning, &reason, "Validate", note)
+                    .await;
             }
             return Ok(Action::await_change());
         }
@@ -769,6 +785,33 @@ async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Err
             run_steps(&pass, &mut w, &clients, false).await
         }
     }
+}
+
+/// The connection gate refused the object: its conditions, and a Warning Event when
+/// that is new (once per transition, not per reconcile); then wait for a change.
+async fn refuse(
+    ctx: &Context,
+    w: &mut Writer,
+    status: &SecretRotationStatus,
+    generation: Option<i64>,
+    conds: Vec<Desired<'static>>,
+) -> Result<Action, Error> {
+    let now = ctx.rt.clock.now();
+    let warning = capstan_core::events::ready_turned_false(&status.conditions, &conds);
+    let mut st = status.clone();
+    st.observed_generation = generation;
+    for d in conds {
+        conditions::set(&mut st.conditions, d, generation, now);
+    }
+    if st != *status {
+        w.write(&st).await?;
+    }
+    if let Some((reason, note)) = warning {
+        ctx.events
+            .publish(&w.obj, EventType::Warning, &reason, "Reconcile", note)
+            .await;
+    }
+    Ok(Action::await_change())
 }
 
 /// Builds the clients, or reports the unresolvable reference and says when to retry.
@@ -1380,6 +1423,10 @@ async fn finish(
     st.rotation = None;
     st.last_rotation_time = Some(now);
     st.rotation_count += 1;
+    if r.rotate_now_token.is_some() {
+        st.completed_rotate_now_token
+            .clone_from(&r.rotate_now_token);
+    }
     st.record_rotation(RotationSummary {
         id: r.id.clone(),
         trigger: r.trigger,
@@ -1449,6 +1496,10 @@ async fn finish_failed(
     audit::step(&pass.subject(&r), r.step, None, "gave-up");
     st.last_failure = Some(RotationFailure::new(now, r.step, reason, msg, &[]));
     st.rotation = None;
+    if r.rotate_now_token.is_some() {
+        st.completed_rotate_now_token
+            .clone_from(&r.rotate_now_token);
+    }
     st.record_rotation(RotationSummary {
         id: r.id.clone(),
         trigger: r.trigger,
@@ -1481,4 +1532,28 @@ async fn finish_failed(
         Some(t) => Action::requeue(rotation::until(t, now).max(Duration::from_millis(200))),
         None => Action::await_change(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `status.nextRotationTime` holds whole seconds (`kubectl get` prints it as
+    /// `2026-12-03T09:40:13Z`, not with nanoseconds), never earlier than the due time,
+    /// and stable: the same due time always gives the same value (no status write per
+    /// pass).
+    #[test]
+    fn next_rotation_time_is_rounded_up_to_a_whole_second() {
+        let due = DateTime::parse_from_rfc3339("2026-12-03T09:40:12.123456789Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let shown = whole_second_after(due);
+        assert!(shown >= due);
+        assert_eq!(
+            serde_json::to_string(&shown).expect("json"),
+            "\"2026-12-03T09:40:13Z\""
+        );
+        assert_eq!(whole_second_after(shown), shown);
+        assert_eq!(whole_second_after(due), shown);
+    }
 }

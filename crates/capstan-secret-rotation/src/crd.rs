@@ -27,7 +27,7 @@ use capstan_core::schedule::{
 };
 use capstan_core::scope::ScopedResource;
 use chrono::{DateTime, Utc};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -170,6 +170,11 @@ pub(crate) const RULE_GENERATOR_ONE_CLASS: &str =
     "self.lowercase || self.uppercase || self.digits || self.symbols";
 pub(crate) const RULE_GENERATOR_LENGTH_FITS_CLASSES: &str = "self.length >= (self.lowercase ? 1 : 0) + (self.uppercase ? 1 : 0) + (self.digits ? 1 : 0) + (self.symbols ? 1 : 0)";
 pub(crate) const RULE_ROLLOUT_NAME_XOR_SELECTOR: &str = "has(self.name) != has(self.selector)";
+pub(crate) const RULE_SELECTOR_NOT_EMPTY: &str = "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)";
+pub(crate) const RULE_SELECTOR_VALUES_REQUIRED: &str =
+    "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)";
+pub(crate) const RULE_SELECTOR_VALUES_FORBIDDEN: &str =
+    "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0";
 pub(crate) const RULE_PENDING_SECRET_DIFFERS: &str =
     "!has(self.pendingSecretName) || self.pendingSecretName != self.secretName";
 pub(crate) const RULE_PENDING_PATH_DIFFERS: &str =
@@ -207,17 +212,26 @@ pub(crate) const RULE_PENDING_PATH_DIFFERS: &str =
         json_path = ".status.lastRotationTime",
         description = "When the last rotation finished"
     ),
+    // A future time in a `date` column prints as `<invalid>` (the API server's table
+    // printer shows ages, and a negative age is invalid); the time itself, in whole
+    // seconds, reads better.
     printcolumn(
         name = "Next rotation",
         type_ = "string",
         json_path = ".status.nextRotationTime",
-        description = "When the next scheduled rotation is due"
+        description = "When the next scheduled rotation is due (UTC, whole seconds)"
     ),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         description = "Whether the current credential is tested and delivered"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why Ready has its status"
     ),
     printcolumn(
         name = "Step",
@@ -230,6 +244,12 @@ pub(crate) const RULE_PENDING_PATH_DIFFERS: &str =
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "What Ready's reason means for this object"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -817,7 +837,46 @@ pub struct RolloutTarget {
     /// Restarts every workload of `kind` in this namespace that matches. Must not be
     /// empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<LabelSelector>,
+    pub selector: Option<RolloutSelector>,
+}
+
+/// A label selector (as in a Deployment's `spec.selector`), checked at admission: a
+/// known operator, values exactly where the operator takes them, and not empty. A
+/// selector that does not mean what it says is refused, never widened: Capstan would
+/// otherwise restart more workloads than named.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(RULE_SELECTOR_NOT_EMPTY).message("an empty selector would restart every workload of the kind; name them").reason(Reason::FieldValueRequired))]
+pub struct RolloutSelector {
+    /// Labels a workload must carry, each with this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub match_labels: Option<BTreeMap<String, String>>,
+    /// Requirements a workload's labels must all meet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub match_expressions: Option<Vec<SelectorRequirement>>,
+}
+
+/// One requirement of a [`RolloutSelector`]: `key` `operator` `values`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(RULE_SELECTOR_VALUES_REQUIRED).message("In and NotIn need at least one value").field_path(".values").reason(Reason::FieldValueRequired),
+    validation = Rule::new(RULE_SELECTOR_VALUES_FORBIDDEN).message("Exists and DoesNotExist take no values").field_path(".values").reason(Reason::FieldValueForbidden)
+)]
+pub struct SelectorRequirement {
+    /// The label key.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`. A string in the Rust type, so that an
+    /// object stored before this rule existed still reads (and is refused in status).
+    #[schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist"]))]
+    pub operator: String,
+    /// The values, for `In` and `NotIn` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 64, "items" = {"type": "string", "maxLength": 63}))]
+    pub values: Option<Vec<String>>,
 }
 
 /// Kinds of workload that can be restarted.
@@ -1081,9 +1140,16 @@ pub struct SecretRotationStatus {
     /// The last finished rotations, newest first, at most ten.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_rotations: Vec<RotationSummary>,
-    /// The last `capstan.dev/rotate-now` token acted on.
+    /// The last `capstan.dev/rotate-now` token acted on (its rotation has started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_rotate_now_token: Option<String>,
+    /// The last `capstan.dev/rotate-now` token whose rotation has ended: delivered
+    /// (`Ready=True`), or given up (`Ready=False`, reason `RotationFailed`). Wait for
+    /// exactly the rotation a token requested with
+    /// `kubectl wait --for=jsonpath='{.status.completedRotateNowToken}'=<token>`:
+    /// `Ready` stays True during a rotation, so waiting on it returns at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_rotate_now_token: Option<String>,
 }
 
 /// Steps of a rotation, in order (AWS's createSecret, setSecret, testSecret,

@@ -20,14 +20,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::Selector;
+use kube::core::{Expression, Selector};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::crd::{
-    DeletionPolicy, Delivery, RolloutTarget, SecretDelivery, SecretRotation, Target, WorkloadKind,
+    DeletionPolicy, Delivery, RolloutSelector, RolloutTarget, SecretDelivery, SecretRotation,
+    Target, WorkloadKind,
 };
 use crate::template::{Template, TemplateValues};
 use crate::validation::available_variables;
@@ -52,6 +53,15 @@ pub enum DeliveryError {
         /// The data key.
         key: String,
         /// What failed.
+        message: String,
+    },
+    /// A rollout selector does not say exactly which workloads it means; nothing is
+    /// restarted (admission refuses such a selector; this guards objects stored before).
+    #[error("{path}: {message}; nothing was restarted")]
+    InvalidSelector {
+        /// Where in the spec.
+        path: String,
+        /// What is wrong with it.
         message: String,
     },
     /// A Kubernetes call failed.
@@ -272,7 +282,11 @@ where
             .into_iter()
             .collect()),
         (None, Some(selector)) => {
-            let selector = to_selector(selector);
+            let selector =
+                rollout_selector(selector).map_err(|message| DeliveryError::InvalidSelector {
+                    path: format!("{:?} selector", target.kind),
+                    message,
+                })?;
             Ok(api
                 .list(&ListParams::default().labels_from(&selector))
                 .await
@@ -286,8 +300,49 @@ where
     }
 }
 
-fn to_selector(s: &LabelSelector) -> Selector {
-    Selector::try_from(s.clone()).unwrap_or_default()
+/// The selector `s` means, or why it means nothing exact. Never wider than written: an
+/// unknown operator, `In`/`NotIn` without values, `Exists`/`DoesNotExist` with values,
+/// or an empty selector (which would match every workload) are errors, not the empty
+/// selector.
+pub fn rollout_selector(s: &RolloutSelector) -> Result<Selector, String> {
+    let mut out: Selector = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (i, e) in s.match_expressions.iter().flatten().enumerate() {
+        let values = e.values.clone().unwrap_or_default();
+        let key = e.key.clone();
+        let expression = match (e.operator.as_str(), values.is_empty()) {
+            ("In", false) => Expression::In(key, values.into_iter().collect()),
+            ("NotIn", false) => Expression::NotIn(key, values.into_iter().collect()),
+            ("Exists", true) => Expression::Exists(key),
+            ("DoesNotExist", true) => Expression::DoesNotExist(key),
+            ("In" | "NotIn", true) => {
+                return Err(format!(
+                    "matchExpressions[{i}]: {} needs at least one value",
+                    e.operator
+                ));
+            }
+            ("Exists" | "DoesNotExist", false) => {
+                return Err(format!(
+                    "matchExpressions[{i}]: {} takes no values",
+                    e.operator
+                ));
+            }
+            (op, _) => {
+                return Err(format!(
+                    "matchExpressions[{i}]: unknown operator {op:?} (In, NotIn, Exists or DoesNotExist)"
+                ));
+            }
+        };
+        out.extend([expression]);
+    }
+    if out.selects_all() {
+        return Err("an empty selector would restart every workload of the kind".into());
+    }
+    Ok(out)
 }
 
 /// Reads every workload `delivery.rollouts` names, in spec order, without duplicates.
@@ -420,6 +475,77 @@ pub async fn restart(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::SelectorRequirement;
+
+    fn req(key: &str, operator: &str, values: Option<&[&str]>) -> SelectorRequirement {
+        SelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: values.map(|v| v.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    fn sel(labels: &[(&str, &str)], exprs: Vec<SelectorRequirement>) -> RolloutSelector {
+        RolloutSelector {
+            match_labels: (!labels.is_empty()).then(|| {
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            }),
+            match_expressions: (!exprs.is_empty()).then_some(exprs),
+        }
+    }
+
+    /// A selector that does not say exactly what it means is an error, never the empty
+    /// selector (which matches, and would restart, every workload of the kind); before,
+    /// a bad operator turned `app=web,tier Equals db` into "everything".
+    #[test]
+    fn a_bad_selector_is_refused_not_widened() {
+        let bad = [
+            sel(
+                &[("app", "web")],
+                vec![req("tier", "Equals", Some(&["db"]))],
+            ),
+            sel(&[("app", "web")], vec![req("tier", "in", Some(&["db"]))]),
+            sel(&[], vec![req("tier", "In", None)]),
+            sel(&[], vec![req("tier", "NotIn", Some(&[]))]),
+            sel(&[], vec![req("tier", "Exists", Some(&["db"]))]),
+            sel(&[], vec![req("tier", "DoesNotExist", Some(&["db"]))]),
+            sel(&[], vec![]),
+            RolloutSelector {
+                match_labels: Some(BTreeMap::new()),
+                match_expressions: Some(vec![]),
+            },
+        ];
+        for s in bad {
+            let got = rollout_selector(&s);
+            assert!(got.is_err(), "{s:?} gave {got:?}");
+        }
+    }
+
+    #[test]
+    fn good_selectors_keep_every_requirement() {
+        let s = sel(
+            &[("app", "web")],
+            vec![
+                req("tier", "In", Some(&["db", "cache"])),
+                req("canary", "DoesNotExist", None),
+                req("zone", "NotIn", Some(&["a"])),
+                req("team", "Exists", Some(&[])),
+            ],
+        );
+        let got = rollout_selector(&s).expect("valid").to_string();
+        for part in [
+            "app=web",
+            "tier in (cache,db)",
+            "!canary",
+            "zone notin (a)",
+            "team",
+        ] {
+            assert!(got.contains(part), "{part} missing from {got}");
+        }
+    }
 
     fn w(name: &str, stamped: Option<&str>, complete: bool) -> Workload {
         Workload {

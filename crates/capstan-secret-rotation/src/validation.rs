@@ -284,15 +284,10 @@ fn check_delivery(spec: &SecretRotationSpec, delivery: &Delivery, errors: &mut V
         match (&rollout.name, &rollout.selector) {
             (Some(_), None) => {}
             (None, Some(selector)) => {
-                let empty = selector.match_labels.as_ref().is_none_or(|l| l.is_empty())
-                    && selector
-                        .match_expressions
-                        .as_ref()
-                        .is_none_or(|e| e.is_empty());
-                if empty {
+                if let Err(message) = crate::delivery::rollout_selector(selector) {
                     errors.push(FieldError::new(
                         format!("{path}.selector"),
-                        "an empty selector would restart every workload of the kind; name them",
+                        format!("{message}; name the workloads or fix the selector"),
                     ));
                 }
             }
@@ -331,7 +326,7 @@ mod tests {
         AlternatingUsersStrategy, ConnectionRef, EcsService, KubernetesBackend, MysqlTarget,
         RolloutTarget, RotationWindow, SecretDelivery, ValueOnlyTarget, WorkloadKind,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use crate::crd::{RolloutSelector as LabelSelector, SelectorRequirement};
 
     fn dur(s: &str) -> capstan_core::schedule::DurationString {
         capstan_core::schedule::DurationString::new(s).expect("valid duration")
@@ -635,6 +630,50 @@ mod tests {
                             kind: WorkloadKind::StatefulSet,
                             name: None,
                             selector: Some(LabelSelector::default()),
+                        })
+                },
+                "spec.delivery.rollouts[1].selector",
+            ),
+            (
+                "selector with a bad operator (as stored before the schema refused it)",
+                |s| {
+                    s.delivery
+                        .as_mut()
+                        .expect("delivery")
+                        .rollouts
+                        .push(RolloutTarget {
+                            kind: WorkloadKind::Deployment,
+                            name: None,
+                            selector: Some(LabelSelector {
+                                match_labels: Some([("app".into(), "web".into())].into()),
+                                match_expressions: Some(vec![SelectorRequirement {
+                                    key: "tier".into(),
+                                    operator: "Equals".into(),
+                                    values: Some(vec!["db".into()]),
+                                }]),
+                            }),
+                        })
+                },
+                "spec.delivery.rollouts[1].selector",
+            ),
+            (
+                "In without values",
+                |s| {
+                    s.delivery
+                        .as_mut()
+                        .expect("delivery")
+                        .rollouts
+                        .push(RolloutTarget {
+                            kind: WorkloadKind::DaemonSet,
+                            name: None,
+                            selector: Some(LabelSelector {
+                                match_labels: None,
+                                match_expressions: Some(vec![SelectorRequirement {
+                                    key: "tier".into(),
+                                    operator: "In".into(),
+                                    values: None,
+                                }]),
+                            }),
                         })
                 },
                 "spec.delivery.rollouts[1].selector",

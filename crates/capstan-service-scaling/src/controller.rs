@@ -391,6 +391,11 @@ async fn reconcile(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Action, Er
         entries.remove(&key).and_then(|e| e.status)
     };
     let current = previous.or_else(|| obj.status.clone());
+    // Refused or invalid is also a Warning Event, once per transition.
+    let warning = capstan_core::events::ready_turned_false(
+        current.as_ref().map_or(&[][..], |s| &s.conditions),
+        &refusal,
+    );
     let api = kube::Api::<ServiceScaling>::namespaced(ctx.rt.client.clone(), &ns);
     capstan_core::ssa::update_status(
         &api,
@@ -402,6 +407,17 @@ async fn reconcile(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Action, Er
         |_| {},
     )
     .await?;
+    if let Some((reason, note)) = warning {
+        ctx.events
+            .publish(
+                obj.as_ref(),
+                kube::runtime::events::EventType::Warning,
+                &reason,
+                "Reconcile",
+                note,
+            )
+            .await;
+    }
     Ok(Action::await_change())
 }
 

@@ -69,9 +69,28 @@ pub const CONDITION_SCALING_LIMITED: &str = "ScalingLimited";
         json_path = ".status.conditions[?(@.type==\"ScalingActive\")].status"
     ),
     printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the last evaluation read the service and applied its decision"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why Ready has its status"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "What Ready's reason means for this object",
+        priority = 1
     )
 )]
 #[x_kube(
@@ -748,8 +767,18 @@ mod tests {
         assert_eq!(
             columns,
             [
-                "Service", "Min", "Max", "Desired", "Running", "Active", "Age"
+                "Service", "Min", "Max", "Desired", "Running", "Active", "Ready", "Reason", "Age",
+                "Message"
             ]
+        );
+        let ready = &crd["spec"]["versions"][0]["additionalPrinterColumns"][6];
+        assert_eq!(
+            ready["jsonPath"],
+            ".status.conditions[?(@.type==\"Ready\")].status"
+        );
+        assert!(
+            ready.get("priority").is_none(),
+            "Ready shows in kubectl get"
         );
     }
 

@@ -71,6 +71,7 @@ impl Categorized for CheckError {
 }
 
 struct Ctx {
+    events: capstan_core::events::Publisher,
     rt: Runtime,
     metrics: ControllerMetrics,
     aws_options: ClientOptions,
@@ -108,6 +109,11 @@ pub async fn run(
         .build()
         .unwrap_or_else(|_| reqwest::Client::new());
     let ctx = Arc::new(Ctx {
+        events: capstan_core::events::Publisher::new(
+            rt.client.clone(),
+            FIELD_MANAGER,
+            &rt.instance,
+        ),
         rt,
         metrics,
         aws_options,
@@ -151,6 +157,12 @@ async fn reconcile(conn: Arc<ClusterConnection>, ctx: Arc<Ctx>) -> Result<Action
         }
     };
     let before = conn.status.clone().unwrap_or_default();
+    // An unreachable connection is also a Warning Event (in `default`, where kubectl
+    // shows a cluster-scoped object's Events), once per transition, not per check.
+    let warning = capstan_core::events::ready_turned_false(
+        &before.conditions,
+        std::slice::from_ref(&desired),
+    );
     conditions::set(
         &mut status.conditions,
         desired,
@@ -160,6 +172,17 @@ async fn reconcile(conn: Arc<ClusterConnection>, ctx: Arc<Ctx>) -> Result<Action
     if status != before {
         let api: Api<ClusterConnection> = Api::all(ctx.rt.client.clone());
         ssa::apply_status(&api, &name, FIELD_MANAGER, &status).await?;
+    }
+    if let Some((reason, note)) = warning {
+        ctx.events
+            .publish(
+                conn.as_ref(),
+                capstan_core::events::EventType::Warning,
+                &reason,
+                "Check",
+                note,
+            )
+            .await;
     }
     Ok(Action::requeue(requeue))
 }
@@ -319,9 +342,11 @@ async fn check_login(
     ))
 }
 
-/// A reqwest error's text without the URL (which could carry a query string).
+/// A reqwest error's text with its causes ("Connection refused", "invalid peer
+/// certificate: UnknownIssuer": reqwest's own text says only "error sending request"),
+/// without the URL (which could carry a query string).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
+    let mut s = capstan_core::error::with_causes(e);
     if let Some(url) = e.url() {
         s = s.replace(url.as_str(), "<url>");
     }

@@ -218,6 +218,7 @@ fn crd_names_scope_and_subresources() {
             "Phase=.status.phase",
             "Stage=.status.currentStage",
             "Ready=.status.conditions[?(@.type==\"Ready\")].status",
+            "Reason=.status.conditions[?(@.type==\"Ready\")].reason",
             "Last success=.status.lastSuccessfulRevision",
             "Age=.metadata.creationTimestamp",
         ]

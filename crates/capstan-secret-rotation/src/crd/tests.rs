@@ -188,17 +188,35 @@ fn printer_columns() {
             ("Backend", "string", ".status.backend"),
             ("Target", "string", ".status.target"),
             ("Last rotation", "date", ".status.lastRotationTime"),
-            // A future time as `date` would print as <invalid>.
+            // A future time as `date` would print as <invalid>; the status holds it
+            // in whole seconds instead (see the table test in crates/capstan/tests).
             ("Next rotation", "string", ".status.nextRotationTime"),
             (
                 "Ready",
                 "string",
                 ".status.conditions[?(@.type==\"Ready\")].status"
             ),
+            (
+                "Reason",
+                "string",
+                ".status.conditions[?(@.type==\"Ready\")].reason"
+            ),
             ("Step", "string", ".status.rotation.step"),
             ("Age", "date", ".metadata.creationTimestamp"),
+            (
+                "Message",
+                "string",
+                ".status.conditions[?(@.type==\"Ready\")].message"
+            ),
         ]
     );
+    // Reason and Message show in `kubectl get` (priority 0): why an object is not
+    // Ready is on the first screen, not behind a custom-columns query.
+    for c in &columns {
+        if ["Reason", "Message"].contains(&c.name.as_str()) {
+            assert_eq!(c.priority, None, "{}", c.name);
+        }
+    }
 }
 
 #[test]
@@ -233,6 +251,23 @@ fn every_cel_rule_sits_where_it_applies() {
     }
     let rollout_rules = node("spec.delivery.rollouts")["items"]["x-kubernetes-validations"].clone();
     assert_eq!(rollout_rules[0]["rule"], RULE_ROLLOUT_NAME_XOR_SELECTOR);
+    let selector = node("spec.delivery.rollouts")["items"]["properties"]["selector"].clone();
+    assert_eq!(
+        selector["x-kubernetes-validations"][0]["rule"],
+        RULE_SELECTOR_NOT_EMPTY
+    );
+    let requirement = selector["properties"]["matchExpressions"]["items"].clone();
+    let rules = &requirement["x-kubernetes-validations"];
+    assert_eq!(rules[0]["rule"], RULE_SELECTOR_VALUES_REQUIRED);
+    assert_eq!(rules[0]["fieldPath"], ".values");
+    assert_eq!(rules[1]["rule"], RULE_SELECTOR_VALUES_FORBIDDEN);
+    assert_eq!(rules[1]["fieldPath"], ".values");
+    // The operator is an enum: any other is refused at admission with its field path.
+    assert_eq!(
+        requirement["properties"]["operator"]["enum"],
+        json!(["In", "NotIn", "Exists", "DoesNotExist"])
+    );
+    assert_eq!(selector["properties"]["matchExpressions"]["maxItems"], 16);
     // Every rule carries a human message, and there are no rules the lists above miss.
     let all = all_rules();
     for (path, rule) in &all {
@@ -241,7 +276,7 @@ fn every_cel_rule_sits_where_it_applies() {
             "{path}: {rule}"
         );
     }
-    assert_eq!(all.len(), spec_rules.len() + placed.len() + 1);
+    assert_eq!(all.len(), spec_rules.len() + placed.len() + 4);
 }
 
 #[test]
@@ -558,6 +593,33 @@ fn cel_rules_refuse_bad_specs() {
                     json!({"matchLabels": {"a": "b"}})
             },
             "exactly one of name or selector",
+        ),
+        (
+            "selector In without values",
+            |v| {
+                v["spec"]["delivery"]["rollouts"][0] = json!({"kind": "Deployment", "selector": {
+                    "matchLabels": {"app": "web"},
+                    "matchExpressions": [{"key": "tier", "operator": "In"}]
+                }})
+            },
+            "In and NotIn need at least one value",
+        ),
+        (
+            "selector Exists with values",
+            |v| {
+                v["spec"]["delivery"]["rollouts"][0] = json!({"kind": "Deployment", "selector": {
+                    "matchExpressions": [{"key": "tier", "operator": "Exists", "values": ["x"]}]
+                }})
+            },
+            "Exists and DoesNotExist take no values",
+        ),
+        (
+            "empty selector",
+            |v| {
+                v["spec"]["delivery"]["rollouts"][0] =
+                    json!({"kind": "Deployment", "selector": {"matchLabels": {}}})
+            },
+            "an empty selector would restart every workload",
         ),
         (
             "rollout with neither",

@@ -1,0 +1,907 @@
+//! What a kubectl user sees, against the real API server and the manager as a process:
+//! the README's rotate-now-then-wait command waits for the rotation it asked for;
+//! refusals, invalid specs, unreachable connections and repeated API errors are Warning
+//! Events, once per transition; connection errors keep their cause; the printer columns
+//! as the API server's table shows them; a bad rollout selector is refused at admission
+//! with its field path; a deleted SecretRotation leaves the overdue gauge.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use capstan_core::conditions::find;
+use capstan_core::connection::ClusterConnection;
+use capstan_pipeline::crd::Pipeline;
+use capstan_secret_rotation::crd::SecretRotation;
+use capstan_service_scaling::crd::ServiceScaling;
+use capstan_testenv::{TempNamespace, TestEnv, await_condition};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn start(
+    kube: &'static capstan_testenv::Kube,
+    ns: &str,
+    identity: &str,
+    controllers: &str,
+) -> common::Manager {
+    let args = [
+        "--leader-elect=false",
+        "--namespaces",
+        ns,
+        "--own-namespace",
+        ns,
+        "--controllers",
+        controllers,
+    ];
+    common::start(kube, identity, &args).await
+}
+
+async fn create<K>(api: &Api<K>, value: Value)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+}
+
+fn ready(
+    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> Option<(String, String, String)> {
+    let c = find(conditions?, "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The Warning Events in `ns` about the object named `name` with `reason`.
+async fn warnings(client: &Client, ns: &str, name: &str, reason: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .collect()
+}
+
+/// Polls until the Warning `reason` about `name` exists; returns how many there are.
+async fn await_warning(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    m: &common::Manager,
+) -> usize {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let n = warnings(client, ns, name, reason).await.len();
+        if n > 0 {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Warning {reason} about {ns}/{name}\n{}",
+            m.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Touches an object (a label change), which makes its controller reconcile it again.
+async fn touch<K>(api: &Api<K>, name: &str, n: usize)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": n.to_string()}}})),
+    )
+    .await
+    .expect("touch");
+}
+
+fn kubectl() -> Option<std::path::PathBuf> {
+    let out = std::process::Command::new("which")
+        .arg("kubectl")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().into())
+        .filter(|p: &std::path::PathBuf| !p.as_os_str().is_empty())
+}
+
+/// The README's command: annotate with a new token, then
+/// `kubectl wait --for=jsonpath='{.status.completedRotateNowToken}'=<token>`. It must
+/// not return before that rotation has finished: a new credential, current and
+/// delivered (here: the Deployment's rollout, which the test holds back for a while).
+/// The old advice, `kubectl wait --for=condition=Ready`, returns at once. Runs the real
+/// kubectl when there is one, and always the same wait through the API (a watch until
+/// the field holds the token).
+#[tokio::test]
+async fn rotate_now_then_wait_returns_only_once_that_rotation_is_delivered() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    let deployments: Api<Deployment> = ns.api(client.clone());
+    let secrets: Api<Secret> = ns.api(client.clone());
+    create(
+        &deployments,
+        json!({
+            "metadata": { "name": "web" },
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": "web" } },
+                "template": {
+                    "metadata": { "labels": { "app": "web" } },
+                    "spec": { "containers": [{ "name": "c", "image": "example/app:1" }] }
+                }
+            }
+        }),
+    )
+    .await;
+    // The test plays the Deployment controller, only while `roll` is set.
+    let roll = Arc::new(AtomicBool::new(true));
+    let player = {
+        let roll = roll.clone();
+        let deployments = deployments.clone();
+        tokio::spawn(async move {
+            loop {
+                if roll.load(Ordering::SeqCst)
+                    && let Ok(d) = deployments.get("web").await
+                {
+                    let generation = d.metadata.generation.unwrap_or(1);
+                    let _ = deployments
+                        .patch_status(
+                            "web",
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"status": {
+                                "observedGeneration": generation, "replicas": 1,
+                                "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1
+                            }})),
+                        )
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    create(
+        &api,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": "key" },
+            "spec": {
+                "backend": { "kubernetes": { "secretName": "key-store" } },
+                "target": { "none": {} },
+                "strategy": { "singleUser": { "acceptLoginFailuresUntilRestart": true } },
+                "schedule": { "interval": "720h" },
+                "delivery": {
+                    "secret": { "name": "key", "template": { "API_KEY": "{{ value }}" } },
+                    "rollouts": [{ "kind": "Deployment", "name": "web" }]
+                }
+            }
+        }),
+    )
+    .await;
+    let m = start(kube, ns.name(), "ux-wait", "secret-rotation").await;
+    let rotated = |n: i64| {
+        move |o: &SecretRotation| {
+            o.status.as_ref().is_some_and(|s| {
+                s.rotation_count >= n
+                    && find(&s.conditions, "Ready").is_some_and(|c| c.status == "True")
+            })
+        }
+    };
+    let first = await_condition(&api, "key", rotated(1), TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("no first rotation: {e}\n{}", m.all_logs()));
+    let v1 = first
+        .status
+        .and_then(|s| s.current_version)
+        .expect("version");
+
+    // Hold the rollout back, then ask for a rotation and wait for it.
+    roll.store(false, Ordering::SeqCst);
+    let token = format!("t{}", std::process::id());
+    api.patch(
+        "key",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"capstan.dev/rotate-now": token}}})),
+    )
+    .await
+    .expect("annotate");
+    let started = Instant::now();
+    let by_api = {
+        let api = api.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            await_condition(
+                &api,
+                "key",
+                move |o: &SecretRotation| {
+                    o.status
+                        .as_ref()
+                        .and_then(|s| s.completed_rotate_now_token.as_deref())
+                        == Some(token.as_str())
+                },
+                Duration::from_secs(120),
+            )
+            .await
+            .map(|o| (o, Instant::now()))
+        })
+    };
+    let kubeconfig = kube.kubeconfig_path().to_owned();
+    let nsn = ns.name().to_owned();
+    let kubectl_wait = |bin: std::path::PathBuf, for_: String, timeout: &str| {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.env("KUBECONFIG", &kubeconfig)
+            .args(["-n", &nsn, "wait", "srot/key", &format!("--for={for_}")])
+            .arg(format!("--timeout={timeout}"))
+            .kill_on_drop(true);
+        tokio::spawn(async move {
+            let out = cmd.output().await.expect("kubectl");
+            (out, Instant::now())
+        })
+    };
+    let by_kubectl = kubectl().map(|bin| {
+        // The documented command, as the shell passes it.
+        let documented = kubectl_wait(
+            bin.clone(),
+            format!("jsonpath={{.status.completedRotateNowToken}}={token}"),
+            "120s",
+        );
+        // The old advice returns at once: Ready stays True during the rotation.
+        let old = kubectl_wait(bin, "condition=Ready".into(), "30s");
+        (documented, old)
+    });
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !by_api.is_finished(),
+        "the wait returned before the rollout finished"
+    );
+    let during = api.get("key").await.expect("get");
+    let st = during.status.as_ref().expect("status");
+    assert!(
+        st.rotation.is_some(),
+        "the rotation is still in progress: {st:?}\n{}",
+        m.all_logs()
+    );
+    assert_eq!(
+        find(&st.conditions, "Delivered").map(|c| c.reason.as_str()),
+        Some("DeliveryInProgress")
+    );
+    if let Some((documented, old)) = &by_kubectl {
+        assert!(!documented.is_finished(), "kubectl wait returned early");
+        assert!(
+            old.is_finished(),
+            "the old advice is expected to return at once"
+        );
+    }
+
+    roll.store(true, Ordering::SeqCst);
+    let (done, returned) = by_api.await.expect("join").expect("the API wait returned");
+    let finished = returned.duration_since(started);
+    let st = done.status.clone().expect("status");
+    let current = st.current_version.clone().expect("current");
+    assert_ne!(current, v1, "a new credential");
+    assert!(st.rotation.is_none(), "the rotation is over: {st:?}");
+    for c in ["Ready", "Delivered"] {
+        assert_eq!(
+            find(&st.conditions, c).map(|c| c.status.as_str()),
+            Some("True"),
+            "{c}"
+        );
+    }
+    let stored = common::secret_data(&secrets, "key-store").await;
+    let delivered = common::secret_data(&secrets, "key").await;
+    assert_eq!(delivered["API_KEY"], stored["password"], "delivered");
+    let d = deployments.get("web").await.expect("web");
+    let stamp = d
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("capstan.dev/restarted-for").cloned());
+    assert_eq!(stamp.as_deref(), Some(current.as_str()));
+
+    if let Some((documented, old)) = by_kubectl {
+        let (out, at) = documented.await.expect("join");
+        assert!(
+            out.status.success(),
+            "kubectl wait failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            at.duration_since(started) >= Duration::from_secs(5),
+            "kubectl wait returned after {:?}, before the rollout was released",
+            at.duration_since(started)
+        );
+        let (out, at) = old.await.expect("join");
+        assert!(out.status.success());
+        assert!(at.duration_since(started) < Duration::from_secs(5));
+    }
+    assert!(finished >= Duration::from_secs(5));
+    player.abort();
+}
+
+/// A SecretRotation with an invalid spec, one refused by its connection, a refused
+/// ServiceScaling and a refused Pipeline each get exactly one Warning Event with Ready's
+/// reason, however often they are reconciled afterwards (no Event storm).
+#[tokio::test]
+async fn a_persistently_refused_object_publishes_one_warning() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let conn = format!("ux-elsewhere-{}", ns.name());
+    let conns: Api<ClusterConnection> = Api::all(client.clone());
+    create(
+        &conns,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
+            "metadata": { "name": conn },
+            "spec": {
+                "allowedNamespaces": { "names": ["somewhere-else"] },
+                "aws": { "region": "eu-west-1" }
+            }
+        }),
+    )
+    .await;
+    let rotations: Api<SecretRotation> = ns.api(client.clone());
+    let scalings: Api<ServiceScaling> = ns.api(client.clone());
+    let pipelines: Api<Pipeline> = ns.api(client.clone());
+    create(
+        &rotations,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": "invalid" },
+            "spec": {
+                "backend": { "kubernetes": { "secretName": "store" } },
+                "target": { "none": {} },
+                "schedule": { "interval": "720h" },
+                // No host with the none target: only the controller's validation sees it.
+                "delivery": { "secret": { "name": "out", "template": { "URL": "{{ host }}" } } }
+            }
+        }),
+    )
+    .await;
+    create(
+        &rotations,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": "refused" },
+            "spec": {
+                "connectionRef": { "name": conn },
+                "backend": { "awsSecretsManager": { "secretId": "x" } },
+                "target": { "none": {} },
+                "schedule": { "interval": "720h" }
+            }
+        }),
+    )
+    .await;
+    create(
+        &scalings,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ServiceScaling",
+            "metadata": { "name": "refused" },
+            "spec": {
+                "connectionRef": { "name": conn },
+                "service": { "cluster": "c", "service": "s" },
+                "maxReplicas": 2,
+                "metrics": [{ "cpuUtilization": { "targetPercent": 50 } }]
+            }
+        }),
+    )
+    .await;
+    create(
+        &pipelines,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "Pipeline",
+            "metadata": { "name": "refused" },
+            "spec": {
+                "connectionRef": { "name": conn },
+                "revision": "1",
+                "stages": [{ "name": "unit", "type": "Test",
+                    "job": { "image": "example/test:1", "timeout": "5m" } }]
+            }
+        }),
+    )
+    .await;
+    let m = start(
+        kube,
+        ns.name(),
+        "ux-events",
+        "secret-rotation,service-scaling,pipeline",
+    )
+    .await;
+    let cases = [
+        ("SecretRotation", "invalid", "InvalidSpec"),
+        ("SecretRotation", "refused", "ConnectionNotAllowed"),
+        ("ServiceScaling", "refused", "ConnectionNotAllowed"),
+        ("Pipeline", "refused", "ConnectionNotAllowed"),
+    ];
+    let kinds_of = |e: &Event| e.regarding.as_ref().and_then(|r| r.kind.clone());
+    for (kind, name, reason) in cases {
+        await_warning(&client, ns.name(), name, reason, &m).await;
+        let evs = warnings(&client, ns.name(), name, reason).await;
+        assert!(
+            evs.iter().any(|e| kinds_of(e).as_deref() == Some(kind)),
+            "{kind}/{name}"
+        );
+    }
+    // More reconciles of the same objects (each touch is a watch event), over seconds.
+    for n in 0..3 {
+        touch(&rotations, "invalid", n).await;
+        touch(&rotations, "refused", n).await;
+        touch(&scalings, "refused", n).await;
+        touch(&pipelines, "refused", n).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reconciles = m.logs.lock().expect("logs").len();
+    assert!(reconciles > 0);
+    for (kind, name, reason) in cases {
+        let evs: Vec<Event> = warnings(&client, ns.name(), name, reason)
+            .await
+            .into_iter()
+            .filter(|e| kinds_of(e).as_deref() == Some(kind))
+            .collect();
+        assert_eq!(evs.len(), 1, "{kind}/{name}: {evs:?}");
+        let note = evs[0].note.clone().unwrap_or_default();
+        if reason == "ConnectionNotAllowed" {
+            assert!(note.contains(&conn), "{note}");
+        } else {
+            assert!(note.contains("host"), "{note}");
+        }
+    }
+    conns
+        .delete(&conn, &DeleteParams::default())
+        .await
+        .expect("delete connection");
+}
+
+/// A status write the API server keeps refusing (here a ValidatingAdmissionPolicy; in
+/// issue 8 it was RBAC) shows as one Warning `ReconcileFailing` naming the refusal, after
+/// a few failures in a row, and not once per retry.
+#[tokio::test]
+async fn repeated_api_errors_publish_one_warning() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let policy = format!("ux-deny-status-{}", ns.name());
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    create(
+        &policies,
+        json!({
+            "metadata": { "name": policy },
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": { "resourceRules": [{
+                    "apiGroups": ["capstan.dev"], "apiVersions": ["*"],
+                    "operations": ["UPDATE"], "resources": ["secretrotations/status"]
+                }] },
+                "validations": [{
+                    "expression": "object.metadata.name != 'doomed'",
+                    "message": "status writes of doomed are refused by the test"
+                }]
+            }
+        }),
+    )
+    .await;
+    create(
+        &bindings,
+        json!({
+            "metadata": { "name": policy },
+            "spec": {
+                "policyName": policy,
+                "validationActions": ["Deny"],
+                "matchResources": { "namespaceSelector": { "matchLabels": {
+                    "kubernetes.io/metadata.name": ns.name() } } }
+            }
+        }),
+    )
+    .await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    create(
+        &api,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": "doomed" },
+            "spec": {
+                "backend": { "kubernetes": { "secretName": "store" } },
+                "target": { "none": {} },
+                "schedule": { "interval": "720h" }
+            }
+        }),
+    )
+    .await;
+    // The policy takes a moment to apply: wait until it refuses the admin too.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let refused = api
+            .patch_status(
+                "doomed",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"rotationCount": 0}})),
+            )
+            .await
+            .is_err();
+        if refused {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the policy never applied");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let m = start(kube, ns.name(), "ux-api-errors", "secret-rotation").await;
+    await_warning(&client, ns.name(), "doomed", "ReconcileFailing", &m).await;
+    // Backoff 1, 2, 4, 8 s: several more failures within the next seconds.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let failures = m
+        .logs
+        .lock()
+        .expect("logs")
+        .iter()
+        .filter(|l| l.contains("reconcile failed"))
+        .count();
+    assert!(failures >= 4, "only {failures} failures\n{}", m.all_logs());
+    let evs = warnings(&client, ns.name(), "doomed", "ReconcileFailing").await;
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let note = evs[0].note.clone().unwrap_or_default();
+    assert!(note.contains("refused by the test"), "{note}");
+    let _ = bindings.delete(&policy, &DeleteParams::default()).await;
+    let _ = policies.delete(&policy, &DeleteParams::default()).await;
+}
+
+/// A Vault connection to a closed port says "connection refused", one to a TLS server
+/// with a certificate Capstan does not trust says so (not reqwest's bare "error sending
+/// request"), and an AWS connection to a closed port says "connection refused"; each is
+/// one Warning Event on the ClusterConnection.
+#[tokio::test]
+async fn connection_errors_keep_their_cause() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let own = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    common::aws_creds_secret(&client, own.name()).await;
+    let secrets: Api<Secret> = own.api(client.clone());
+    create(
+        &secrets,
+        json!({ "metadata": { "name": "vault-token" }, "stringData": { "token": "t" } }),
+    )
+    .await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let conns: Api<ClusterConnection> = Api::all(client.clone());
+    let name = |s: &str| format!("ux-{s}-{}", own.name());
+    let vault = |address: String| json!({ "address": address, "auth": { "token": { "secretRef": { "name": "vault-token" } } } });
+    let specs = [
+        (
+            name("vault-closed"),
+            json!({ "vault": vault(format!("http://127.0.0.1:{closed}")) }),
+        ),
+        // The test API server speaks TLS with a certificate from its own CA.
+        (
+            name("vault-tls"),
+            json!({ "vault": vault(kube.api_server_url().to_owned()) }),
+        ),
+        (
+            name("aws-closed"),
+            json!({ "aws": {
+                "region": "eu-west-1",
+                "endpointUrl": format!("http://127.0.0.1:{closed}"),
+                "credentialsSecretRef": { "name": "aws-creds" }
+            } }),
+        ),
+    ];
+    for (n, spec) in &specs {
+        let mut spec = spec.clone();
+        spec["allowedNamespaces"] = json!({ "names": [own.name()] });
+        create(
+            &conns,
+            json!({
+                "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
+                "metadata": { "name": n }, "spec": spec
+            }),
+        )
+        .await;
+    }
+    let m = start(kube, own.name(), "ux-connections", "connection").await;
+    let expect = [
+        (name("vault-closed"), "connection refused"),
+        (name("vault-tls"), "certificate"),
+        (name("aws-closed"), "connection refused"),
+    ];
+    for (n, want) in &expect {
+        let o = await_condition(
+            &conns,
+            n,
+            |c: &ClusterConnection| {
+                ready(c.status.as_ref().map(|s| &s.conditions))
+                    .is_some_and(|(s, _, _)| s == "False")
+            },
+            TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{n}: {e}\n{}", m.all_logs()));
+        let (_, reason, message) = ready(o.status.as_ref().map(|s| &s.conditions)).expect("Ready");
+        assert!(
+            message.to_lowercase().contains(want),
+            "{n}: want {want:?} in {message:?}"
+        );
+        assert_eq!(
+            await_warning(&client, "default", n, &reason, &m).await,
+            1,
+            "{n}"
+        );
+    }
+    for (n, _) in &specs {
+        let _ = conns.delete(n, &DeleteParams::default()).await;
+    }
+}
+
+/// What `kubectl get` prints is the API server's table: SecretRotation shows Ready's
+/// reason and message and a next rotation in whole seconds; ServiceScaling shows Ready.
+#[tokio::test]
+async fn the_api_servers_table_shows_reason_message_and_a_readable_next_rotation() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    create(
+        &api,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": "key" },
+            "spec": {
+                "backend": { "kubernetes": { "secretName": "store" } },
+                "target": { "none": {} },
+                "schedule": { "interval": "720h" }
+            }
+        }),
+    )
+    .await;
+    let m = start(
+        kube,
+        ns.name(),
+        "ux-table",
+        "secret-rotation,service-scaling",
+    )
+    .await;
+    await_condition(
+        &api,
+        "key",
+        |o: &SecretRotation| {
+            ready(o.status.as_ref().map(|s| &s.conditions)).is_some_and(|(s, _, _)| s == "True")
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("not rotated: {e}\n{}", m.all_logs()));
+    let scalings: Api<ServiceScaling> = ns.api(client.clone());
+    create(
+        &scalings,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ServiceScaling",
+            "metadata": { "name": "web" },
+            "spec": {
+                "connectionRef": { "name": "no-such-connection" },
+                "service": { "cluster": "c", "service": "s" },
+                "maxReplicas": 2,
+                "metrics": [{ "cpuUtilization": { "targetPercent": 50 } }]
+            }
+        }),
+    )
+    .await;
+    await_condition(
+        &scalings,
+        "web",
+        |o: &ServiceScaling| ready(o.status.as_ref().map(|s| &s.conditions)).is_some(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("no status: {e}\n{}", m.all_logs()));
+
+    let table = |plural: &str| {
+        let client = client.clone();
+        let url = format!(
+            "/apis/capstan.dev/v1alpha1/namespaces/{}/{plural}",
+            ns.name()
+        );
+        async move {
+            let req = http::Request::get(url)
+                .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+                .body(Vec::new())
+                .expect("request");
+            let text = client.request_text(req).await.expect("table");
+            let v: Value = serde_json::from_str(&text).expect("json");
+            assert_eq!(v["kind"], "Table", "{v}");
+            let names: Vec<String> = v["columnDefinitions"]
+                .as_array()
+                .expect("columns")
+                .iter()
+                .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            let cells = v["rows"][0]["cells"].as_array().expect("row").clone();
+            names
+                .into_iter()
+                .zip(cells)
+                .collect::<std::collections::BTreeMap<_, _>>()
+        }
+    };
+    let row = table("secretrotations").await;
+    assert_eq!(row["Ready"], "True", "{row:?}");
+    assert_eq!(row["Reason"], "CredentialCurrent", "{row:?}");
+    assert!(
+        row["Message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is current")),
+        "{row:?}"
+    );
+    let next = row["Next rotation"]
+        .as_str()
+        .expect("next rotation")
+        .to_owned();
+    assert_eq!(
+        next.len(),
+        "2026-12-03T09:40:13Z".len(),
+        "whole seconds: {next}"
+    );
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&next).is_ok_and(|t| t > chrono::Utc::now()),
+        "{next}"
+    );
+    let row = table("servicescalings").await;
+    assert_eq!(row["Ready"], "False", "{row:?}");
+    assert_eq!(row["Reason"], "ConnectionNotFound", "{row:?}");
+}
+
+/// A rollout selector that does not say exactly what it means is refused at admission,
+/// with the field path (the controller's own refusal, for objects stored before these
+/// rules, is unit-tested in delivery.rs and validation.rs).
+#[tokio::test]
+async fn a_bad_rollout_selector_is_refused_at_admission() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    let with_selector = |name: &str, selector: Value| -> SecretRotation {
+        serde_json::from_value(json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": name },
+            "spec": {
+                "backend": { "kubernetes": { "secretName": "store" } },
+                "target": { "none": {} },
+                "strategy": { "singleUser": { "acceptLoginFailuresUntilRestart": true } },
+                "schedule": { "interval": "720h" },
+                "delivery": { "rollouts": [{ "kind": "Deployment", "selector": selector }] }
+            }
+        }))
+        .expect("object")
+    };
+    let path = "spec.delivery.rollouts[0].selector";
+    let cases = [
+        (
+            json!({ "matchLabels": { "app": "web" },
+                    "matchExpressions": [{ "key": "tier", "operator": "Equals", "values": ["db"] }] }),
+            format!("{path}.matchExpressions[0].operator"),
+            "Unsupported value",
+        ),
+        (
+            json!({ "matchExpressions": [{ "key": "tier", "operator": "In" }] }),
+            format!("{path}.matchExpressions[0].values"),
+            "In and NotIn need at least one value",
+        ),
+        (
+            json!({ "matchExpressions": [{ "key": "tier", "operator": "Exists", "values": ["x"] }] }),
+            format!("{path}.matchExpressions[0].values"),
+            "Exists and DoesNotExist take no values",
+        ),
+        (
+            json!({ "matchLabels": {} }),
+            path.to_owned(),
+            "an empty selector",
+        ),
+    ];
+    for (i, (selector, field, want)) in cases.into_iter().enumerate() {
+        match api
+            .create(
+                &PostParams::default(),
+                &with_selector(&format!("bad-{i}"), selector),
+            )
+            .await
+        {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{s:?}");
+                assert!(s.message.contains(&field), "{field} not in {}", s.message);
+                assert!(s.message.contains(want), "{want} not in {}", s.message);
+            }
+            other => panic!("case {i} accepted or failed otherwise: {other:?}"),
+        }
+    }
+    api.create(
+        &PostParams::default(),
+        &with_selector(
+            "good",
+            json!({ "matchLabels": { "app": "web" },
+                    "matchExpressions": [{ "key": "tier", "operator": "NotIn", "values": ["db"] },
+                                         { "key": "canary", "operator": "DoesNotExist" }] }),
+        ),
+    )
+    .await
+    .expect("a valid selector is accepted");
+}
+
+/// An overdue SecretRotation counts in `capstan_secret_rotation_objects_overdue`; once
+/// deleted, it no longer does (before, it stayed until Capstan restarted).
+#[tokio::test]
+async fn a_deleted_rotation_leaves_the_overdue_gauge() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    create(
+        &api,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": "db" },
+            "spec": {
+                "backend": { "kubernetes": { "secretName": "db-store" } },
+                // The admin Secret is missing: the first rotation, due at creation,
+                // cannot start, so the object is overdue at once.
+                "target": { "postgres": {
+                    "host": "127.0.0.1", "port": 5432, "database": "app", "sslMode": "disable",
+                    "username": "app", "adminSecretRef": { "name": "pg-admin" } } },
+                "strategy": { "singleUser": {} },
+                "schedule": { "interval": "720h" }
+            }
+        }),
+    )
+    .await;
+    let m = start(kube, ns.name(), "ux-overdue", "secret-rotation").await;
+    await_gauge(&m, "capstan_secret_rotation_objects_overdue 1").await;
+    api.delete("db", &DeleteParams::default())
+        .await
+        .expect("delete");
+    await_gauge(&m, "capstan_secret_rotation_objects_overdue 0").await;
+}
+
+/// Polls `/metrics` until the overdue gauge's line is `want`.
+async fn await_gauge(m: &common::Manager, want: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, body) = m.get("/metrics").await;
+        let got = body
+            .lines()
+            .find(|l| l.starts_with("capstan_secret_rotation_objects_overdue "))
+            .map(str::to_owned);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gauge {got:?}, want {want:?}\n{}",
+            m.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
