@@ -224,17 +224,27 @@ pub trait AutoScalingApi: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct SdkAutoScaling {
     client: aws_sdk_applicationautoscaling::Client,
+    budget: crate::budget::Budget,
 }
 
 impl SdkAutoScaling {
     /// Wraps a client (possibly built with interceptors).
     pub fn new(client: aws_sdk_applicationautoscaling::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            budget: crate::budget::Budget::default(),
+        }
     }
 
     /// A client from a configuration.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         Self::new(aws_sdk_applicationautoscaling::Client::new(config))
+    }
+
+    /// Takes a token of the request budget before each call (see [`crate::budget`]).
+    pub fn with_budget(mut self, budget: crate::budget::Budget) -> Self {
+        self.budget = budget;
+        self
     }
 }
 
@@ -247,6 +257,7 @@ impl AutoScalingApi for SdkAutoScaling {
         &self,
         resource_id: &str,
     ) -> Result<Option<ScalableTarget>, AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         let out = self
             .client
             .describe_scalable_targets()
@@ -271,6 +282,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         target: ScalableTarget,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         self.client
             .register_scalable_target()
             .service_namespace(ServiceNamespace::Ecs)
@@ -288,6 +300,7 @@ impl AutoScalingApi for SdkAutoScaling {
         &self,
         resource_id: &str,
     ) -> Result<Vec<TargetTrackingPolicy>, AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         let mut policies = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -348,6 +361,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         policy: &TargetTrackingPolicy,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         const OP: &str = "PutScalingPolicy";
         let mut config = TargetTrackingScalingPolicyConfiguration::builder()
             .target_value(policy.target_value)
@@ -402,6 +416,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         name: &str,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         self.client
             .delete_scaling_policy()
             .policy_name(name)
@@ -418,6 +433,7 @@ impl AutoScalingApi for SdkAutoScaling {
         &self,
         resource_id: &str,
     ) -> Result<Vec<ScheduledAction>, AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         let mut actions = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -453,6 +469,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         action: &ScheduledAction,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         self.client
             .put_scheduled_action()
             .service_namespace(ServiceNamespace::Ecs)
@@ -478,6 +495,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         name: &str,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         self.client
             .delete_scheduled_action()
             .service_namespace(ServiceNamespace::Ecs)
