@@ -235,17 +235,27 @@ pub trait AutoScalingApi: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct SdkAutoScaling {
     client: aws_sdk_applicationautoscaling::Client,
+    budget: crate::budget::Budget,
 }
 
 impl SdkAutoScaling {
     /// Wraps a client (possibly built with interceptors).
     pub fn new(client: aws_sdk_applicationautoscaling::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            budget: crate::budget::Budget::default(),
+        }
     }
 
     /// A client from a configuration.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         Self::new(aws_sdk_applicationautoscaling::Client::new(config))
+    }
+
+    /// Takes a token of the request budget before each call (see [`crate::budget`]).
+    pub fn with_budget(mut self, budget: crate::budget::Budget) -> Self {
+        self.budget = budget;
+        self
     }
 }
 
@@ -258,6 +268,7 @@ impl AutoScalingApi for SdkAutoScaling {
         &self,
         resource_id: &str,
     ) -> Result<Option<ScalableTarget>, AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         let out = self
             .client
             .describe_scalable_targets()
@@ -282,6 +293,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         target: ScalableTarget,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         self.client
             .register_scalable_target()
             .service_namespace(ServiceNamespace::Ecs)
@@ -340,6 +352,7 @@ impl AutoScalingApi for SdkAutoScaling {
         &self,
         resource_id: &str,
     ) -> Result<Vec<TargetTrackingPolicy>, AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         let mut policies = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -400,6 +413,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         policy: &TargetTrackingPolicy,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         const OP: &str = "PutScalingPolicy";
         let mut config = TargetTrackingScalingPolicyConfiguration::builder()
             .target_value(policy.target_value)
@@ -454,6 +468,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         name: &str,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         self.client
             .delete_scaling_policy()
             .policy_name(name)
@@ -470,6 +485,7 @@ impl AutoScalingApi for SdkAutoScaling {
         &self,
         resource_id: &str,
     ) -> Result<Vec<ScheduledAction>, AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         let mut actions = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -505,6 +521,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         action: &ScheduledAction,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         self.client
             .put_scheduled_action()
             .service_namespace(ServiceNamespace::Ecs)
@@ -530,6 +547,7 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
         name: &str,
     ) -> Result<(), AutoScalingError> {
+        self.budget.acquire(crate::budget::AUTOSCALING).await;
         self.client
             .delete_scheduled_action()
             .service_namespace(ServiceNamespace::Ecs)

@@ -88,17 +88,27 @@ pub trait CloudWatchApi: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct SdkCloudWatch {
     client: aws_sdk_cloudwatch::Client,
+    budget: crate::budget::Budget,
 }
 
 impl SdkCloudWatch {
     /// Wraps a client (possibly built with interceptors).
     pub fn new(client: aws_sdk_cloudwatch::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            budget: crate::budget::Budget::default(),
+        }
     }
 
     /// A client from a configuration.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         Self::new(aws_sdk_cloudwatch::Client::new(config))
+    }
+
+    /// Takes a token of the request budget before each call (see [`crate::budget`]).
+    pub fn with_budget(mut self, budget: crate::budget::Budget) -> Self {
+        self.budget = budget;
+        self
     }
 }
 
@@ -147,6 +157,7 @@ impl CloudWatchApi for SdkCloudWatch {
                 .collect();
             let mut next_token: Option<String> = None;
             loop {
+                self.budget.acquire(crate::budget::CLOUDWATCH_READ).await;
                 let resp = self
                     .client
                     .get_metric_data()

@@ -248,18 +248,28 @@ pub trait EcsApi: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct SdkEcs {
     client: aws_sdk_ecs::Client,
+    budget: crate::budget::Budget,
 }
 
 impl SdkEcs {
     /// Wraps a client (built from a connection's configuration, possibly with
     /// interceptors added).
     pub fn new(client: aws_sdk_ecs::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            budget: crate::budget::Budget::default(),
+        }
     }
 
     /// A client from a configuration.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         Self::new(aws_sdk_ecs::Client::new(config))
+    }
+
+    /// Takes a token of the request budget before each call (see [`crate::budget`]).
+    pub fn with_budget(mut self, budget: crate::budget::Budget) -> Self {
+        self.budget = budget;
+        self
     }
 }
 
@@ -307,6 +317,7 @@ impl EcsApi for SdkEcs {
         if services.is_empty() {
             return Ok(Vec::new());
         }
+        self.budget.acquire(crate::budget::ECS_READ).await;
         let out = self
             .client
             .describe_services()
@@ -356,6 +367,7 @@ impl EcsApi for SdkEcs {
         service: &str,
         desired_count: i32,
     ) -> Result<(), EcsError> {
+        self.budget.acquire(crate::budget::ECS_WRITE).await;
         self.client
             .update_service()
             .cluster(cluster)
@@ -372,6 +384,7 @@ impl EcsApi for SdkEcs {
         cluster: &str,
         service: &str,
     ) -> Result<Option<String>, EcsError> {
+        self.budget.acquire(crate::budget::ECS_WRITE).await;
         let out = self
             .client
             .update_service()

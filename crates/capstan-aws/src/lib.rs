@@ -11,6 +11,7 @@
 //! honoured by the SDK's loader; an `endpointUrl` in the connection takes precedence.
 
 pub mod autoscaling;
+pub mod budget;
 pub mod cloudwatch;
 pub mod ecs;
 pub mod secrets_manager;
@@ -64,6 +65,23 @@ impl Default for ClientOptions {
             retries: Retries::Standard(3),
             operation_attempt_timeout: Duration::from_secs(10),
             session_name: "capstan".into(),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The options of every controller's clients, from the process's AWS settings
+    /// (`capstan run` flags, carried in `Runtime`): the SDK's standard retries (3
+    /// attempts) unless `--aws-no-retries`, and this instance's session name.
+    pub fn from_settings(aws: &capstan_core::runtime::AwsSettings, instance: &str) -> Self {
+        Self {
+            retries: if aws.no_retries {
+                Retries::Off
+            } else {
+                Retries::Standard(3)
+            },
+            session_name: format!("capstan-{instance}"),
+            ..Self::default()
         }
     }
 }
@@ -177,6 +195,7 @@ pub async fn check_identity(
         account: out.account().unwrap_or_default().to_owned(),
         arn: out.arn().unwrap_or_default().to_owned(),
     };
+    budget::remember_account(connection, &identity.account);
     if let Some(expected) = &conn.account_id
         && *expected != identity.account
     {

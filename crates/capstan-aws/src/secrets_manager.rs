@@ -291,17 +291,27 @@ pub trait SecretsManagerApi: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct SdkSecretsManager {
     client: aws_sdk_secretsmanager::Client,
+    budget: crate::budget::Budget,
 }
 
 impl SdkSecretsManager {
     /// Wraps a client.
     pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            budget: crate::budget::Budget::default(),
+        }
     }
 
     /// A client from an SDK configuration.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         Self::new(aws_sdk_secretsmanager::Client::new(config))
+    }
+
+    /// Takes a token of the request budget before each call (see [`crate::budget`]).
+    pub fn with_budget(mut self, budget: crate::budget::Budget) -> Self {
+        self.budget = budget;
+        self
     }
 }
 
@@ -314,6 +324,9 @@ impl SecretsManagerApi for SdkSecretsManager {
         &self,
         secret_id: &str,
     ) -> Result<SecretDescription, SecretsManagerError> {
+        self.budget
+            .acquire(crate::budget::SECRETS_MANAGER_READ)
+            .await;
         let out = self
             .client
             .describe_secret()
@@ -347,6 +360,9 @@ impl SecretsManagerApi for SdkSecretsManager {
         kms_key_id: Option<&str>,
         description: &str,
     ) -> Result<String, SecretsManagerError> {
+        self.budget
+            .acquire(crate::budget::SECRETS_MANAGER_WRITE)
+            .await;
         let out = self
             .client
             .create_secret()
@@ -364,6 +380,9 @@ impl SecretsManagerApi for SdkSecretsManager {
         secret_id: &str,
         version: VersionSelector<'_>,
     ) -> Result<SecretString, SecretsManagerError> {
+        self.budget
+            .acquire(crate::budget::SECRETS_MANAGER_READ)
+            .await;
         let req = self.client.get_secret_value().secret_id(secret_id);
         let req = match version {
             VersionSelector::Stage(s) => req.version_stage(s),
@@ -396,6 +415,9 @@ impl SecretsManagerApi for SdkSecretsManager {
         value: &SecretValue,
         stages: &[&str],
     ) -> Result<String, SecretsManagerError> {
+        self.budget
+            .acquire(crate::budget::SECRETS_MANAGER_WRITE)
+            .await;
         let out = self
             .client
             .put_secret_value()
@@ -416,6 +438,9 @@ impl SecretsManagerApi for SdkSecretsManager {
         move_to: Option<&str>,
         remove_from: Option<&str>,
     ) -> Result<(), SecretsManagerError> {
+        self.budget
+            .acquire(crate::budget::SECRETS_MANAGER_WRITE)
+            .await;
         self.client
             .update_secret_version_stage()
             .secret_id(secret_id)
@@ -432,6 +457,9 @@ impl SecretsManagerApi for SdkSecretsManager {
         &self,
         secret_id: &str,
     ) -> Result<Vec<VersionStages>, SecretsManagerError> {
+        self.budget
+            .acquire(crate::budget::SECRETS_MANAGER_READ)
+            .await;
         let mut versions = Vec::new();
         let mut next: Option<String> = None;
         loop {

@@ -5,9 +5,10 @@
 //! ([`metrics`]), error categories ([`error`]), schedules ([`schedule`]), the clock
 //! domain logic takes ([`clock`]), the cluster-scoped connection kind that decides
 //! who may reach which outside system ([`connection`]) and what each namespace may
-//! touch there ([`scope`]), and the redacting wrapper for
-//! secret values ([`redact`]).
+//! touch there ([`scope`]), the redacting wrapper for secret values ([`redact`]), and
+//! the request budgets shared by every controller ([`budget`]).
 
+pub mod budget;
 pub mod clock;
 pub mod conditions;
 pub mod connection;

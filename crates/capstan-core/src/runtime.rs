@@ -47,6 +47,28 @@ pub struct Runtime {
     pub clock: Arc<dyn Clock>,
     /// Readiness flags, read by `/readyz`.
     pub readiness: Readiness,
+    /// How every controller talks to AWS: retries and the shared request budgets.
+    pub aws: AwsSettings,
+}
+
+/// The AWS client settings of the process, built once from `capstan run`'s flags and
+/// used by every controller (connection checks, SecretRotation, ServiceScaling).
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    /// Turn off the SDK's retries (`--aws-no-retries`; tests against the emulator).
+    pub no_retries: bool,
+    /// The request budgets every AWS call of the process takes its token from.
+    pub budgets: Arc<crate::budget::Budgets>,
+}
+
+impl Default for AwsSettings {
+    /// Retries on, no budget limits (tests and benches that do not exercise budgets).
+    fn default() -> Self {
+        Self {
+            no_retries: false,
+            budgets: Arc::new(crate::budget::Budgets::unlimited()),
+        }
+    }
 }
 
 impl Debug for Runtime {
@@ -56,6 +78,7 @@ impl Debug for Runtime {
             .field("concurrency", &self.concurrency)
             .field("instance", &self.instance)
             .field("own_namespace", &self.own_namespace)
+            .field("aws", &self.aws)
             .finish_non_exhaustive()
     }
 }

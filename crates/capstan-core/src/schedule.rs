@@ -329,6 +329,61 @@ impl JsonSchema for DurationString {
     }
 }
 
+/// The shortest duration a tenant may set in any Capstan CRD (evaluation and rotation
+/// intervals, timeouts, window lengths): 1 s. Anything shorter only makes Capstan call
+/// outside systems in a loop; the tests use 1 s intervals.
+pub const MIN_TENANT_DURATION: Duration = Duration::from_secs(1);
+
+/// [`MIN_TENANT_DURATION`] as a spec writes it.
+pub const MIN_TENANT_DURATION_STR: &str = "1s";
+
+/// The CEL rule (`x-kubernetes-validations`) that refuses a [`DurationString`] shorter
+/// than [`MIN_TENANT_DURATION`], so the API server answers with the field's path.
+///
+/// CEL's own `duration()` knows no `d` unit, so the rule adds the components up
+/// itself: each `<number><unit>` of the string (Kubernetes' `findAll`) is converted to
+/// seconds and the list summed (Kubernetes' list `sum()`). `0`, `0d` and `1ns` are
+/// refused; `1s`, `500ms500ms` and `1d` pass. A string the `pattern` refuses is left to
+/// the pattern's own error. [`check_min_duration`] is the same check in code.
+pub fn rule_min_duration() -> String {
+    let pattern = DURATION_PATTERN.replace('\\', "\\\\");
+    let secs = |scale: &str, unit_len: usize| {
+        format!("double(c.substring(0, size(c) - {unit_len})){scale}")
+    };
+    format!(
+        "!self.matches('{pattern}') || (self != '0' && self.findAll('[0-9.]+(ns|us|ms|s|m|h|d)').map(c, \
+         c.endsWith('ns') ? {ns} : c.endsWith('us') ? {us} : c.endsWith('ms') ? {ms} : \
+         c.endsWith('s') ? {s} : c.endsWith('m') ? {m} : c.endsWith('h') ? {h} : {d}).sum() >= 1.0)",
+        ns = secs(" / 1000000000.0", 2),
+        us = secs(" / 1000000.0", 2),
+        ms = secs(" / 1000.0", 2),
+        s = secs("", 1),
+        m = secs(" * 60.0", 1),
+        h = secs(" * 3600.0", 1),
+        d = secs(" * 86400.0", 1),
+    )
+}
+
+/// The message of [`rule_min_duration`] for the field `name`.
+pub fn min_duration_message(name: &str) -> String {
+    format!("{name} must be at least {MIN_TENANT_DURATION_STR}")
+}
+
+/// The code side of [`rule_min_duration`]: the duration of `value`, or why it is not
+/// one or is shorter than [`MIN_TENANT_DURATION`]. Controllers call it on every
+/// tenant-set duration and report an error as `InvalidSpec`, so an object stored
+/// before the rule existed cannot make them loop either.
+pub fn check_min_duration(value: &DurationString) -> Result<Duration, String> {
+    match value.duration() {
+        Ok(d) if d >= MIN_TENANT_DURATION => Ok(d),
+        Ok(_) => Err(format!(
+            "{:?} is shorter than the minimum of {MIN_TENANT_DURATION_STR}",
+            value.as_str()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Cron
 // ---------------------------------------------------------------------------------------
@@ -593,6 +648,41 @@ mod tests {
             );
         }
         assert_eq!(parse_duration(""), Err(ScheduleError::EmptyDuration));
+    }
+
+    /// Every tenant duration has a 1 s floor, whatever units it is written in (`0d` and
+    /// `1ns` included).
+    #[test]
+    fn the_minimum_is_one_second_whatever_the_units() {
+        let check = |s: &str| check_min_duration(&DurationString(s.to_owned()));
+        for ok in [
+            "1s",
+            "1000ms",
+            "500ms500ms",
+            "1d",
+            "0d1s",
+            "0.5d",
+            "1m",
+            ".5s.5s",
+        ] {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "0",
+            "0s",
+            "0d",
+            "1ns",
+            "999ms",
+            "999999999ns",
+            "0.5s",
+            "0d0h0m0s",
+        ] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+        // The CEL rule names the same minimum and keeps the pattern's escapes.
+        let rule = rule_min_duration();
+        assert!(rule.contains(">= 1.0"), "{rule}");
+        assert!(rule.contains("[0-9]{1,12}(\\\\.[0-9]{0,9})"), "{rule}");
     }
 
     /// Many maximal components overflow a Duration and are refused rather than wrapped.

@@ -15,7 +15,7 @@
 //! [`crate::validation::validate`], reported by the controller as a condition.
 
 use capstan_core::connection::ConnectionRef;
-use capstan_core::schedule::DurationString;
+use capstan_core::schedule::{DurationString, min_duration_message, rule_min_duration};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -292,8 +292,10 @@ pub struct JobStage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,
-    /// How long the Job may run before the stage fails (`activeDeadlineSeconds`).
+    /// How long the Job may run before the stage fails (`activeDeadlineSeconds`):
+    /// 1s to 24h.
     #[serde(default = "default_job_timeout")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": rule_min_duration(), "message": min_duration_message("timeout")}]))]
     pub timeout: DurationString,
     /// Retries of a failed Pod before the stage fails (the Job's `backoffLimit`).
     #[serde(default)]
@@ -324,8 +326,9 @@ pub struct DeployStage {
     #[serde(default = "default_true")]
     pub rollback_on_failure: bool,
     /// How long the deployment may take to reach a steady state before it counts as
-    /// failed.
+    /// failed: 1s to 24h.
     #[serde(default = "default_deploy_timeout")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": rule_min_duration(), "message": min_duration_message("timeout")}]))]
     pub timeout: DurationString,
     /// A production deploy: with `promotion: Manual` it waits for approval.
     #[serde(default)]

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capstan_aws::{ClientOptions, Retries, StaticCredentials};
+use capstan_aws::{ClientOptions, StaticCredentials};
 use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef};
 use capstan_core::events::Publisher;
 use capstan_core::redact::SecretValue;
@@ -74,16 +74,7 @@ impl Context {
             crate::controller::FIELD_MANAGER,
             &rt.instance,
         );
-        let no_retries = std::env::var("CAPSTAN_AWS_NO_RETRIES").is_ok_and(|v| v == "true");
-        let aws_options = ClientOptions {
-            retries: if no_retries {
-                Retries::Off
-            } else {
-                Retries::Standard(3)
-            },
-            session_name: format!("capstan-{}", rt.instance),
-            ..ClientOptions::default()
-        };
+        let aws_options = ClientOptions::from_settings(&rt.aws, &rt.instance);
         Self {
             rt,
             metrics,
@@ -179,7 +170,8 @@ pub async fn build_clients(
         Some(r) => {
             let (aws, creds) = aws_settings(ctx, ecs_connection, &r.name).await?;
             let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
-            Some(capstan_aws::ecs::SdkEcs::from_config(&config))
+            let budget = capstan_aws::budget::Budget::new(ctx.rt.aws.budgets.clone(), &r.name, aws);
+            Some(capstan_aws::ecs::SdkEcs::from_config(&config).with_budget(budget))
         }
     };
     Ok(Clients {
@@ -281,8 +273,11 @@ async fn build_backend(
         Backend::AwsSecretsManager(a) => {
             let (aws, creds) = aws_settings(ctx, connection, &conn_name()).await?;
             let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
-            let sm = aws_sdk_secretsmanager::Client::new(&config);
-            Ok(Box::new(AwsSecretsManagerBackend::from_client(sm, a)))
+            let budget =
+                capstan_aws::budget::Budget::new(ctx.rt.aws.budgets.clone(), &conn_name(), aws);
+            let sm = capstan_aws::secrets_manager::SdkSecretsManager::from_config(&config)
+                .with_budget(budget);
+            Ok(Box::new(AwsSecretsManagerBackend::new(sm, a)))
         }
     }
 }
@@ -471,6 +466,7 @@ mod tests {
             service_account_token_file: "/nonexistent".into(),
             clock: Arc::new(SystemClock),
             readiness: Readiness::default(),
+            aws: Default::default(),
         };
         Context::new(rt, Metrics::register(registry))
     }

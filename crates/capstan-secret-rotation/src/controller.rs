@@ -577,7 +577,14 @@ fn whole_second_after(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp().saturating_add(up), 0).unwrap_or(t)
 }
 
+/// Reconciles one object with its AWS calls queued under its namespace's share of
+/// the request budget.
 async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cached.namespace().unwrap_or_default();
+    capstan_core::budget::in_namespace(ns, reconcile_object(cached, ctx)).await
+}
+
+async fn reconcile_object(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.controller.start();
     // The cache holds a copy without status; work on the whole object.
     let Some(obj) = ctx.fresh.take(&ctx.rt.client, &*cached).await? else {

@@ -22,8 +22,7 @@ use std::collections::BTreeMap;
 pub use capstan_core::connection::ConnectionRef;
 use capstan_core::redact::{REDACTED, SecretValue};
 use capstan_core::schedule::{
-    CRON_MAX_LENGTH, CRON_PATTERN, DURATION_PATTERN, DurationString, TIME_ZONE_MAX_LENGTH,
-    TIME_ZONE_PATTERN,
+    CRON_MAX_LENGTH, CRON_PATTERN, DurationString, TIME_ZONE_MAX_LENGTH, TIME_ZONE_PATTERN,
 };
 use capstan_core::scope::ScopedResource;
 use chrono::{DateTime, Utc};
@@ -156,13 +155,11 @@ pub(crate) const RULE_ONE_STRATEGY: &str =
 pub(crate) const RULE_ONE_SCHEDULE: &str = "has(self.interval) != has(self.cron)";
 pub(crate) const RULE_TIME_ZONE_WITH_CRON: &str = "!has(self.timeZone) || has(self.cron)";
 
-/// `interval >= 1s`. CEL's `duration()` knows no `d` unit (and a day is long enough
-/// anyway); a string the pattern refuses is left to the pattern's own error.
+/// `interval >= 1s`: the floor every tenant duration has
+/// ([`capstan_core::schedule::rule_min_duration`]), which sums the components itself, so
+/// `0d` is refused too. A string the pattern refuses is left to the pattern's own error.
 pub(crate) fn rule_min_interval() -> String {
-    format!(
-        "!self.matches('{}') || self.contains('d') || duration(self) >= duration('{MIN_INTERVAL}')",
-        DURATION_PATTERN.replace('\\', "\\\\")
-    )
+    capstan_core::schedule::rule_min_duration()
 }
 
 pub(crate) const RULE_WINDOW_NOT_EMPTY: &str = "self.start != self.end";

@@ -177,6 +177,7 @@ fn controller(
         service_account_token_file: "/nonexistent".into(),
         clock: Arc::new(SystemClock),
         readiness: Readiness::default(),
+        aws: Default::default(),
     };
     let token = CancellationToken::new();
     (run(rt, metrics, token.clone()), registry, token)

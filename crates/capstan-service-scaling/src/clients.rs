@@ -1,8 +1,9 @@
 //! The AWS side of the controller: one set of clients per ClusterConnection, built from
 //! the connection and its credentials in Capstan's own namespace, with every request
 //! counted by operation (`capstan_service_scaling_aws_requests_total{operation}`) and
-//! UpdateService calls spaced by a client-side rate limit shared by every object on the
-//! connection.
+//! every call taking a token of the process's request budget for the connection's AWS
+//! account and region ([`capstan_aws::budget`]), which SecretRotation's ECS restarts
+//! and Secrets Manager calls share.
 //!
 //! Clients are rebuilt when the connection changes (its resourceVersion) and at least
 //! every [`CLIENT_TTL`], so rotated credentials are picked up.
@@ -10,6 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use capstan_aws::budget::Budget;
+use capstan_core::budget::Budgets;
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -30,10 +34,6 @@ use prometheus_client::metrics::family::Family;
 
 /// How long a connection's clients are reused before credentials are read again.
 pub const CLIENT_TTL: Duration = Duration::from_secs(600);
-
-/// ECS allows UpdateService at a sustained 5 per second per account and region; Capstan
-/// stays under it.
-pub const UPDATE_SERVICE_PER_SECOND: u32 = 4;
 
 /// Labels of the AWS request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,35 +66,6 @@ impl Intercept for RequestCounter {
     }
 }
 
-/// Spaces calls at most `per_second` apart, across every task that shares it.
-#[derive(Debug)]
-pub struct RateLimiter {
-    spacing: Duration,
-    next: tokio::sync::Mutex<Instant>,
-}
-
-impl RateLimiter {
-    /// A limiter allowing `per_second` calls per second (at least 1).
-    pub fn new(per_second: u32) -> Self {
-        Self {
-            spacing: Duration::from_secs(1) / per_second.max(1),
-            next: tokio::sync::Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Waits for this caller's slot.
-    pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + self.spacing;
-            slot
-        };
-        tokio::time::sleep_until(slot.into()).await;
-    }
-}
-
 /// The clients of one connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionClients {
@@ -104,8 +75,6 @@ pub struct ConnectionClients {
     pub cloudwatch: SdkCloudWatch,
     /// Application Auto Scaling.
     pub autoscaling: SdkAutoScaling,
-    /// The UpdateService rate limit of the connection.
-    pub update_limit: Arc<RateLimiter>,
 }
 
 struct Cached {
@@ -120,8 +89,8 @@ pub struct ClientCache {
     own_namespace: String,
     options: ClientOptions,
     counter: RequestCounter,
+    budgets: Arc<Budgets>,
     cache: Mutex<HashMap<String, Cached>>,
-    limits: Mutex<HashMap<String, Arc<RateLimiter>>>,
 }
 
 impl std::fmt::Debug for ClientCache {
@@ -139,14 +108,15 @@ impl ClientCache {
         own_namespace: String,
         options: ClientOptions,
         counter: RequestCounter,
+        budgets: Arc<Budgets>,
     ) -> Self {
         Self {
             client,
             own_namespace,
             options,
             counter,
+            budgets,
             cache: Mutex::new(HashMap::new()),
-            limits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -170,13 +140,7 @@ impl ClientCache {
             .ok_or_else(|| ClientError::NotAws(name.clone()))?;
         let creds = self.credentials(aws).await?;
         let config = capstan_aws::sdk_config(aws, creds, &self.options).await;
-        let update_limit = self
-            .limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.clone())
-            .or_insert_with(|| Arc::new(RateLimiter::new(UPDATE_SERVICE_PER_SECOND)))
-            .clone();
+        let budget = Budget::new(self.budgets.clone(), &name, aws);
         let counter = self.counter.clone();
         let ecs = aws_sdk_ecs::config::Builder::from(&config)
             .interceptor(counter.clone())
@@ -188,12 +152,13 @@ impl ClientCache {
             .interceptor(counter)
             .build();
         let clients = ConnectionClients {
-            ecs: SdkEcs::new(aws_sdk_ecs::Client::from_conf(ecs)),
-            cloudwatch: SdkCloudWatch::new(aws_sdk_cloudwatch::Client::from_conf(cw)),
+            ecs: SdkEcs::new(aws_sdk_ecs::Client::from_conf(ecs)).with_budget(budget.clone()),
+            cloudwatch: SdkCloudWatch::new(aws_sdk_cloudwatch::Client::from_conf(cw))
+                .with_budget(budget.clone()),
             autoscaling: SdkAutoScaling::new(aws_sdk_applicationautoscaling::Client::from_conf(
                 aas,
-            )),
-            update_limit,
+            ))
+            .with_budget(budget),
         };
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
             name,
@@ -231,25 +196,4 @@ pub enum ClientError {
     /// The connection is not an AWS connection (the gate refuses this first).
     #[error("ClusterConnection {0:?} is not an AWS connection")]
     NotAws(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Calls through one limiter are spaced 1/rate apart, whoever makes them.
-    #[tokio::test]
-    async fn the_rate_limit_spaces_calls() {
-        let limit = Arc::new(RateLimiter::new(UPDATE_SERVICE_PER_SECOND));
-        let start = Instant::now();
-        let calls = (0..5).map(|_| {
-            let l = limit.clone();
-            async move { l.acquire().await }
-        });
-        futures::future::join_all(calls).await;
-        // 5 calls at 4/s: the first at once, the fifth a second later.
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(990), "{took:?}");
-        assert!(took < Duration::from_millis(1500), "{took:?}");
-    }
 }

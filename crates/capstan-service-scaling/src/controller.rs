@@ -11,39 +11,47 @@
 //!    finalizer ([`crate::cleanup`]): on deletion, or when the spec stops declaring on
 //!    the service Capstan declared on.
 //! 2. **The evaluation loop** ([`crate::evaluation`]): wakes at the earliest evaluation
-//!    deadline of any registered object; takes every object due; per ClusterConnection,
+//!    deadline of any registered object; takes every object due; per ClusterConnection
+//!    and namespace (each batch a task of its own),
 //!    reads their ECS services with one DescribeServices per 10 services and their
 //!    metrics with one GetMetricData per 500 queries; runs [`crate::algorithm`] for each;
-//!    writes the desired counts that change (UpdateService behind a per-connection rate
-//!    limit under ECS's 5/s) or, in ApplicationAutoScaling mode, repairs the declared AWS
-//!    objects; writes each status only when it changed. Deadlines sit on a grid of each
+//!    writes the desired counts that change (UpdateService) or, in ApplicationAutoScaling
+//!    mode, repairs the declared AWS objects; writes each status only when it changed.
+//!    Every AWS call takes a token of the request budget of the connection's account
+//!    and region, queued under the object's namespace ([`capstan_aws::budget`]); a
+//!    missing cluster or service is looked for again with exponential backoff
+//!    ([`crate::evaluation::missing_backoff`]). Deadlines sit on a grid of each
 //!    object's evaluation interval (Unix time multiples), so objects with the same
 //!    interval fall due together and share calls; a schedule window opening or closing,
 //!    or `pausedUntil` ending, brings the deadline forward.
 //!
 //! The recommendation history and scale events live in the registry, in memory. After a
 //! restart the first evaluation seeds the history with the current count (the HPA's way:
-//! no jump) and the failure count comes back from status. Deleted objects leave the
-//! registry when the controller's cache no longer has them.
+//! no jump) and the failure count comes back from status. A deleted object leaves the
+//! registry on every path: its watch event (Delete), a status write answered 404, and
+//! the loop's sweep of objects the controller's caches no longer hold (a deletion seen
+//! only as a relist after a watch gap).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capstan_aws::{ClientOptions, Retries};
+use capstan_aws::ClientOptions;
 use capstan_core::conditions::{Desired, READY};
 use capstan_core::connection::{ClusterConnection, ConnectionKind};
 use capstan_core::error::Categorized;
 use capstan_core::events::Publisher;
 use capstan_core::gate::{Gate, INVALID_SPEC, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
-use capstan_core::runtime::{Runtime, run_controller};
+use capstan_core::runtime::{Runtime, key_of, run_controller_cached};
+use capstan_core::schedule::check_min_duration;
 use capstan_core::scope::ScopedResource;
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -154,12 +162,12 @@ impl Inputs {
         let behavior = ResolvedBehavior::from_spec(spec).map_err(|e| e.to_string())?;
         let windows = windows_from_spec(spec).map_err(|e| e.to_string())?;
         let targets = metric_targets(spec).map_err(|e| e.to_string())?;
-        let interval = spec
-            .evaluation_interval
-            .duration()
-            .map_err(|e| format!("evaluationInterval: {e}"))?;
-        if interval.is_zero() {
-            return Err("evaluationInterval must be greater than zero".into());
+        let interval = check_min_duration(&spec.evaluation_interval)
+            .map_err(|e| format!("spec.evaluationInterval: {e}"))?;
+        for (i, w) in spec.schedules.iter().enumerate() {
+            if let Some(d) = &w.duration {
+                check_min_duration(d).map_err(|e| format!("spec.schedules[{i}].duration: {e}"))?;
+            }
         }
         if spec.metric_period_seconds < 1
             || spec.metric_lookback_seconds < spec.metric_period_seconds
@@ -196,6 +204,9 @@ pub(crate) struct Entry {
     pub(crate) status: Option<ServiceScalingStatus>,
     pub(crate) next_eval: DateTime<Utc>,
     pub(crate) busy: bool,
+    /// Evaluations in a row that found the ECS cluster or service missing (they back
+    /// off: see [`crate::evaluation::missing_backoff`]).
+    pub(crate) missing: u32,
 }
 
 /// The objects the evaluation loop evaluates. Reconcile writes it; the loop reads it.
@@ -220,6 +231,11 @@ impl Registry {
         self.lock().is_empty()
     }
 
+    /// Forgets a deleted object: it is evaluated no more.
+    pub(crate) fn remove(&self, key: &Key) {
+        self.lock().remove(key);
+    }
+
     /// Records `obj` with its connection and parsed inputs. A new object, a new spec
     /// generation or a changed connection is evaluated at once; an unchanged one (a
     /// status write coming back through the watch) keeps its deadline and history.
@@ -233,6 +249,11 @@ impl Registry {
     ) {
         let key = (obj.namespace().unwrap_or_default(), obj.name_any());
         let mut entries = self.lock();
+        // An object being deleted (a finalizer holds it) is not evaluated any more.
+        if obj.metadata.deletion_timestamp.is_some() {
+            entries.remove(&key);
+            return;
+        }
         let evaluate_now = match entries.get_mut(&key) {
             Some(e) => {
                 let changed = e.obj.metadata.generation != obj.metadata.generation
@@ -267,6 +288,7 @@ impl Registry {
                         status,
                         next_eval: now,
                         busy: false,
+                        missing: 0,
                     },
                 );
                 true
@@ -324,7 +346,14 @@ impl Categorized for Error {
     }
 }
 
+/// Reconciles one object; the AWS calls its finalizer makes are queued under its
+/// namespace's share of the request budget.
 async fn reconcile(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    capstan_core::budget::in_namespace(ns, reconcile_object(obj, ctx)).await
+}
+
+async fn reconcile_object(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let _timer = ctx.metrics.controller.start();
     if obj.metadata.deletion_timestamp.is_some() {
         return cleanup::finalize(&ctx, &obj).await;
@@ -439,17 +468,14 @@ pub async fn run_with(
     settings: Settings,
     shutdown: CancellationToken,
 ) {
-    let options = ClientOptions {
-        retries: Retries::Standard(2),
-        session_name: format!("capstan-{}", rt.instance),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::from_settings(&rt.aws, &rt.instance);
     let ctx = Arc::new(Ctx {
         clients: ClientCache::new(
             rt.client.clone(),
             rt.own_namespace.clone(),
             options,
             metrics.aws_requests.clone(),
+            rt.aws.budgets.clone(),
         ),
         events: Publisher::new(rt.client.clone(), CONTROLLER, &rt.instance),
         rt: rt.clone(),
@@ -459,7 +485,17 @@ pub async fn run_with(
         stores: Mutex::new(Vec::new()),
     });
     let evaluation = crate::evaluation::run_loop(ctx.clone(), shutdown.clone());
-    let controllers = run_controller(
+    // A deletion takes the object out of the registry as its watch event passes, before
+    // the cache drops it: nothing else would (a deleted object is never reconciled, and
+    // a missing service's status never changes, so no status write meets a 404).
+    let registry = ctx.registry.clone();
+    let forget_deleted = move |ev: watcher::Event<ServiceScaling>| {
+        if let watcher::Event::Delete(o) = &ev {
+            registry.remove(&key_of(o));
+        }
+        ev
+    };
+    let controllers = run_controller_cached(
         &rt,
         CONTROLLER,
         ctx.clone(),
@@ -480,6 +516,7 @@ pub async fn run_with(
             });
             watch_connections(&rt, c, |o: &ServiceScaling| Some(&o.spec.connection_ref))
         },
+        forget_deleted,
         shutdown,
     );
     tokio::join!(controllers, evaluation);

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use capstan_core::schedule::{
     CRON_MAX_LENGTH, CRON_PATTERN, DurationString, TIME_ZONE_MAX_LENGTH, TIME_ZONE_PATTERN,
+    min_duration_message, rule_min_duration,
 };
 
 /// Condition type: the controller can read and scale the service (HPA `AbleToScale`).
@@ -160,9 +161,9 @@ pub struct ServiceScalingSpec {
     pub paused_until: Option<DateTime<Utc>>,
 
     /// How often metrics are read and the algorithm runs, as a duration such as "15s"
-    /// or "1m" (default "15s", the HPA's sync period). Must be greater than zero.
+    /// or "1m" (default "15s", the HPA's sync period). At least "1s".
     #[serde(default = "default_evaluation_interval")]
-    #[x_kube(validation = Rule::new("self.matches('[1-9]')").message("evaluationInterval must be greater than zero"))]
+    #[x_kube(validation = Rule::new(rule_min_duration()).message(min_duration_message("evaluationInterval").as_str()))]
     pub evaluation_interval: DurationString,
 
     /// The CloudWatch period, in seconds, of every metric read (default 60, the period
@@ -564,10 +565,9 @@ pub struct ScheduleWindow {
     #[schemars(length(min = 1, max = TIME_ZONE_MAX_LENGTH), regex(pattern = TIME_ZONE_PATTERN))]
     pub time_zone: Option<String>,
 
-    /// How long a cron window stays open after each firing, e.g. "14h" (greater than
-    /// zero).
+    /// How long a cron window stays open after each firing, e.g. "14h" (at least "1s").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('[1-9]')").message("duration must be greater than zero"))]
+    #[x_kube(validation = Rule::new(rule_min_duration()).message(min_duration_message("duration").as_str()))]
     pub duration: Option<DurationString>,
 
     /// When an absolute window opens (RFC 3339, e.g. "2026-11-27T00:00:00-05:00").
@@ -817,13 +817,12 @@ mod tests {
         ] {
             assert!(window_rules.iter().any(|r| r == want), "missing {want}");
         }
-        assert_eq!(
-            rules(&window["properties"]["duration"]),
-            ["self.matches('[1-9]')"]
-        );
+        // Durations a tenant sets have the shared 1 s floor.
+        let floor = capstan_core::schedule::rule_min_duration();
+        assert_eq!(rules(&window["properties"]["duration"]), [floor.as_str()]);
         assert_eq!(
             rules(&spec["properties"]["evaluationInterval"]),
-            ["self.matches('[1-9]')"]
+            [floor.as_str()]
         );
         let fallback = &spec["properties"]["fallback"];
         assert_eq!(rules(fallback).len(), 2);

@@ -25,7 +25,6 @@ use capstan_core::conditions::{self, Desired, READY, Status};
 use capstan_core::connection::ClusterConnection;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
-use futures::future::join_all;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -95,6 +94,8 @@ struct Job {
     inputs: Arc<Inputs>,
     state: ScalingState,
     status: Option<ServiceScalingStatus>,
+    /// Evaluations in a row that found the cluster or service missing.
+    missing: u32,
 }
 
 /// What evaluating one object leaves behind.
@@ -104,10 +105,38 @@ struct Done {
     status: Option<ServiceScalingStatus>,
     next_eval: DateTime<Utc>,
     gone: bool,
+    /// Evaluations in a row that found the cluster or service missing (0: found).
+    missing: u32,
+}
+
+/// The longest wait between two evaluations of an object whose ECS cluster or service
+/// does not exist.
+pub const MISSING_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// When to look again for a missing cluster or service, after `missing` evaluations in
+/// a row found it missing: the interval doubled per miss (interval, 2×, 4×, ...) up to
+/// [`MISSING_BACKOFF_MAX`], plus up to 20% jitter (from the object's key, so objects
+/// created together spread out and each keeps its own rhythm). A spec change
+/// evaluates at once; creating the service is seen within the current wait.
+pub fn missing_backoff(interval: Duration, missing: u32, key: &Key) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let doublings = missing.saturating_sub(1).min(20);
+    let base = interval
+        .saturating_mul(1u32 << doublings)
+        .min(MISSING_BACKOFF_MAX);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, missing).hash(&mut h);
+    let jitter = base.mul_f64((h.finish() % 1000) as f64 / 5000.0);
+    base + jitter
 }
 
 /// Runs until `shutdown`.
+///
+/// Each batch (one connection and namespace) runs as its own task, so a namespace whose
+/// calls wait for the request budget does not hold back the next cycle of another
+/// namespace; an object is never in two batches at once (`busy`).
 pub(crate) async fn run_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let mut batches = tokio::task::JoinSet::new();
     loop {
         let sleep = {
             let entries = ctx.registry.lock();
@@ -121,11 +150,18 @@ pub(crate) async fn run_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                 .unwrap_or(Duration::from_secs(60))
         };
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                batches.abort_all();
+                return;
+            }
             _ = tokio::time::sleep(sleep) => {}
+            Some(_) = batches.join_next(), if !batches.is_empty() => {}
             _ = ctx.registry.wake.notified() => {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        batches.abort_all();
+                        return;
+                    }
                     _ = tokio::time::sleep(COALESCE) => {}
                 }
             }
@@ -136,38 +172,54 @@ pub(crate) async fn run_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         if jobs.is_empty() {
             continue;
         }
-        let mut groups: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        // One batch per connection and namespace: each namespace's calls queue under
+        // its own fair share of the account's request budget.
+        let mut groups: BTreeMap<(String, String), Vec<Job>> = BTreeMap::new();
         for job in jobs {
             groups
-                .entry(job.connection.name_any())
+                .entry((job.connection.name_any(), job.key.0.clone()))
                 .or_default()
                 .push(job);
         }
-        let done: Vec<Done> = join_all(
-            groups
-                .into_values()
-                .map(|jobs| evaluate_connection(&ctx, jobs, now)),
-        )
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
-        let mut entries = ctx.registry.lock();
-        for d in done {
-            if d.gone {
-                entries.remove(&d.key);
-                continue;
+        for ((_, ns), jobs) in groups {
+            let ctx = ctx.clone();
+            batches.spawn(async move {
+                let done =
+                    capstan_core::budget::in_namespace(ns, evaluate_batch(&ctx, jobs, now)).await;
+                record(&ctx, done, now);
+            });
+        }
+    }
+}
+
+/// [`evaluate_connection`] as a boxed `Send` future: proving the future `Send` here,
+/// where its lifetimes are concrete, lets the loop spawn it.
+fn evaluate_batch<'a>(
+    ctx: &'a Ctx,
+    jobs: Vec<Job>,
+    now: DateTime<Utc>,
+) -> futures::future::BoxFuture<'a, Vec<Done>> {
+    Box::pin(evaluate_connection(ctx, jobs, now))
+}
+
+/// Writes what a batch left behind into the registry.
+fn record(ctx: &Ctx, done: Vec<Done>, now: DateTime<Utc>) {
+    let mut entries = ctx.registry.lock();
+    for d in done {
+        if d.gone {
+            entries.remove(&d.key);
+            continue;
+        }
+        if let Some(e) = entries.get_mut(&d.key) {
+            e.busy = false;
+            e.state = d.state;
+            e.missing = d.missing;
+            if d.status.is_some() {
+                e.status = d.status;
             }
-            if let Some(e) = entries.get_mut(&d.key) {
-                e.busy = false;
-                e.state = d.state;
-                if d.status.is_some() {
-                    e.status = d.status;
-                }
-                // A spec change during the cycle already asked for an evaluation now.
-                if e.next_eval <= now {
-                    e.next_eval = d.next_eval;
-                }
+            // A spec change during the cycle already asked for an evaluation now.
+            if e.next_eval <= now {
+                e.next_eval = d.next_eval;
             }
         }
     }
@@ -208,6 +260,7 @@ fn take_due(ctx: &Ctx, now: DateTime<Utc>) -> Vec<Job> {
                 inputs: e.inputs.clone(),
                 state: e.state.clone(),
                 status: e.status.clone(),
+                missing: e.missing,
             }
         })
         .collect()
@@ -482,8 +535,12 @@ async fn evaluate_connection(ctx: &Ctx, jobs: Vec<Job>, now: DateTime<Utc>) -> V
         .filter(|(_, j)| j.obj.spec.mode == ScalingMode::Direct && lookup_of(j).is_ok())
         .collect();
     let values = read_metrics(ctx, &clients, &direct, now).await;
-    let results: Vec<Done> = futures::stream::iter(active.iter().enumerate())
-        .map(|(i, job)| {
+    // Indices, not references, go through the stream: a closure over `&Job` arguments
+    // would make the batch's future not `Send` for every lifetime, and the loop spawns it.
+    let active = &active;
+    let results: Vec<Done> = futures::stream::iter(0..active.len())
+        .map(|i| {
+            let job = &active[i];
             let lookup = lookup_of(job);
             let clients = &clients;
             let values = &values;
@@ -533,7 +590,19 @@ async fn not_readable(ctx: &Ctx, job: &Job, e: &EcsError, now: DateTime<Utc>) ->
     if !e.is_not_found() {
         ctx.metrics.controller.failure(e);
     }
-    let msg = format!("{e}; nothing is scaled");
+    let mut msg = format!("{e}; nothing is scaled");
+    let missing = if e.is_not_found() {
+        job.missing.saturating_add(1)
+    } else {
+        0
+    };
+    let wait = (missing > 0).then(|| missing_backoff(job.inputs.interval, missing, &job.key));
+    if let Some(w) = wait.filter(|w| *w > job.inputs.interval) {
+        msg.push_str(&format!(
+            " (looking again in {}, backing off while it is missing)",
+            capstan_core::schedule::format_duration(Duration::from_secs(w.as_secs()))
+        ));
+    }
     let conds = vec![
         Desired::new(
             CONDITION_ABLE_TO_SCALE,
@@ -543,7 +612,13 @@ async fn not_readable(ctx: &Ctx, job: &Job, e: &EcsError, now: DateTime<Utc>) ->
         ),
         Desired::new(READY, false, reason, msg),
     ];
-    finish(ctx, job, job.state.clone(), conds, |_| {}, now).await
+    let mut done = finish(ctx, job, job.state.clone(), conds, |_| {}, now).await;
+    done.missing = missing;
+    if let Some(w) = wait {
+        let backoff = now + TimeDelta::from_std(w).unwrap_or(TimeDelta::seconds(300));
+        done.next_eval = done.next_eval.max(backoff);
+    }
+    done
 }
 
 fn desired_of(c: &ConditionUpdate, type_: &'static str) -> Desired<'static> {
@@ -640,7 +715,6 @@ async fn direct_mode(
     let mut write_error = None;
     let mut scaled = None;
     if decision.outcome != Outcome::Disabled && decision.rescale(current) {
-        clients.update_limit.acquire().await;
         match clients
             .ecs
             .set_desired_count(
@@ -908,6 +982,7 @@ async fn finish(
         status: None,
         next_eval,
         gone: false,
+        missing: 0,
     };
     if let Some((reason, message)) = warn {
         ctx.events
@@ -954,6 +1029,30 @@ mod tests {
             "spec": spec
         }))
         .expect("object")
+    }
+
+    /// A missing service is looked for after the interval, then twice, four times...
+    /// as long, never more than 5 minutes (plus at most 20% jitter), and two objects
+    /// missing together do not come back at the same instant.
+    #[test]
+    fn a_missing_service_backs_off_exponentially_with_a_cap() {
+        let key = ("ns".to_owned(), "ghost".to_owned());
+        let second = Duration::from_secs(1);
+        let waits: Vec<Duration> = (1..=12).map(|n| missing_backoff(second, n, &key)).collect();
+        for (n, w) in waits.iter().enumerate() {
+            let base = (second * (1u32 << n)).min(MISSING_BACKOFF_MAX);
+            assert!(
+                *w >= base && *w <= base.mul_f64(1.2),
+                "miss {}: {w:?}",
+                n + 1
+            );
+        }
+        assert!(waits[11] <= MISSING_BACKOFF_MAX.mul_f64(1.2));
+        let others: Vec<Duration> = (0..20)
+            .map(|i| missing_backoff(second * 10, 3, &("ns".to_owned(), format!("g{i}"))))
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = others.iter().collect();
+        assert!(distinct.len() > 10, "{others:?}");
     }
 
     /// Deadlines sit on the interval's grid (so objects with one interval share a

@@ -147,4 +147,12 @@ pub struct RunArgs {
         hide = true
     )]
     pub aws_no_retries: bool,
+
+    /// Overrides of the AWS request budgets, as `family=RATE[/BURST]` (comma-separated;
+    /// requests per second, shared by every controller and every connection in one AWS
+    /// account and region, served fairly between namespaces). Families: ecs-read,
+    /// ecs-write, cloudwatch-read, secretsmanager-read, secretsmanager-write,
+    /// autoscaling. Defaults stay under AWS's published rates (see the README).
+    #[arg(long, env = "CAPSTAN_AWS_BUDGET", value_delimiter = ',')]
+    pub aws_budget: Vec<String>,
 }

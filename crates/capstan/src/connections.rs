@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use capstan_aws::{ClientOptions, Retries, StaticCredentials};
+use capstan_aws::{ClientOptions, StaticCredentials};
 use capstan_core::conditions::{self, Desired, READY};
 use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef, VaultConnection};
 use capstan_core::error::Categorized;
@@ -84,26 +84,13 @@ pub fn register_metrics(registry: &mut Registry) -> ControllerMetrics {
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(
-    rt: Runtime,
-    metrics: ControllerMetrics,
-    aws_no_retries: bool,
-    shutdown: CancellationToken,
-) {
+pub async fn run(rt: Runtime, metrics: ControllerMetrics, shutdown: CancellationToken) {
     let flag = rt.readiness.register("connection");
     let api: Api<ClusterConnection> = Api::all(rt.client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic())
         .with_config(kube::runtime::Config::default().concurrency(rt.concurrency));
     let store = controller.store();
-    let aws_options = ClientOptions {
-        retries: if aws_no_retries {
-            Retries::Off
-        } else {
-            Retries::Standard(3)
-        },
-        session_name: format!("capstan-{}", rt.instance),
-        ..ClientOptions::default()
-    };
+    let aws_options = ClientOptions::from_settings(&rt.aws, &rt.instance);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -13,8 +13,9 @@ pub mod telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 
+use capstan_core::budget::{BudgetMetrics, Budgets};
 use capstan_core::clock::SystemClock;
-use capstan_core::runtime::{Readiness, Runtime};
+use capstan_core::runtime::{AwsSettings, Readiness, Runtime};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ControllerName, RunArgs};
@@ -52,6 +53,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     spawn_signal_handler(shutdown.clone())?;
 
     let readiness = Readiness::default();
+    // Every metric is registered before the registry is shared with the admin server.
+    let mut registry = capstan_core::metrics::new_registry();
+    let rates = capstan_aws::budget::rates_with(&args.aws_budget)
+        .map_err(|e| anyhow::anyhow!("--aws-budget: {e}"))?;
+    tracing::info!(budgets = ?rates, "AWS request budgets (requests per second per account and region)");
+    let budgets = Budgets::new(rates, BudgetMetrics::register(&mut registry));
     let runtime = Runtime {
         client: client.clone(),
         namespaces,
@@ -61,10 +68,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         service_account_token_file: args.service_account_token_file.clone(),
         clock: Arc::new(SystemClock),
         readiness: readiness.clone(),
+        aws: AwsSettings {
+            no_retries: args.aws_no_retries,
+            budgets: Arc::new(budgets),
+        },
     };
 
-    // Every metric is registered before the registry is shared with the admin server.
-    let mut registry = capstan_core::metrics::new_registry();
     let controllers = Controllers::register(&args, &mut registry);
     let (addr, admin) = admin::serve(
         args.metrics_addr,
@@ -109,7 +118,6 @@ struct Controllers {
     secret_rotation: Option<capstan_secret_rotation::controller::Metrics>,
     service_scaling: Option<capstan_service_scaling::controller::Metrics>,
     pipeline: Option<capstan_pipeline::controller::Metrics>,
-    aws_no_retries: bool,
     service_scaling_settings: capstan_service_scaling::cleanup::Settings,
 }
 
@@ -125,7 +133,6 @@ impl Controllers {
                 .then(|| capstan_service_scaling::controller::Metrics::register(registry)),
             pipeline: on(ControllerName::Pipeline)
                 .then(|| capstan_pipeline::controller::Metrics::register(registry)),
-            aws_no_retries: args.aws_no_retries,
             service_scaling_settings: capstan_service_scaling::cleanup::Settings {
                 cleanup_timeout: Duration::from_secs(args.scaling_cleanup_timeout),
             },
@@ -136,7 +143,7 @@ impl Controllers {
     async fn run(self, rt: Runtime, token: CancellationToken) {
         let connection = async {
             if let Some(m) = self.connection {
-                connections::run(rt.clone(), m, self.aws_no_retries, token.clone()).await;
+                connections::run(rt.clone(), m, token.clone()).await;
             }
         };
         let secret_rotation = async {

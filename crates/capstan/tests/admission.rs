@@ -240,3 +240,84 @@ async fn every_example_is_accepted() {
     }
     assert!(seen >= 6, "only {seen} examples found in {}", dir.display());
 }
+
+/// Every duration a tenant sets has a floor of 1 s at admission, whatever its units:
+/// `0`, `0d` (which once slipped past a rule that skipped strings with `d`), `1ns` and
+/// `999ms` are refused with the field's path; `1s`, `500ms500ms` and `1d` pass.
+#[tokio::test]
+async fn tenant_durations_below_one_second_are_refused_with_the_field_path() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let client = kube.client().await;
+    let too_short = ["0", "0s", "0d", "1ns", "999ms", "0.5s", "0d0h0m0s"];
+    let long_enough = ["1s", "500ms500ms", "1d", "0.001d"];
+    let mut failures = Vec::new();
+    let mut n = 0;
+    let mut check = async |kind: &str, path: &str, obj: Value, value: &str, ok: bool| {
+        let result = match kind {
+            "SecretRotation" => create::<SecretRotation>(&client, Some(ns.name()), obj).await,
+            "ServiceScaling" => create::<ServiceScaling>(&client, Some(ns.name()), obj).await,
+            _ => create::<Pipeline>(&client, Some(ns.name()), obj).await,
+        };
+        match (ok, result) {
+            (true, Ok(())) => {}
+            (true, Err(msg)) => failures.push(format!("{kind} {path}={value:?} refused: {msg}")),
+            (false, Ok(())) => failures.push(format!("{kind} {path}={value:?} accepted")),
+            (false, Err(msg))
+                if msg.contains(&format!("{path}:")) && msg.contains("at least 1s") => {}
+            (false, Err(msg)) => failures.push(format!(
+                "{kind} {path}={value:?} refused without its path and floor: {msg}"
+            )),
+        }
+    };
+    let cases = too_short
+        .iter()
+        .map(|v| (*v, false))
+        .chain(long_enough.iter().map(|v| (*v, true)));
+    for (value, ok) in cases {
+        n += 1;
+        let mut r = rotation(&format!("interval-{n}"));
+        r["spec"]["schedule"]["interval"] = json!(value);
+        check("SecretRotation", "spec.schedule.interval", r, value, ok).await;
+
+        let scaling = |name: String| {
+            json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "connectionRef": { "name": "aws-shop" },
+                    "service": { "cluster": "shop", "service": "web" },
+                    "maxReplicas": 10,
+                    "metrics": [ { "cpuUtilization": { "targetPercent": 60 } } ],
+                    "evaluationInterval": "15s",
+                    "schedules": [ { "name": "sale", "cron": "0 8 * * *", "duration": "1h", "minReplicas": 4 } ]
+                }
+            })
+        };
+        let mut s = scaling(format!("eval-{n}"));
+        s["spec"]["evaluationInterval"] = json!(value);
+        check("ServiceScaling", "spec.evaluationInterval", s, value, ok).await;
+        let mut s = scaling(format!("window-{n}"));
+        s["spec"]["schedules"][0]["duration"] = json!(value);
+        check("ServiceScaling", "spec.schedules[0].duration", s, value, ok).await;
+
+        let pipeline = json!({
+            "metadata": { "name": format!("timeout-{n}") },
+            "spec": {
+                "revision": "abc123",
+                "stages": [ { "name": "migrate", "type": "Test", "job": {
+                    "image": "migrate:{{ revision }}",
+                    "timeout": value
+                } } ]
+            }
+        });
+        check(
+            "Pipeline",
+            "spec.stages[0].job.timeout",
+            pipeline,
+            value,
+            ok,
+        )
+        .await;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -231,10 +231,14 @@ fn every_cel_rule_sits_where_it_applies() {
         .into_iter()
         .map(|(p, r)| (p, r["rule"].as_str().unwrap_or_default().to_owned()))
         .collect();
+    // Both timeouts carry the shared 1 s floor of tenant durations.
+    let floor = capstan_core::schedule::rule_min_duration();
     let want = [
         (".spec", RULE_DEPLOY_NEEDS_CONNECTION),
         (".spec.stages", RULE_UNIQUE_STAGE_NAMES),
         (".spec.stages.[]", RULE_STAGE_SHAPE),
+        (".spec.stages.[].job.timeout", floor.as_str()),
+        (".spec.stages.[].deploy.timeout", floor.as_str()),
     ];
     for (path, rule) in want {
         assert!(

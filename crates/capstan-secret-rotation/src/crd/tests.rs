@@ -365,7 +365,10 @@ fn every_field_is_documented() {
 
 #[test]
 fn patterns_bounds_and_defaults_are_in_the_schema() {
-    assert_eq!(node("spec.schedule.interval")["pattern"], DURATION_PATTERN);
+    assert_eq!(
+        node("spec.schedule.interval")["pattern"],
+        capstan_core::schedule::DURATION_PATTERN
+    );
     assert_eq!(node("spec.schedule.interval")["maxLength"], 64);
     assert_eq!(node("spec.schedule.cron")["pattern"], CRON_PATTERN);
     assert_eq!(node("spec.schedule.window.start")["pattern"], HH_MM_PATTERN);
