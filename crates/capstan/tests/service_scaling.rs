@@ -27,7 +27,10 @@ use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Fields drop in order: the manager stops before its namespaces go (a namespace being
+/// deleted loses the Role that lets the manager write Events there).
 struct Fixture {
+    manager: common::Manager,
     client: kube::Client,
     ns: TempNamespace,
     _own: TempNamespace,
@@ -36,7 +39,6 @@ struct Fixture {
     ecs: ecs::Client,
     cloudwatch: cw::Client,
     autoscaling: aas::Client,
-    manager: common::Manager,
     feeders: Vec<tokio::task::JoinHandle<()>>,
 }
 
