@@ -17,12 +17,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::core::{Selector, SelectorExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Api, Client, CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Categorized;
+pub use crate::namespaces::AllowedNamespaces;
 use crate::scope::{ConnectionScope, MAX_SCOPES, ScopedResource, permits};
 
 /// A connection to an outside system (an AWS account or a Vault/OpenBao server) and
@@ -72,19 +72,6 @@ pub struct ClusterConnectionSpec {
 const RULE_AWS_SCOPES: &str =
     "!has(self.aws) || !has(self.scopes) || self.scopes.all(s, !has(s.vault))";
 const RULE_VAULT_SCOPES: &str = "!has(self.vault) || !has(self.scopes) || self.scopes.all(s, !has(s.secretsManager) && !has(s.ecs))";
-
-/// Which namespaces may use a connection.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct AllowedNamespaces {
-    /// Namespaces allowed by name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
-    pub names: Vec<String>,
-    /// Namespaces allowed by their labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<LabelSelector>,
-}
 
 /// An AWS account and region.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -258,33 +245,6 @@ impl ClusterConnectionSpec {
     }
 }
 
-impl AllowedNamespaces {
-    /// Whether a namespace with this name and these labels may use the connection.
-    /// A selector that cannot be parsed allows nothing.
-    pub fn allows(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
-        if self.names.iter().any(|n| n == namespace) {
-            return true;
-        }
-        let Some(selector) = &self.selector else {
-            return false;
-        };
-        // An empty selector ({}) would select everything; an administrator who means
-        // "every namespace" must say so with an explicit expression.
-        if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && selector
-                .match_expressions
-                .as_ref()
-                .is_none_or(|e| e.is_empty())
-        {
-            return false;
-        }
-        match Selector::try_from(selector.clone()) {
-            Ok(s) => s.matches(labels),
-            Err(_) => false,
-        }
-    }
-}
-
 /// Why a connection reference cannot be used. Each variant is a condition reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionRefError {
@@ -448,6 +408,7 @@ pub fn check_scopes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use kube::CustomResourceExt;
 
     fn aws_conn(allowed: AllowedNamespaces) -> ClusterConnection {

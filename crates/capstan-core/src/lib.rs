@@ -1,21 +1,45 @@
-//! Shared mechanics of Capstan's controllers.
+//! Shared mechanics of Capstan's controllers. Nothing in here knows a particular
+//! resource.
 //!
-//! Nothing in here knows a particular resource: conditions and status helpers
-//! ([`conditions`]), server-side apply ([`ssa`]), Events ([`events`]), metrics
-//! ([`metrics`]), error categories ([`error`]), schedules ([`schedule`]), the clock
-//! domain logic takes ([`clock`]), the cluster-scoped connection kind that decides
-//! who may reach which outside system ([`connection`]) and what each namespace may
-//! touch there ([`scope`]), the redacting wrapper for secret values ([`redact`]), and
-//! the request budgets shared by every controller ([`budget`]).
+//! - [`budget`]: request budgets per AWS account, region and call family, shared by
+//!   every controller, with fair per-namespace queues.
+//! - [`clock`]: the clock domain logic takes (`now` is an input, tests move it).
+//! - [`conditions`]: status conditions and the status helpers every resource uses.
+//! - [`connection`]: the cluster-scoped `ClusterConnection` kind that decides who may
+//!   reach which outside system, and its resolution.
+//! - [`connection_index`]: which objects name which connections, for controllers that
+//!   cache only metadata.
+//! - [`error`]: error categories (metrics labels, retry decisions) and cause chains.
+//! - [`events`]: Kubernetes Events, built without a client and published without a
+//!   cache; Warnings when `Ready` turns false.
+//! - [`gate`]: step one of every reconcile: resolve the connection an object names and
+//!   refuse a namespace or resource it does not allow; the watches that re-run objects
+//!   when a connection or namespace changes.
+//! - [`metrics`]: per-controller Prometheus metrics.
+//! - [`namespaces`]: which namespaces may use a connection (by name or label).
+//! - [`redact`]: the redacting wrapper for secret values.
+//! - [`runtime`]: what every controller gets (client, clock, AWS settings, identity) and
+//!   the controller loop with its metadata-only cache.
+//! - [`schedule`]: durations, tenant duration floors and cron schedules.
+//! - [`scope`]: what each allowed namespace may touch through a connection.
+//! - [`secret_ref`]: one key of a Secret in Capstan's own namespace (the credentials a
+//!   connection names).
+//! - [`ssa`]: server-side apply and status writes with one field manager per controller.
+//! - [`validation`]: field errors with paths, for what the CRD schema cannot refuse.
+//!
+//! Layers: `clock`, `error`, `redact`, `budget`, `schedule` and `validation` import no
+//! other module here; no two modules import each other.
 
 pub mod budget;
 pub mod clock;
 pub mod conditions;
 pub mod connection;
+pub mod connection_index;
 pub mod error;
 pub mod events;
 pub mod gate;
 pub mod metrics;
+pub mod namespaces;
 pub mod redact;
 pub mod runtime;
 pub mod schedule;

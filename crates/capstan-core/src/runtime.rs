@@ -405,7 +405,7 @@ fn streak_key<C: Resource>(obj: &reflector::ObjectRef<C>) -> String {
 /// fit in 64 MB.
 pub fn metadata_cache<K>(
     fresh: Arc<Fresh<K>>,
-    index: Arc<crate::gate::ConnectionIndex>,
+    index: Arc<crate::connection_index::ConnectionIndex>,
     connections_of: fn(&K) -> Vec<String>,
 ) -> impl Fn(watcher::Event<K>) -> watcher::Event<PartialObjectMeta<K>> + Clone + Send + 'static
 where

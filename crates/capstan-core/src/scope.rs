@@ -38,7 +38,7 @@ use std::fmt;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::connection::AllowedNamespaces;
+use crate::namespaces::AllowedNamespaces;
 
 /// The variable a pattern may contain: the referencing object's namespace.
 pub const NAMESPACE_VARIABLE: &str = "${namespace}";

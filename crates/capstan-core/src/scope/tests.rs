@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use proptest::prelude::*;
 
 use super::*;
-use crate::connection::AllowedNamespaces;
+use crate::namespaces::AllowedNamespaces;
 
 fn glob(p: &str) -> Glob {
     Glob::parse(p).unwrap_or_else(|e| panic!("{p}: {e}"))
