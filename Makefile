@@ -5,6 +5,8 @@ CARGO ?= cargo
 export GOTOOLCHAIN := local
 # Quieter, cheaper debug builds: tests need line numbers, not full debug info.
 export CARGO_TERM_COLOR ?= never
+# Installed by `make deps` (tests/env/install.sh pins the version).
+CARGO_DENY ?= .cache/cargo-deny/0.20.2/bin/cargo-deny
 
 .PHONY: help deps generate check-generated fmt lint build test test-only demo demo-ci bench clean
 
@@ -27,9 +29,12 @@ check-generated: ## Fail when crds/ or the chart differ from a fresh generation
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-lint: ## cargo fmt --check and clippy with -D warnings on every target
+lint: ## cargo fmt --check, clippy and rustdoc with -D warnings, cargo deny (licenses, bans, sources)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace --locked -q
+	@test -x $(CARGO_DENY) || { echo "cargo-deny is missing: run make deps" >&2; exit 1; }
+	$(CARGO_DENY) --log-level error check licenses bans sources
 	@CARGO=$(CARGO) bash tests/check-shipped-features.sh
 
 build: ## Build every crate and test

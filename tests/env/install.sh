@@ -8,7 +8,8 @@
 #   - etcd, kube-apiserver and kube-controller-manager built from the Go modules pinned in
 #     tests/k8s-bins (tests/k8s-bins/build.sh; needs the Go toolchain named in its go.mod);
 #   - helm built from its Go module (tests/helm/build.sh): the tests render the chart to
-#     run every manager under its RBAC.
+#     run every manager under its RBAC;
+#   - cargo-deny, pinned, into <repo>/.cache/cargo-deny/<version> (`make lint` runs it).
 # Meant for Debian 12 as root (or with sudo); reaches only Debian's apt, PyPI and the Go
 # module proxy.
 set -euo pipefail
@@ -102,5 +103,17 @@ done_step "$bins"
 step "helm (tests/helm/build.sh)"
 helm_bin=$(GOTOOLCHAIN=local bash "$repo/tests/helm/build.sh")
 done_step "$helm_bin"
+
+# --- cargo-deny -----------------------------------------------------------------------------
+# `make lint` checks licenses, bans and sources with it (deny.toml). Built from crates.io.
+deny_version=0.20.2
+deny_root="$repo/.cache/cargo-deny/$deny_version"
+step "cargo-deny $deny_version"
+if [ -x "$deny_root/bin/cargo-deny" ]; then
+  done_step "present"
+else
+  cargo install -q cargo-deny --version "=$deny_version" --locked --root "$deny_root"
+  done_step "built"
+fi
 
 echo "install.sh: everything in place in $((SECONDS - total_start)) s"

@@ -1,4 +1,4 @@
-//! AWS for Capstan: SDK configuration built from a [`ClusterConnection`], and the
+//! AWS for Capstan: SDK configuration built from a [`ClusterConnection`](capstan_core::connection::ClusterConnection), and the
 //! clients of the services Capstan calls.
 //!
 //! A connection fixes the region, the credentials (static ones from a Secret in

@@ -5,10 +5,10 @@
 //! - Before an object is first registered for evaluation in ApplicationAutoScaling mode
 //!   (so before anything is declared), reconcile adds the finalizer [`FINALIZER`] and
 //!   records the scalable target's resource ID in the annotation [`RESOURCE_ANNOTATION`]
-//!   ([`ensure_finalizer`]). A Direct-mode object never carries it, so deleting one
+//!   (`ensure_finalizer`). A Direct-mode object never carries it, so deleting one
 //!   never waits on AWS.
-//! - When the object is deleted ([`finalize`]), or its spec no longer declares on the
-//!   recorded resource ([`leave_old_resource`]: mode Direct, or another service),
+//! - When the object is deleted (`finalize`), or its spec no longer declares on the
+//!   recorded resource (`leave_old_resource`: mode Direct, or another service),
 //!   reconcile takes the object out of the evaluation registry (waiting for an
 //!   evaluation in flight, which could otherwise declare again behind the removal),
 //!   removes Capstan's objects from the recorded resource through the object's
