@@ -41,7 +41,8 @@ use serde_json::json;
 
 use crate::aas::{self, Removal};
 use crate::algorithm::{ResolvedBehavior, windows_from_spec};
-use crate::controller::{Ctx, Error, FIELD_MANAGER, Key};
+use crate::context::{Ctx, Error, FIELD_MANAGER, Key};
+pub use crate::context::{DEFAULT_CLEANUP_TIMEOUT, Settings};
 use crate::crd::{ScalingMode, ServiceScaling, ServiceScalingSpec};
 
 /// The finalizer on ServiceScalings that may have objects declared in Application Auto
@@ -50,8 +51,6 @@ pub const FINALIZER: &str = "capstan.dev/autoscaling-cleanup";
 /// The resource ID (`service/<cluster>/<service>`) Capstan declares on, recorded with
 /// the finalizer so that a later spec change still knows where to clean up.
 pub const RESOURCE_ANNOTATION: &str = "capstan.dev/autoscaling-resource";
-/// How long a deletion waits for the cleanup by default.
-pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Ready reason while a cleanup fails and is retried.
 pub const CLEANUP_FAILED: &str = "AutoScalingCleanupFailed";
@@ -64,22 +63,6 @@ pub const ABANDONED: &str = "AutoScalingCleanupAbandoned";
 const IN_FLIGHT_RETRY: Duration = Duration::from_millis(200);
 /// How soon to retry a metadata patch that lost a race with another write.
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
-
-/// The controller's settings for the finalizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    /// How long after its deletion a ServiceScaling waits for its Application Auto
-    /// Scaling objects to be removed before it is deleted anyway.
-    pub cleanup_timeout: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
-        }
-    }
-}
 
 /// The spacing of cleanup retries: a tenth of the timeout, between 1 and 30 seconds.
 fn retry_delay(timeout: Duration) -> Duration {

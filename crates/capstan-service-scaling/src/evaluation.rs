@@ -37,7 +37,7 @@ use crate::algorithm::{
     next_window_change, reasons,
 };
 use crate::clients::ConnectionClients;
-use crate::controller::{Ctx, FIELD_MANAGER, Inputs, Key};
+use crate::context::{Ctx, FIELD_MANAGER, Inputs, Key};
 use crate::crd::{
     CONDITION_ABLE_TO_SCALE, CONDITION_SCALING_ACTIVE, CONDITION_SCALING_LIMITED, MetricKind,
     MetricStatus, ScaleDirection, ScalingMode, ServiceScaling, ServiceScalingStatus,
@@ -735,7 +735,7 @@ async fn direct_mode(
                 });
                 ctx.metrics
                     .scale_operations
-                    .get_or_create(&crate::controller::DirectionLabels {
+                    .get_or_create(&crate::context::DirectionLabels {
                         direction: if up { "up" } else { "down" }.into(),
                     })
                     .inc();

@@ -7,12 +7,13 @@
 //! - [`controller`]: the controller (reconcile keeps a registry; [`evaluation`] evaluates
 //!   it in batches per connection); [`clients`]: its AWS clients; [`aas`]: the
 //!   ApplicationAutoScaling mode's declared AWS objects; [`cleanup`]: the finalizer that
-//!   removes them.
+//!   removes them; [`context`]: what those three share.
 
 pub mod aas;
 pub mod algorithm;
 pub mod cleanup;
 pub mod clients;
+pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod evaluation;
