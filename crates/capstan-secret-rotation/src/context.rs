@@ -23,7 +23,7 @@ use crate::backend::{
 };
 use crate::controller::Metrics;
 use crate::crd::{AdminSecretRef, Backend, CaSecretRef, SecretRotationSpec, Target};
-use crate::target::{CredentialTarget, NoTarget, PostgresTarget};
+use crate::targets::{CredentialTarget, NoTarget, PostgresTarget};
 
 /// Shared by every reconcile of the controller.
 pub struct Context {
@@ -342,7 +342,7 @@ async fn build_target(
         Target::Mysql(m) => {
             let (user, password) = read_admin(ctx, namespace, &m.admin_secret_ref).await?;
             let ca = read_ca(ctx, namespace, m.ca_secret_ref.as_ref()).await?;
-            let t = crate::target::MysqlTarget::new(
+            let t = crate::targets::MysqlTarget::new(
                 m,
                 user,
                 password,

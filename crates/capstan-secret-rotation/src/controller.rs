@@ -22,7 +22,7 @@
 //! A leader lease does not fence: a Capstan frozen past its lease between its claim and
 //! its side effect still runs it when resumed. Backends refuse such a stale write by
 //! themselves (CAS, labels); the database write carries a fencing token
-//! ([`crate::target::Fence`]: object, rotation number, attempt) that the target keeps
+//! ([`crate::targets::Fence`]: object, rotation number, attempt) that the target keeps
 //! and checks under a lock, so a stale `SetTarget` is refused ([`TargetError::Fenced`])
 //! and its Capstan treats it as a lost claim. Rotation numbers only grow per object.
 //!
@@ -65,7 +65,7 @@ use crate::crd::{
 use crate::delivery;
 use crate::generator::PasswordGenerator;
 use crate::rotation::{self, BackendView, Outcome, Plan, Policy, Resume, Transition, Users};
-use crate::target::{Fence, TargetError};
+use crate::targets::{Fence, TargetError};
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "capstan-secret-rotation";

@@ -17,7 +17,7 @@ pub mod crd;
 pub mod delivery;
 pub mod generator;
 pub mod rotation;
-pub mod target;
+pub mod targets;
 pub mod template;
 pub mod validation;
 
