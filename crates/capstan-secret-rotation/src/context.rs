@@ -1,4 +1,5 @@
-//! What every reconcile shares ([`Context`]) and how the clients of one object are built
+//! What every reconcile shares ([`Context`], with the controller's [`Metrics`] and its
+//! [`FIELD_MANAGER`]) and how the clients of one object are built
 //! from its spec ([`build_clients`]): the backend (a Kubernetes Secret in the object's
 //! namespace, Vault with the connection's token, Secrets Manager with the connection's
 //! AWS settings) and the target (with the admin login from a Secret in the object's
@@ -13,17 +14,92 @@ use std::time::Duration;
 use capstan_aws::{ClientOptions, StaticCredentials};
 use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef};
 use capstan_core::events::Publisher;
+use capstan_core::metrics::ControllerMetrics;
 use capstan_core::redact::SecretValue;
 use capstan_core::runtime::Runtime;
 use capstan_core::secret_ref::read_key;
 use kube::ResourceExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 use crate::backend::{
     AwsSecretsManagerBackend, KubernetesSecretBackend, SecretBackend, VaultClient, VaultKvBackend,
 };
-use crate::controller::Metrics;
-use crate::crd::{AdminSecretRef, Backend, CaSecretRef, SecretRotationSpec, Target};
+use crate::crd::{
+    AdminSecretRef, Backend, CaSecretRef, RotationOutcome, SecretRotationSpec, Target,
+};
 use crate::targets::{CredentialTarget, NoTarget, PostgresTarget};
+
+/// The field manager of every write this controller makes.
+pub const FIELD_MANAGER: &str = "capstan-secret-rotation";
+
+/// Label set of `rotations_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `succeeded` or `failed`.
+    pub outcome: String,
+}
+
+/// The controller's metrics, under `capstan_secret_rotation_`.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Reconciles, failures, durations.
+    pub controller: ControllerMetrics,
+    rotations: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    overdue: Gauge,
+}
+
+impl Metrics {
+    /// Registers the metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let controller = ControllerMetrics::register(registry, "secret_rotation");
+        let m = Self {
+            controller,
+            rotations: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
+            overdue: Gauge::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("secret_rotation");
+        sub.register(
+            "rotations",
+            "Finished rotations, by outcome (succeeded, failed)",
+            m.rotations.clone(),
+        );
+        sub.register(
+            "rotation_duration_seconds",
+            "Time from a rotation's start to its end (delivery included), in seconds",
+            m.duration.clone(),
+        );
+        sub.register(
+            "objects_overdue",
+            "SecretRotations whose scheduled rotation time passed without a successful rotation",
+            m.overdue.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn rotation_finished(&self, outcome: RotationOutcome, seconds: f64) {
+        let outcome = match outcome {
+            RotationOutcome::Succeeded => "succeeded",
+            RotationOutcome::Failed => "failed",
+        };
+        self.rotations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.duration.observe(seconds.max(0.0));
+    }
+
+    pub(crate) fn set_overdue(&self, n: usize) {
+        self.overdue.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
 
 /// Shared by every reconcile of the controller.
 pub struct Context {
@@ -69,11 +145,7 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for `rt`.
     pub fn new(rt: Runtime, metrics: Metrics) -> Self {
-        let events = Publisher::new(
-            rt.client.clone(),
-            crate::controller::FIELD_MANAGER,
-            &rt.instance,
-        );
+        let events = Publisher::new(rt.client.clone(), FIELD_MANAGER, &rt.instance);
         let aws_options = ClientOptions::from_settings(&rt.aws, &rt.instance);
         Self {
             rt,

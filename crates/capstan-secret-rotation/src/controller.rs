@@ -38,7 +38,7 @@ use capstan_core::conditions::{self, Desired, Status};
 use capstan_core::connection::{ClusterConnection, ConnectionKind};
 use capstan_core::error::Categorized;
 use capstan_core::gate::{ConnectionIndex, Gate, connection_gate, watch_connections_indexed};
-use capstan_core::metrics::ControllerMetrics;
+
 use capstan_core::runtime::{Runtime, metadata_cache, run_controller_cached};
 use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -46,17 +46,13 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Subject};
 use crate::backend::{BackendError, Credential, RotationId, Version};
 use crate::context::{Clients, Context, RefError, build_clients};
+pub use crate::context::{FIELD_MANAGER, Metrics, OutcomeLabels};
 use crate::crd::{
     Backend, ROTATE_NOW_ANNOTATION, RotationFailure, RotationInProgress, RotationOutcome,
     RotationStep, RotationSummary, RotationTrigger, SecretRotation, SecretRotationStatus, Target,
@@ -66,9 +62,6 @@ use crate::delivery;
 use crate::generator::PasswordGenerator;
 use crate::rotation::{self, BackendView, Outcome, Plan, Policy, Resume, Transition, Users};
 use crate::targets::{Fence, TargetError};
-
-/// The field manager of every write this controller makes.
-pub const FIELD_MANAGER: &str = "capstan-secret-rotation";
 
 /// Event reasons (CamelCase, stable).
 pub mod events {
@@ -86,70 +79,6 @@ pub mod events {
 
 /// How often a rotation waiting for its rollouts looks again.
 const DELIVERY_POLL: Duration = Duration::from_secs(2);
-
-/// Label set of `rotations_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    /// `succeeded` or `failed`.
-    pub outcome: String,
-}
-
-/// The controller's metrics, under `capstan_secret_rotation_`.
-#[derive(Clone, Debug)]
-pub struct Metrics {
-    /// Reconciles, failures, durations.
-    pub controller: ControllerMetrics,
-    rotations: Family<OutcomeLabels, Counter>,
-    duration: Histogram,
-    overdue: Gauge,
-}
-
-impl Metrics {
-    /// Registers the metrics.
-    pub fn register(registry: &mut Registry) -> Self {
-        let controller = ControllerMetrics::register(registry, "secret_rotation");
-        let m = Self {
-            controller,
-            rotations: Family::default(),
-            duration: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
-            overdue: Gauge::default(),
-        };
-        let sub = registry.sub_registry_with_prefix("secret_rotation");
-        sub.register(
-            "rotations",
-            "Finished rotations, by outcome (succeeded, failed)",
-            m.rotations.clone(),
-        );
-        sub.register(
-            "rotation_duration_seconds",
-            "Time from a rotation's start to its end (delivery included), in seconds",
-            m.duration.clone(),
-        );
-        sub.register(
-            "objects_overdue",
-            "SecretRotations whose scheduled rotation time passed without a successful rotation",
-            m.overdue.clone(),
-        );
-        m
-    }
-
-    fn rotation_finished(&self, outcome: RotationOutcome, seconds: f64) {
-        let outcome = match outcome {
-            RotationOutcome::Succeeded => "succeeded",
-            RotationOutcome::Failed => "failed",
-        };
-        self.rotations
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.into(),
-            })
-            .inc();
-        self.duration.observe(seconds.max(0.0));
-    }
-
-    pub(crate) fn set_overdue(&self, n: usize) {
-        self.overdue.set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-}
 
 /// Why a reconcile failed. Messages name objects, never values.
 #[derive(Debug, thiserror::Error)]
