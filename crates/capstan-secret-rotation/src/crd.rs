@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 
+use capstan_core::connection::ConnectionKind;
 pub use capstan_core::connection::ConnectionRef;
 use capstan_core::redact::{REDACTED, SecretValue};
 use capstan_core::schedule::{
@@ -946,6 +947,17 @@ impl TargetKind {
 }
 
 impl Backend {
+    /// The kind of ClusterConnection this backend's `connectionRef` must name. Exhaustive
+    /// on purpose: a new backend must say which connection it uses. The Kubernetes
+    /// backend uses none (validation refuses a `connectionRef` with it); the gate, which
+    /// runs before validation, checks such a reference as an AWS connection.
+    pub fn connection_kind(&self) -> ConnectionKind {
+        match self {
+            Self::Vault(_) => ConnectionKind::Vault,
+            Self::AwsSecretsManager(_) | Self::Kubernetes(_) => ConnectionKind::Aws,
+        }
+    }
+
     /// Which backend this is.
     pub fn kind(&self) -> BackendKind {
         match self {
