@@ -32,6 +32,7 @@ use crate::backend::{
 use crate::crd::{
     AdminSecretRef, Backend, CaSecretRef, RotationOutcome, SecretRotationSpec, Target,
 };
+use crate::reasons;
 use crate::targets::{CredentialTarget, NoTarget, PostgresTarget};
 
 /// The field manager of every write this controller makes.
@@ -203,13 +204,27 @@ pub struct RefError {
     pub reason: &'static str,
     /// What cannot be resolved.
     pub message: String,
+    /// The backend refused Capstan's credentials
+    /// ([`BackendError::is_access_denied`](crate::backend::BackendError::is_access_denied)).
+    pub access_denied: bool,
 }
 
 impl RefError {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    /// A reference error with `reason` and `message`.
+    pub(crate) fn new(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
+            access_denied: false,
+        }
+    }
+
+    /// The reference error of a backend error (its reason and message).
+    pub(crate) fn from_backend(e: &crate::backend::BackendError) -> Self {
+        Self {
+            reason: e.reason(),
+            message: e.to_string(),
+            access_denied: e.is_access_denied(),
         }
     }
 }
@@ -266,7 +281,7 @@ async fn aws_settings<'c>(
         .and_then(|c| c.spec.aws.as_ref())
         .ok_or_else(|| {
             RefError::new(
-                "ConnectionWrongKind",
+                reasons::CONNECTION_WRONG_KIND,
                 format!("ClusterConnection {name:?} is not an AWS connection"),
             )
         })?;
@@ -275,7 +290,7 @@ async fn aws_settings<'c>(
         Some(r) => {
             let read = |k: &'static str| read_key(client, own, r, k);
             let map = |e: capstan_core::secret_ref::SecretKeyError| {
-                RefError::new("AwsCredentialsUnavailable", e.to_string())
+                RefError::new(reasons::AWS_CREDENTIALS_UNAVAILABLE, e.to_string())
             };
             let key = read("AWS_ACCESS_KEY_ID").await.map_err(map)?;
             Some(StaticCredentials {
@@ -313,33 +328,34 @@ async fn build_backend(
                 .and_then(|c| c.spec.vault.as_ref())
                 .ok_or_else(|| {
                     RefError::new(
-                        "ConnectionWrongKind",
+                        reasons::CONNECTION_WRONG_KIND,
                         format!(
                             "ClusterConnection {:?} is not a Vault connection",
                             conn_name()
                         ),
                     )
                 })?;
-            let ca = match &vault.ca_secret_ref {
-                None => None,
-                Some(r) => Some(
-                    read_key(client, own, r, "ca.crt")
-                        .await
-                        .map_err(|e| RefError::new("VaultCaUnavailable", e.to_string()))?,
-                ),
-            };
+            let ca =
+                match &vault.ca_secret_ref {
+                    None => None,
+                    Some(r) => Some(read_key(client, own, r, "ca.crt").await.map_err(|e| {
+                        RefError::new(reasons::VAULT_CA_UNAVAILABLE, e.to_string())
+                    })?),
+                };
             let mut vc = VaultClient::from_connection(
                 vault,
                 SecretValue::new(String::new()),
                 ca.as_ref().map(|c| c.expose().as_bytes()),
             )
-            .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            .map_err(|e| RefError::from_backend(&e))?;
             let conn = connection.ok_or_else(|| {
-                RefError::new("ConnectionWrongKind", "no Vault connection".to_owned())
+                RefError::new(
+                    reasons::CONNECTION_WRONG_KIND,
+                    "no Vault connection".to_owned(),
+                )
             })?;
             vault_login(ctx, conn, vault, &mut vc).await?;
-            let kv =
-                VaultKvBackend::new(vc, v).map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            let kv = VaultKvBackend::new(vc, v).map_err(|e| RefError::from_backend(&e))?;
             Ok(Box::new(kv))
         }
         Backend::AwsSecretsManager(a) => {
@@ -364,7 +380,7 @@ async fn read_admin(
         key: Some(k.to_owned()),
     };
     let err = |e: capstan_core::secret_ref::SecretKeyError| {
-        RefError::new("AdminSecretUnavailable", format!("admin {e}"))
+        RefError::new(reasons::ADMIN_SECRET_UNAVAILABLE, format!("admin {e}"))
     };
     let user = read_key(&ctx.rt.client, namespace, &key(&r.username_key), "username")
         .await
@@ -388,7 +404,7 @@ async fn read_ca(
     read_key(&ctx.rt.client, namespace, &reference, "ca.crt")
         .await
         .map(Some)
-        .map_err(|e| RefError::new("CaSecretUnavailable", format!("CA bundle {e}")))
+        .map_err(|e| RefError::new(reasons::CA_SECRET_UNAVAILABLE, format!("CA bundle {e}")))
 }
 
 async fn build_target(
@@ -442,7 +458,7 @@ async fn vault_login(
     if let Some(t) = &vault.auth.token {
         let token = read_key(client, own, &t.secret_ref, "token")
             .await
-            .map_err(|e| RefError::new("VaultTokenUnavailable", e.to_string()))?;
+            .map_err(|e| RefError::new(reasons::VAULT_TOKEN_UNAVAILABLE, e.to_string()))?;
         vc.set_token(token);
         return Ok(());
     }
@@ -460,14 +476,14 @@ async fn vault_login(
     }
     let failed = |e: crate::backend::BackendError| {
         RefError::new(
-            "VaultLoginFailed",
+            reasons::VAULT_LOGIN_FAILED,
             format!("ClusterConnection {name:?}: {e}"),
         )
     };
     let lease = if let Some(ar) = &vault.auth.app_role {
         let secret_id = read_key(client, own, &ar.secret_id_ref, "secret_id")
             .await
-            .map_err(|e| RefError::new("VaultSecretIdUnavailable", e.to_string()))?;
+            .map_err(|e| RefError::new(reasons::VAULT_SECRET_ID_UNAVAILABLE, e.to_string()))?;
         vc.login_approle(&ar.mount_path, &ar.role_id, &secret_id)
             .await
             .map_err(failed)?
@@ -477,7 +493,7 @@ async fn vault_login(
             Ok(t) => SecretValue::new(t.trim().to_owned()),
             Err(e) => {
                 return Err(RefError::new(
-                    "ServiceAccountTokenUnavailable",
+                    reasons::SERVICE_ACCOUNT_TOKEN_UNAVAILABLE,
                     format!(
                         "ClusterConnection {name:?} uses Kubernetes auth, but Capstan's service account token {} cannot be read: {e}",
                         path.display()
@@ -490,7 +506,7 @@ async fn vault_login(
             .map_err(failed)?
     } else {
         return Err(RefError::new(
-            "ConnectionInvalid",
+            reasons::CONNECTION_INVALID,
             format!("ClusterConnection {name:?} declares no Vault auth method"),
         ));
     };

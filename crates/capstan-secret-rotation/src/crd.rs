@@ -77,45 +77,9 @@ pub mod condition_types {
     pub const OVERDUE: &str = "Overdue";
 }
 
-/// Condition reasons (CamelCase, stable: alerts and `kubectl wait` match on them).
-pub mod reasons {
-    /// Ready=True: the current credential is tested and delivered.
-    pub const CREDENTIAL_CURRENT: &str = "CredentialCurrent";
-    /// Ready=Unknown: no rotation has completed yet.
-    pub const AWAITING_FIRST_ROTATION: &str = "AwaitingFirstRotation";
-    /// Ready=False: the spec fails [`crate::validation::validate`]; waits for a change.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// Ready=False: the referenced ClusterConnection is missing, not ready or not allowed.
-    pub const CONNECTION_NOT_READY: &str = "ConnectionNotReady";
-    /// Ready=False: the last rotation used up `maxAttemptsPerRotation`.
-    pub const ROTATION_FAILED: &str = "RotationFailed";
-    /// Rotating=True: started by the schedule.
-    pub const SCHEDULED: &str = "Scheduled";
-    /// Rotating=True: started by a new `capstan.dev/rotate-now` token.
-    pub const ROTATE_NOW_REQUESTED: &str = "RotateNowRequested";
-    /// Rotating=True: the first rotation after creation.
-    pub const INITIAL_ROTATION: &str = "InitialRotation";
-    /// Rotating=True: a failed attempt is being retried.
-    pub const RETRYING: &str = "Retrying";
-    /// Rotating=False: nothing due.
-    pub const IDLE: &str = "Idle";
-    /// Rotating=False: `spec.suspend` is true.
-    pub const SUSPENDED: &str = "Suspended";
-    /// Rotating=False: a rotation is due but `schedule.window` is closed.
-    pub const OUTSIDE_WINDOW: &str = "OutsideWindow";
-    /// Delivered=True.
-    pub const DELIVERED: &str = "Delivered";
-    /// Delivered=True: `spec.delivery` is empty, there is nothing to deliver.
-    pub const NOTHING_TO_DELIVER: &str = "NothingToDeliver";
-    /// Delivered=False: delivery (Secret write, rollouts or ECS deployments) is under way.
-    pub const DELIVERY_IN_PROGRESS: &str = "DeliveryInProgress";
-    /// Delivered=False: delivery failed; the message says which target.
-    pub const DELIVERY_FAILED: &str = "DeliveryFailed";
-    /// Overdue=True.
-    pub const ROTATION_OVERDUE: &str = "RotationOverdue";
-    /// Overdue=False.
-    pub const ON_SCHEDULE: &str = "OnSchedule";
-}
+/// Condition reasons (CamelCase, stable: alerts and `kubectl wait` match on them): all of
+/// them, in [`crate::reasons`].
+pub use crate::reasons;
 
 // Patterns (RE2 syntax: the API server evaluates them with Go's regexp).
 

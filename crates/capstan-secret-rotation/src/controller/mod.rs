@@ -23,7 +23,7 @@
 //! its side effect still runs it when resumed. Backends refuse such a stale write by
 //! themselves (CAS, labels); the database write carries a fencing token
 //! ([`crate::targets::Fence`]: object, rotation number, attempt) that the target keeps
-//! and checks under a lock, so a stale `SetTarget` is refused ([`TargetError::Fenced`])
+//! and checks under a lock, so a stale `SetTarget` is refused ([`crate::targets::TargetError::Fenced`])
 //! and its Capstan treats it as a lost claim. Rotation numbers only grow per object.
 //!
 //! A crash anywhere resumes from what the backend shows ([`rotation::resume`]). Every
@@ -267,8 +267,8 @@ impl Pass<'_> {
 
     /// Vault refused the backend's token: a login token (AppRole) is logged in afresh
     /// next time instead of being reused until its lease ends.
-    fn forget_login_if_denied(&self, reason: &str) {
-        if reason == "BackendAccessDenied"
+    fn forget_login_if_denied(&self, access_denied: bool) {
+        if access_denied
             && matches!(self.obj.spec.backend, crate::crd::Backend::Vault(_))
             && let Some(c) = &self.obj.spec.connection_ref
         {

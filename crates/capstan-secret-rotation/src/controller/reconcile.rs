@@ -312,19 +312,21 @@ async fn clients_or_report(
 }
 
 async fn precheck(clients: &Clients) -> Result<Option<Version>, RefError> {
-    clients.target.check().await.map_err(|e| RefError {
-        reason: e.reason(),
-        message: e.to_string(),
-    })?;
-    clients.backend.current().await.map_err(|e| RefError {
-        reason: e.reason(),
-        message: e.to_string(),
-    })
+    clients
+        .target
+        .check()
+        .await
+        .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+    clients
+        .backend
+        .current()
+        .await
+        .map_err(|e| RefError::from_backend(&e))
 }
 
 /// `Ready=False` naming the reference; nothing else changes. Retried with backoff.
 async fn report_unresolved(pass: &Pass<'_>, w: &mut Writer, e: RefError) -> Result<Action, Error> {
-    pass.forget_login_if_denied(e.reason);
+    pass.forget_login_if_denied(e.access_denied);
     let before = w.status();
     let mut st = before.clone();
     let was = conditions::find(&before.conditions, ct::READY).map(|c| c.reason.clone());

@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 
 use super::status::Writer;
 use super::{DELIVERY_POLL, Error, Pass, crash_point, events, requeue_at};
-use crate::audit::{self, Subject};
+use crate::audit::{self, DeliveryAction, StepOutcome, Subject};
 use crate::backend::{BackendError, Credential, RotationId, SecretBackend, Version};
 use crate::context::Clients;
 use crate::crd::{
@@ -27,16 +27,34 @@ use crate::targets::{CredentialTarget, TargetError};
 enum StepResult {
     Done(Option<String>),
     Waiting,
-    Transient(&'static str, String),
+    Transient {
+        reason: &'static str,
+        message: String,
+        /// The backend refused Capstan's credentials.
+        access_denied: bool,
+    },
     Rejected(&'static str, String),
     ClaimLost(String),
+}
+
+/// A transient failure (retried with backoff).
+fn transient(reason: &'static str, message: impl ToString) -> StepResult {
+    StepResult::Transient {
+        reason,
+        message: message.to_string(),
+        access_denied: false,
+    }
 }
 
 fn from_backend(e: BackendError) -> StepResult {
     if e.is_conflict() {
         StepResult::ClaimLost(e.to_string())
     } else {
-        StepResult::Transient(e.reason(), e.to_string())
+        StepResult::Transient {
+            reason: e.reason(),
+            message: e.to_string(),
+            access_denied: e.is_access_denied(),
+        }
     }
 }
 
@@ -49,17 +67,17 @@ fn from_target(e: TargetError, testing: bool) -> StepResult {
     if e.is_definitive_rejection() || (testing && login_failed) {
         StepResult::Rejected(e.reason(), e.to_string())
     } else {
-        StepResult::Transient(e.reason(), e.to_string())
+        transient(e.reason(), e)
     }
 }
 
 fn delivery_failed(e: impl ToString) -> StepResult {
-    StepResult::Transient(reasons::DELIVERY_FAILED, e.to_string())
+    transient(reasons::DELIVERY_FAILED, e)
 }
 
 fn pending_lost() -> StepResult {
     StepResult::Rejected(
-        "PendingLost",
+        reasons::PENDING_LOST,
         "the pending value of this attempt is gone".into(),
     )
 }
@@ -112,7 +130,7 @@ pub(super) async fn run_steps(
             }
             StepResult::Rejected(reason, msg) => {
                 let version = r.pending_version.as_deref();
-                audit::step(&pass.subject(&r), r.step, version, "rejected");
+                audit::step(&pass.subject(&r), r.step, version, StepOutcome::Rejected);
                 match after(pass, &r, Outcome::Rejected) {
                     Transition::NewAttempt(next) => {
                         new_attempt(pass, clients, &mut st, &r, reason, &msg).await;
@@ -135,7 +153,12 @@ fn after(pass: &Pass<'_>, r: &RotationInProgress, outcome: Outcome) -> Transitio
 /// kept in the record the next claims write (and the audit lines of the later steps
 /// carry).
 fn record_done(pass: &Pass<'_>, r: &mut RotationInProgress, version: Option<String>) {
-    audit::step(&pass.subject(r), r.step, version.as_deref(), "done");
+    audit::step(
+        &pass.subject(r),
+        r.step,
+        version.as_deref(),
+        StepOutcome::Done,
+    );
     crash_point(&format!("secret-rotation::after-{}", r.step.as_str()));
     pass.ctx.succeeded(&pass.key);
     if r.step == RotationStep::CreatePending {
@@ -236,9 +259,13 @@ async fn record_result(
             }
             Ok(Action::requeue(DELIVERY_POLL))
         }
-        StepResult::Transient(reason, msg) => {
-            pass.forget_login_if_denied(reason);
-            audit::step(&pass.subject(&r), r.step, version, "retry");
+        StepResult::Transient {
+            reason,
+            message: msg,
+            access_denied,
+        } => {
+            pass.forget_login_if_denied(access_denied);
+            audit::step(&pass.subject(&r), r.step, version, StepOutcome::Retry);
             tracing::info!(object = %pass.key, step = r.step.as_str(), reason, "step failed, will retry: {msg}");
             st.last_failure = Some(RotationFailure::new(now, r.step, reason, &msg, &[]));
             st.rotation = Some(r);
@@ -249,7 +276,7 @@ async fn record_result(
             )))
         }
         StepResult::ClaimLost(msg) => {
-            audit::step(&pass.subject(&r), r.step, version, "claim-lost");
+            audit::step(&pass.subject(&r), r.step, version, StepOutcome::ClaimLost);
             tracing::warn!(object = %pass.key, step = r.step.as_str(), "claim lost: {msg}");
             Ok(Action::requeue(Duration::from_secs(1)))
         }
@@ -320,7 +347,7 @@ async fn create_pending(
 ) -> StepResult {
     let generator = match PasswordGenerator::new(&pass.obj.spec.generator) {
         Ok(g) => g,
-        Err(e) => return StepResult::Transient("InvalidGenerator", e.to_string()),
+        Err(e) => return transient(reasons::INVALID_GENERATOR, e),
     };
     let credential = Credential::new(r.username.clone(), generator.generate());
     match backend.put_pending(id, &credential).await {
@@ -397,10 +424,7 @@ async fn deliver(
     let current = match clients.backend.current().await {
         Ok(Some(v)) => v,
         Ok(None) => {
-            return StepResult::Transient(
-                "BackendEmpty",
-                "the backend holds no current value".into(),
-            );
+            return transient(reasons::BACKEND_EMPTY, "the backend holds no current value");
         }
         Err(e) => return from_backend(e),
     };
@@ -463,7 +487,7 @@ async fn deliver_secret(
         subject,
         &format!("Secret/{}", secret.name),
         version,
-        "written",
+        DeliveryAction::Written,
     );
     Ok(())
 }
@@ -487,7 +511,7 @@ async fn deliver_rollouts(
         delivery::restart(client, &ns, wl, version, now)
             .await
             .map_err(delivery_failed)?;
-        audit::delivery(subject, &wl.label(), version, "restarted");
+        audit::delivery(subject, &wl.label(), version, DeliveryAction::Restarted);
     }
     Ok(delivery::workloads_delivered(&workloads, version))
 }
@@ -601,7 +625,7 @@ async fn finish_failed(
     msg: &str,
 ) -> Result<Action, Error> {
     let now = pass.ctx.rt.clock.now();
-    audit::step(&pass.subject(&r), r.step, None, "gave-up");
+    audit::step(&pass.subject(&r), r.step, None, StepOutcome::GaveUp);
     st.last_failure = Some(RotationFailure::new(now, r.step, reason, msg, &[]));
     st.rotation = None;
     if r.rotate_now_token.is_some() {

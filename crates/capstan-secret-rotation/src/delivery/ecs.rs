@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use capstan_aws::ecs::{DeploymentState, EcsApi};
 
-use crate::audit::{self, Subject};
+use crate::audit::{self, DeliveryAction, Subject};
 use crate::crd::EcsService;
 
 /// Annotation recording the ECS deployments forced for a version:
@@ -92,7 +92,7 @@ pub async fn force_deployments(
                     subject,
                     &format!("EcsService/{}", key(s)),
                     &record.version,
-                    "redeployed",
+                    DeliveryAction::Redeployed,
                 );
                 forced = true;
             }
