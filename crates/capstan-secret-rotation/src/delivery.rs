@@ -36,7 +36,6 @@ use crate::crd::{
     Target, WorkloadKind,
 };
 use crate::template::{Template, TemplateValues};
-use crate::validation::available_variables;
 
 /// Pod template annotation: the version a workload was last restarted for.
 pub const RESTARTED_FOR_ANNOTATION: &str = "capstan.dev/restarted-for";
@@ -121,7 +120,7 @@ pub fn render(
     };
     let mut data = BTreeMap::new();
     if secret.template.is_empty() {
-        for v in available_variables(target) {
+        for v in target.available_variables() {
             let t = Template::parse(&format!("{{{{ {} }}}}", v.name()))
                 .map_err(|e| err(v.name(), e.to_string()))?;
             let out = t.render(values).map_err(|e| err(v.name(), e.to_string()))?;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::*;
 use super::rules::*;
 use super::status::*;
+use crate::template::Variable;
 
 /// What the credential is set on. One variant per target; RDS master passwords, IAM access
 /// keys, transit keys or Vault database roles would each be one more.
@@ -180,6 +181,18 @@ fn default_ca_key() -> String {
 }
 
 impl Target {
+    /// The variables this target provides to the delivered Secret's templates.
+    pub fn available_variables(&self) -> Vec<Variable> {
+        match self {
+            Target::Postgres(_) => Variable::ALL.to_vec(),
+            Target::Mysql(m) => Variable::ALL
+                .into_iter()
+                .filter(|v| *v != Variable::Database || m.database.is_some())
+                .collect(),
+            Target::ValueOnly(_) => vec![Variable::Password],
+        }
+    }
+
     /// Which target this is.
     pub fn kind(&self) -> TargetKind {
         match self {
