@@ -16,9 +16,9 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::conditions::{View, set_conditions};
+use super::pass::{Cached, Error, Pass, events, key_of, requeue_at};
 use super::status::Writer;
 use super::steps::run_steps;
-use super::{Cached, Error, Pass, events, key_of, requeue_at};
 use crate::backend::Version;
 use crate::context::{Clients, Context, RefError, build_clients};
 use crate::crd::{

@@ -9,7 +9,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 
 use super::conditions::set_conditions;
-use super::{Error, FIELD_MANAGER, Pass, key_of};
+use super::pass::{Error, Pass, key_of};
+use crate::context::FIELD_MANAGER;
 use crate::crd::{SecretRotation, SecretRotationStatus, condition_types as ct};
 use crate::rotation::{self, Plan};
 

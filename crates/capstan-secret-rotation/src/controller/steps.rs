@@ -9,8 +9,8 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
+use super::pass::{DELIVERY_POLL, Error, Pass, crash_point, events, requeue_at};
 use super::status::Writer;
-use super::{DELIVERY_POLL, Error, Pass, crash_point, events, requeue_at};
 use crate::audit::{self, DeliveryAction, StepOutcome, Subject};
 use crate::backend::{BackendError, Credential, RotationId, SecretBackend, Version};
 use crate::context::Clients;
