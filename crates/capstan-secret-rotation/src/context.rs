@@ -1,4 +1,5 @@
-//! What every reconcile shares ([`Context`]) and how the clients of one object are built
+//! What every reconcile shares ([`Context`], with the controller's [`Metrics`] and its
+//! [`FIELD_MANAGER`]) and how the clients of one object are built
 //! from its spec ([`build_clients`]): the backend (a Kubernetes Secret in the object's
 //! namespace, Vault with the connection's token, Secrets Manager with the connection's
 //! AWS settings) and the target (with the admin login from a Secret in the object's
@@ -13,17 +14,93 @@ use std::time::Duration;
 use capstan_aws::{ClientOptions, StaticCredentials};
 use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef};
 use capstan_core::events::Publisher;
+use capstan_core::metrics::ControllerMetrics;
 use capstan_core::redact::SecretValue;
 use capstan_core::runtime::Runtime;
 use capstan_core::secret_ref::read_key;
 use kube::ResourceExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 use crate::backend::{
     AwsSecretsManagerBackend, KubernetesSecretBackend, SecretBackend, VaultClient, VaultKvBackend,
 };
-use crate::controller::Metrics;
-use crate::crd::{AdminSecretRef, Backend, CaSecretRef, SecretRotationSpec, Target};
-use crate::target::{CredentialTarget, NoTarget, PostgresTarget};
+use crate::crd::{
+    AdminSecretRef, Backend, CaSecretRef, RotationOutcome, SecretRotationSpec, Target,
+};
+use crate::reasons;
+use crate::targets::{CredentialTarget, NoTarget, PostgresTarget};
+
+/// The field manager of every write this controller makes.
+pub const FIELD_MANAGER: &str = "capstan-secret-rotation";
+
+/// Label set of `rotations_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `succeeded` or `failed`.
+    pub outcome: String,
+}
+
+/// The controller's metrics, under `capstan_secret_rotation_`.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Reconciles, failures, durations.
+    pub controller: ControllerMetrics,
+    rotations: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    overdue: Gauge,
+}
+
+impl Metrics {
+    /// Registers the metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let controller = ControllerMetrics::register(registry, "secret_rotation");
+        let m = Self {
+            controller,
+            rotations: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
+            overdue: Gauge::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("secret_rotation");
+        sub.register(
+            "rotations",
+            "Finished rotations, by outcome (succeeded, failed)",
+            m.rotations.clone(),
+        );
+        sub.register(
+            "rotation_duration_seconds",
+            "Time from a rotation's start to its end (delivery included), in seconds",
+            m.duration.clone(),
+        );
+        sub.register(
+            "objects_overdue",
+            "SecretRotations whose scheduled rotation time passed without a successful rotation",
+            m.overdue.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn rotation_finished(&self, outcome: RotationOutcome, seconds: f64) {
+        let outcome = match outcome {
+            RotationOutcome::Succeeded => "succeeded",
+            RotationOutcome::Failed => "failed",
+        };
+        self.rotations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.duration.observe(seconds.max(0.0));
+    }
+
+    pub(crate) fn set_overdue(&self, n: usize) {
+        self.overdue.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
 
 /// Shared by every reconcile of the controller.
 pub struct Context {
@@ -69,11 +146,7 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for `rt`.
     pub fn new(rt: Runtime, metrics: Metrics) -> Self {
-        let events = Publisher::new(
-            rt.client.clone(),
-            crate::controller::FIELD_MANAGER,
-            &rt.instance,
-        );
+        let events = Publisher::new(rt.client.clone(), FIELD_MANAGER, &rt.instance);
         let aws_options = ClientOptions::from_settings(&rt.aws, &rt.instance);
         Self {
             rt,
@@ -131,13 +204,27 @@ pub struct RefError {
     pub reason: &'static str,
     /// What cannot be resolved.
     pub message: String,
+    /// The backend refused Capstan's credentials
+    /// ([`BackendError::is_access_denied`](crate::backend::BackendError::is_access_denied)).
+    pub access_denied: bool,
 }
 
 impl RefError {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    /// A reference error with `reason` and `message`.
+    pub(crate) fn new(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
+            access_denied: false,
+        }
+    }
+
+    /// The reference error of a backend error (its reason and message).
+    pub(crate) fn from_backend(e: &crate::backend::BackendError) -> Self {
+        Self {
+            reason: e.reason(),
+            message: e.to_string(),
+            access_denied: e.is_access_denied(),
         }
     }
 }
@@ -194,7 +281,7 @@ async fn aws_settings<'c>(
         .and_then(|c| c.spec.aws.as_ref())
         .ok_or_else(|| {
             RefError::new(
-                "ConnectionWrongKind",
+                reasons::CONNECTION_WRONG_KIND,
                 format!("ClusterConnection {name:?} is not an AWS connection"),
             )
         })?;
@@ -203,7 +290,7 @@ async fn aws_settings<'c>(
         Some(r) => {
             let read = |k: &'static str| read_key(client, own, r, k);
             let map = |e: capstan_core::secret_ref::SecretKeyError| {
-                RefError::new("AwsCredentialsUnavailable", e.to_string())
+                RefError::new(reasons::AWS_CREDENTIALS_UNAVAILABLE, e.to_string())
             };
             let key = read("AWS_ACCESS_KEY_ID").await.map_err(map)?;
             Some(StaticCredentials {
@@ -241,33 +328,34 @@ async fn build_backend(
                 .and_then(|c| c.spec.vault.as_ref())
                 .ok_or_else(|| {
                     RefError::new(
-                        "ConnectionWrongKind",
+                        reasons::CONNECTION_WRONG_KIND,
                         format!(
                             "ClusterConnection {:?} is not a Vault connection",
                             conn_name()
                         ),
                     )
                 })?;
-            let ca = match &vault.ca_secret_ref {
-                None => None,
-                Some(r) => Some(
-                    read_key(client, own, r, "ca.crt")
-                        .await
-                        .map_err(|e| RefError::new("VaultCaUnavailable", e.to_string()))?,
-                ),
-            };
+            let ca =
+                match &vault.ca_secret_ref {
+                    None => None,
+                    Some(r) => Some(read_key(client, own, r, "ca.crt").await.map_err(|e| {
+                        RefError::new(reasons::VAULT_CA_UNAVAILABLE, e.to_string())
+                    })?),
+                };
             let mut vc = VaultClient::from_connection(
                 vault,
                 SecretValue::new(String::new()),
                 ca.as_ref().map(|c| c.expose().as_bytes()),
             )
-            .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            .map_err(|e| RefError::from_backend(&e))?;
             let conn = connection.ok_or_else(|| {
-                RefError::new("ConnectionWrongKind", "no Vault connection".to_owned())
+                RefError::new(
+                    reasons::CONNECTION_WRONG_KIND,
+                    "no Vault connection".to_owned(),
+                )
             })?;
             vault_login(ctx, conn, vault, &mut vc).await?;
-            let kv =
-                VaultKvBackend::new(vc, v).map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            let kv = VaultKvBackend::new(vc, v).map_err(|e| RefError::from_backend(&e))?;
             Ok(Box::new(kv))
         }
         Backend::AwsSecretsManager(a) => {
@@ -292,7 +380,7 @@ async fn read_admin(
         key: Some(k.to_owned()),
     };
     let err = |e: capstan_core::secret_ref::SecretKeyError| {
-        RefError::new("AdminSecretUnavailable", format!("admin {e}"))
+        RefError::new(reasons::ADMIN_SECRET_UNAVAILABLE, format!("admin {e}"))
     };
     let user = read_key(&ctx.rt.client, namespace, &key(&r.username_key), "username")
         .await
@@ -316,7 +404,7 @@ async fn read_ca(
     read_key(&ctx.rt.client, namespace, &reference, "ca.crt")
         .await
         .map(Some)
-        .map_err(|e| RefError::new("CaSecretUnavailable", format!("CA bundle {e}")))
+        .map_err(|e| RefError::new(reasons::CA_SECRET_UNAVAILABLE, format!("CA bundle {e}")))
 }
 
 async fn build_target(
@@ -342,7 +430,7 @@ async fn build_target(
         Target::Mysql(m) => {
             let (user, password) = read_admin(ctx, namespace, &m.admin_secret_ref).await?;
             let ca = read_ca(ctx, namespace, m.ca_secret_ref.as_ref()).await?;
-            let t = crate::target::MysqlTarget::new(
+            let t = crate::targets::MysqlTarget::new(
                 m,
                 user,
                 password,
@@ -370,7 +458,7 @@ async fn vault_login(
     if let Some(t) = &vault.auth.token {
         let token = read_key(client, own, &t.secret_ref, "token")
             .await
-            .map_err(|e| RefError::new("VaultTokenUnavailable", e.to_string()))?;
+            .map_err(|e| RefError::new(reasons::VAULT_TOKEN_UNAVAILABLE, e.to_string()))?;
         vc.set_token(token);
         return Ok(());
     }
@@ -388,14 +476,14 @@ async fn vault_login(
     }
     let failed = |e: crate::backend::BackendError| {
         RefError::new(
-            "VaultLoginFailed",
+            reasons::VAULT_LOGIN_FAILED,
             format!("ClusterConnection {name:?}: {e}"),
         )
     };
     let lease = if let Some(ar) = &vault.auth.app_role {
         let secret_id = read_key(client, own, &ar.secret_id_ref, "secret_id")
             .await
-            .map_err(|e| RefError::new("VaultSecretIdUnavailable", e.to_string()))?;
+            .map_err(|e| RefError::new(reasons::VAULT_SECRET_ID_UNAVAILABLE, e.to_string()))?;
         vc.login_approle(&ar.mount_path, &ar.role_id, &secret_id)
             .await
             .map_err(failed)?
@@ -405,7 +493,7 @@ async fn vault_login(
             Ok(t) => SecretValue::new(t.trim().to_owned()),
             Err(e) => {
                 return Err(RefError::new(
-                    "ServiceAccountTokenUnavailable",
+                    reasons::SERVICE_ACCOUNT_TOKEN_UNAVAILABLE,
                     format!(
                         "ClusterConnection {name:?} uses Kubernetes auth, but Capstan's service account token {} cannot be read: {e}",
                         path.display()
@@ -418,7 +506,7 @@ async fn vault_login(
             .map_err(failed)?
     } else {
         return Err(RefError::new(
-            "ConnectionInvalid",
+            reasons::CONNECTION_INVALID,
             format!("ClusterConnection {name:?} declares no Vault auth method"),
         ));
     };

@@ -1,19 +1,24 @@
 //! Delivery: after a value is promoted, it reaches the workloads, in this order:
 //!
-//! 1. the templated Secret ([`write_secret`]), written by server-side apply and stamped
-//!    with the version id (annotation [`VERSION_ANNOTATION`]). With `deletionPolicy:
-//!    Retain` (the default) it has no ownerReference, so deleting the SecretRotation or
-//!    uninstalling Capstan never deletes it; with `Delete` it is owned by the
-//!    SecretRotation and garbage-collected with it;
+//! 1. the templated Secret ([`render`], then [`write_secret`] unless
+//!    [`delivered_version`] already shows the version), written by server-side apply and
+//!    stamped with the version id (annotation [`VERSION_ANNOTATION`]). With
+//!    `deletionPolicy: Retain` (the default) it has no ownerReference, so deleting the
+//!    SecretRotation or uninstalling Capstan never deletes it; with `Delete` it is owned
+//!    by the SecretRotation and garbage-collected with it;
 //! 2. rollout restarts of the named or selected Deployments, StatefulSets and DaemonSets
-//!    ([`restart_workloads`]), at most `maxConcurrentRollouts` unfinished at a time, each
-//!    stamped in its pod template with [`RESTARTED_FOR_ANNOTATION`]` = <version id>`: a
-//!    workload already stamped for the version is never restarted again, so a Capstan
-//!    restart (or a repeated reconcile) restarts nothing twice.
+//!    ([`workloads`] lists them, [`to_restart`] picks, [`restart`] restarts), at most
+//!    `maxConcurrentRollouts` unfinished at a time, each stamped in its pod template with
+//!    [`RESTARTED_FOR_ANNOTATION`]` = <version id>`: a workload already stamped for the
+//!    version is never restarted again, so a Capstan restart (or a repeated reconcile)
+//!    restarts nothing twice;
+//! 3. forced deployments of the ECS services of `delivery.ecsServices` ([`ecs`]).
 //!
 //! "Delivered" means every restarted workload finished its rollout: its controller saw
 //! the new template (`observedGeneration >= generation`) and every replica is updated
-//! and available ([`rollout_complete`]).
+//! and available ([`workloads_delivered`]), and every ECS deployment completed.
+
+pub mod ecs;
 
 use std::collections::BTreeMap;
 
@@ -31,7 +36,6 @@ use crate::crd::{
     Target, WorkloadKind,
 };
 use crate::template::{Template, TemplateValues};
-use crate::validation::available_variables;
 
 /// Pod template annotation: the version a workload was last restarted for.
 pub const RESTARTED_FOR_ANNOTATION: &str = "capstan.dev/restarted-for";
@@ -116,7 +120,7 @@ pub fn render(
     };
     let mut data = BTreeMap::new();
     if secret.template.is_empty() {
-        for v in available_variables(target) {
+        for v in target.available_variables() {
             let t = Template::parse(&format!("{{{{ {} }}}}", v.name()))
                 .map_err(|e| err(v.name(), e.to_string()))?;
             let out = t.render(values).map_err(|e| err(v.name(), e.to_string()))?;
@@ -247,11 +251,6 @@ pub fn daemonset_complete(d: &DaemonSet) -> bool {
     s.observed_generation.unwrap_or(0) >= generation
         && s.updated_number_scheduled.unwrap_or(0) == s.desired_number_scheduled
         && s.number_available.unwrap_or(0) == s.desired_number_scheduled
-}
-
-/// Whether every listed rollout is complete (kept for callers that hold workloads).
-pub fn rollout_complete(workloads: &[Workload]) -> bool {
-    workloads.iter().all(|w| w.complete)
 }
 
 fn restarted_for(template_annotations: Option<&BTreeMap<String, String>>) -> Option<String> {

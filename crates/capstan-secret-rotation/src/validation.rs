@@ -228,16 +228,9 @@ fn check_generator(g: &Generator, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// The variables a target provides to templates.
+/// The variables a target provides to templates ([`Target::available_variables`]).
 pub fn available_variables(target: &Target) -> Vec<Variable> {
-    match target {
-        Target::Postgres(_) => Variable::ALL.to_vec(),
-        Target::Mysql(m) => Variable::ALL
-            .into_iter()
-            .filter(|v| *v != Variable::Database || m.database.is_some())
-            .collect(),
-        Target::ValueOnly(_) => vec![Variable::Password],
-    }
+    target.available_variables()
 }
 
 fn check_delivery(spec: &SecretRotationSpec, delivery: &Delivery, errors: &mut Vec<FieldError>) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use capstan_core::redact::SecretValue;
 use capstan_secret_rotation::crd;
-use capstan_secret_rotation::target::{
+use capstan_secret_rotation::targets::{
     CredentialTarget, MysqlTarget, NoTarget, PostgresTarget, TargetError,
 };
 use capstan_testenv::TestEnv;
@@ -368,7 +368,7 @@ async fn mariadb_new_password_logs_in_old_fails() -> TestResult {
         .await?;
     assert_eq!(
         stored.as_deref(),
-        Some(capstan_secret_rotation::target::mysql_native_password_hash(&p2).expose())
+        Some(capstan_secret_rotation::targets::mysql_native_password_hash(&p2).expose())
     );
     Ok(())
 }

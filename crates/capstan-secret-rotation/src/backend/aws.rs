@@ -24,7 +24,7 @@ use serde_json::Map;
 use super::{BackendError, Credential, RotationId, SecretBackend, Version};
 use crate::crd;
 
-/// A secret in AWS Secrets Manager. See the [module docs](self).
+/// A secret in AWS Secrets Manager. The design is in this file's module documentation.
 #[derive(Debug)]
 pub struct AwsSecretsManagerBackend<A: SecretsManagerApi = SdkSecretsManager> {
     api: A,

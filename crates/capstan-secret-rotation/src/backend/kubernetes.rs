@@ -42,7 +42,7 @@ pub const USERNAME_KEY: &str = "username";
 /// Suffix of the keys holding the previous value.
 pub const PREVIOUS_KEY_SUFFIX: &str = ".previous";
 
-/// A Kubernetes Secret in the SecretRotation's namespace. See the [module docs](self).
+/// A Kubernetes Secret in the SecretRotation's namespace. The design is in this file's module documentation.
 #[derive(Debug)]
 pub struct KubernetesSecretBackend {
     api: Api<Secret>,

@@ -279,12 +279,18 @@ impl BackendError {
     /// CamelCase condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            BackendError::NotFound { .. } => "BackendNotFound",
-            BackendError::AccessDenied { .. } => "BackendAccessDenied",
-            BackendError::Conflict { .. } => "BackendConflict",
-            BackendError::Unavailable { .. } => "BackendUnavailable",
-            BackendError::Invalid { .. } => "BackendInvalid",
+            BackendError::NotFound { .. } => crate::reasons::BACKEND_NOT_FOUND,
+            BackendError::AccessDenied { .. } => crate::reasons::BACKEND_ACCESS_DENIED,
+            BackendError::Conflict { .. } => crate::reasons::BACKEND_CONFLICT,
+            BackendError::Unavailable { .. } => crate::reasons::BACKEND_UNAVAILABLE,
+            BackendError::Invalid { .. } => crate::reasons::BACKEND_INVALID,
         }
+    }
+
+    /// Whether the backend refused Capstan's credentials ([`BackendError::AccessDenied`]):
+    /// a Vault login token is then logged in afresh instead of being reused.
+    pub fn is_access_denied(&self) -> bool {
+        matches!(self, BackendError::AccessDenied { .. })
     }
 
     /// Whether this is a lost claim ([`BackendError::Conflict`]).
@@ -404,7 +410,7 @@ mod tests {
             detail: "connection refused".into(),
         };
         assert!(e.is_transient());
-        assert_eq!(e.reason(), "BackendUnavailable");
+        assert_eq!(e.reason(), crate::reasons::BACKEND_UNAVAILABLE);
         assert_eq!(e.category(), "backend_unavailable");
         let c = BackendError::conflict("k", "cas");
         assert!(c.is_conflict() && !c.is_transient());

@@ -313,7 +313,7 @@ impl Ledger {
     }
 }
 
-/// A KV v2 secret in Vault or OpenBao. See the [module docs](self).
+/// A KV v2 secret in Vault or OpenBao. The design is in this file's module documentation.
 #[derive(Debug)]
 pub struct VaultKvBackend {
     client: VaultClient,

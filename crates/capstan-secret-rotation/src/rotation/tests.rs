@@ -1,3 +1,5 @@
+//! Table and property tests of the rotation state machine.
+
 #![allow(clippy::unwrap_used)]
 
 use chrono::TimeZone;

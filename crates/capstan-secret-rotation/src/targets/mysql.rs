@@ -76,7 +76,7 @@ pub fn mysql_native_password_hash(password: &SecretValue) -> SecretValue {
     SecretValue::new(out)
 }
 
-/// How [`MysqlTarget::set_password`] sends a password; see the [module docs](self).
+/// How [`MysqlTarget::set_password`] sends a password; see this file's module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MysqlPasswordForm {
     /// `mysql_native_password` hash, MariaDB syntax (`IDENTIFIED BY PASSWORD '*…'`).
@@ -87,7 +87,7 @@ pub enum MysqlPasswordForm {
     PolicyChecked,
 }
 
-/// A MySQL/MariaDB server and an administrative login. See the [module docs](self).
+/// A MySQL/MariaDB server and an administrative login. The design is in this file's module documentation.
 #[derive(Debug, Clone)]
 pub struct MysqlTarget {
     host: String,

@@ -79,7 +79,7 @@ impl std::fmt::Debug for PostgresTls {
     }
 }
 
-/// A PostgreSQL server and an administrative login. See the [module docs](self).
+/// A PostgreSQL server and an administrative login. The design is in this file's module documentation.
 #[derive(Debug, Clone)]
 pub struct PostgresTarget {
     host: String,

@@ -32,7 +32,7 @@ pub trait CredentialTarget: Send + Sync + std::fmt::Debug {
     /// Ensures `username` exists; with `like = Some(other)`, creates it with the same grants/role
     /// memberships as `other` if missing (alternating users). Idempotent.
     async fn ensure_user(&self, username: &str, like: Option<&str>) -> Result<(), TargetError>;
-    /// Sets the password. PostgreSQL: send a SCRAM-SHA-256 verifier (ALTER ROLE .. PASSWORD '<verifier>'),
+    /// Sets the password. PostgreSQL: send a SCRAM-SHA-256 verifier (`ALTER ROLE .. PASSWORD '<verifier>'`),
     /// never the plaintext, so it cannot reach server logs. MySQL/MariaDB: the closest equivalent
     /// (see [`MysqlTarget`]).
     async fn set_password(&self, username: &str, password: &SecretValue)
@@ -207,13 +207,13 @@ impl TargetError {
     /// CamelCase condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            TargetError::Rejected { .. } => "TargetRejected",
-            TargetError::LoginFailed { .. } => "TargetLoginFailed",
-            TargetError::NotFound { .. } => "TargetUserNotFound",
-            TargetError::AccessDenied { .. } => "TargetAccessDenied",
-            TargetError::Unavailable { .. } => "TargetUnavailable",
-            TargetError::Fenced { .. } => "TargetFenced",
-            TargetError::Invalid { .. } => "TargetInvalid",
+            TargetError::Rejected { .. } => crate::reasons::TARGET_REJECTED,
+            TargetError::LoginFailed { .. } => crate::reasons::TARGET_LOGIN_FAILED,
+            TargetError::NotFound { .. } => crate::reasons::TARGET_USER_NOT_FOUND,
+            TargetError::AccessDenied { .. } => crate::reasons::TARGET_ACCESS_DENIED,
+            TargetError::Unavailable { .. } => crate::reasons::TARGET_UNAVAILABLE,
+            TargetError::Fenced { .. } => crate::reasons::TARGET_FENCED,
+            TargetError::Invalid { .. } => crate::reasons::TARGET_INVALID,
         }
     }
 
@@ -453,7 +453,7 @@ mod tests {
         ];
         let rejections: Vec<_> = all.iter().filter(|e| e.is_definitive_rejection()).collect();
         assert_eq!(rejections.len(), 1);
-        assert_eq!(rejections[0].reason(), "TargetRejected");
+        assert_eq!(rejections[0].reason(), crate::reasons::TARGET_REJECTED);
         let transient: Vec<_> = all.iter().filter(|e| e.is_transient()).collect();
         assert_eq!(transient.len(), 1);
         assert_eq!(transient[0].category(), "target_unavailable");

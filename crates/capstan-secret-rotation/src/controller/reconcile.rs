@@ -1,0 +1,345 @@
+//! One reconcile pass: **gate** (the ClusterConnections the object names), **validate**
+//! (what the schema cannot check), **decide** ([`rotation::plan`]: wait, start or
+//! continue). Starting or continuing a rotation builds the clients first and hands over
+//! to the steps ([`super::steps::run_steps`]).
+
+use std::sync::Arc;
+
+use capstan_core::clock::from_k8s_time;
+use capstan_core::conditions::{self, Desired};
+use capstan_core::connection::{ClusterConnection, ConnectionKind};
+use capstan_core::gate::{Gate, connection_gate};
+use chrono::{DateTime, Utc};
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use super::conditions::{View, set_conditions};
+use super::pass::{Cached, Error, Pass, events, key_of, requeue_at};
+use super::status::Writer;
+use super::steps::run_steps;
+use crate::backend::Version;
+use crate::context::{Clients, Context, RefError, build_clients};
+use crate::crd::{
+    ROTATE_NOW_ANNOTATION, RotationTrigger, SecretRotation, SecretRotationStatus, Target,
+    condition_types as ct, reasons,
+};
+use crate::rotation::{self, Plan, Policy};
+
+/// Reconciles one object with its AWS calls queued under its namespace's share of
+/// the request budget.
+pub(super) async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cached.namespace().unwrap_or_default();
+    capstan_core::budget::in_namespace(ns, reconcile_object(cached, ctx)).await
+}
+
+/// The connections a gate let through, and its conditions.
+struct Gated {
+    connection: Option<Box<ClusterConnection>>,
+    ecs_connection: Option<Box<ClusterConnection>>,
+    conditions: Vec<Desired<'static>>,
+}
+
+async fn reconcile_object(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.controller.start();
+    // The cache holds a copy without status; work on the whole object.
+    let Some(obj) = ctx.fresh.take(&ctx.rt.client, &*cached).await? else {
+        // Gone (its Delete event may have been missed while the watch restarted).
+        ctx.forget(&key_of(&*cached));
+        return Ok(Action::await_change());
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    let mut w = Writer {
+        api: Api::namespaced(ctx.rt.client.clone(), &ns),
+        obj: (*obj).clone(),
+    };
+    let now = ctx.rt.clock.now();
+    let status = w.status();
+    let created = obj
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, from_k8s_time);
+
+    // 1. Gate.
+    let gated = match gate(&ctx, &ns, &obj).await? {
+        Ok(g) => g,
+        Err(conds) => return refuse(&ctx, &mut w, &status, conds).await,
+    };
+
+    // 2. Validate.
+    let delivery_empty = obj.spec.delivery.as_ref().is_none_or(|d| d.is_empty());
+    let policy = match crate::validation::validate(&obj.spec)
+        .map_err(|e| crate::validation::summarize(&e))
+        .and_then(|()| Policy::from_spec(&obj.spec))
+    {
+        Ok(p) => p,
+        Err(msg) => {
+            let view = View {
+                policy: None,
+                created,
+                now,
+                idle_reason: reasons::IDLE,
+                ready_override: None,
+                delivery_empty,
+                gate: gated.conditions,
+            };
+            return invalid(&ctx, &mut w, &status, view, msg).await;
+        }
+    };
+    let pass = Pass {
+        ctx: &ctx,
+        key: key_of(&*obj),
+        uid: obj.uid().unwrap_or_default(),
+        obj: &obj,
+        policy,
+        created,
+        gate: gated.conditions,
+        has_target: !matches!(obj.spec.target, Target::ValueOnly(_)),
+        delivery_empty,
+    };
+
+    // 3. Decide.
+    let connections = (gated.connection.as_deref(), gated.ecs_connection.as_deref());
+    decide(&pass, &mut w, status, now, connections).await
+}
+
+/// The connection gate of the backend's connection and, when it is another one, of
+/// the ECS delivery's; `Err` holds the conditions of a refusal.
+async fn gate(
+    ctx: &Context,
+    ns: &str,
+    obj: &SecretRotation,
+) -> Result<Result<Gated, Vec<Desired<'static>>>, Error> {
+    let (connection, conditions) = match connection_gate(
+        &ctx.rt,
+        ns,
+        obj.spec.connection_ref.as_ref(),
+        obj.spec.backend.connection_kind(),
+        &obj.spec.scoped_resources(),
+    )
+    .await?
+    {
+        Gate::Refused(conds) => return Ok(Err(conds)),
+        Gate::Proceed(conn, conds) => (conn, conds),
+    };
+    // The ECS connection, when it is not the one above.
+    let same = |name: &str| {
+        obj.spec
+            .connection_ref
+            .as_ref()
+            .is_some_and(|c| c.name == name)
+    };
+    let ecs_connection = match obj.spec.ecs_connection() {
+        None => None,
+        Some(r) if same(&r.name) => connection.clone(),
+        Some(r) => match connection_gate(
+            &ctx.rt,
+            ns,
+            Some(r),
+            ConnectionKind::Aws,
+            &obj.spec.ecs_scoped_resources(),
+        )
+        .await?
+        {
+            Gate::Refused(conds) => return Ok(Err(conds)),
+            Gate::Proceed(conn, _) => conn,
+        },
+    };
+    Ok(Ok(Gated {
+        connection,
+        ecs_connection,
+        conditions,
+    }))
+}
+
+/// The spec is invalid: `Ready=False` with `InvalidSpec` (and a Warning Event when
+/// Ready turns false); wait for a change.
+async fn invalid(
+    ctx: &Context,
+    w: &mut Writer,
+    status: &SecretRotationStatus,
+    mut view: View<'_>,
+    msg: String,
+) -> Result<Action, Error> {
+    let warning = capstan_core::events::ready_turned_false(
+        &status.conditions,
+        &[Desired::new(
+            ct::READY,
+            false,
+            reasons::INVALID_SPEC,
+            msg.clone(),
+        )],
+    );
+    view.ready_override = Some((reasons::INVALID_SPEC, msg));
+    let mut st = status.clone();
+    set_conditions(&mut st, w.obj.meta().generation, view);
+    if st != *status {
+        w.write(&st).await?;
+    }
+    if let Some((reason, note)) = warning {
+        ctx.events
+            .publish(&w.obj, EventType::Warning, &reason, "Validate", note)
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Waits, starts a rotation, or continues the one in progress, as [`rotation::plan`]
+/// says.
+async fn decide(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    status: SecretRotationStatus,
+    now: DateTime<Utc>,
+    connections: (Option<&ClusterConnection>, Option<&ClusterConnection>),
+) -> Result<Action, Error> {
+    let token = pass
+        .obj
+        .annotations()
+        .get(ROTATE_NOW_ANNOTATION)
+        .map(String::as_str);
+    let plan = rotation::plan(&pass.policy, &status, token, pass.created, now);
+    if let Plan::Wait { reason, until } = plan {
+        let mut st = status.clone();
+        pass.finish_status(&mut st, reason, None);
+        if st != status {
+            w.write(&st).await?;
+        }
+        return Ok(requeue_at(until, now));
+    }
+    let clients = match clients_or_report(pass, w, connections.0, connections.1).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(action),
+    };
+    match plan {
+        Plan::Start { trigger, token } => {
+            start(pass, w, status, &clients, now, (trigger, token)).await
+        }
+        _ => run_steps(pass, w, &clients, false).await,
+    }
+}
+
+/// Starts a rotation: checks that everything it needs answers, claims it in status,
+/// then runs its steps.
+async fn start(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    mut st: SecretRotationStatus,
+    clients: &Clients,
+    now: DateTime<Utc>,
+    (trigger, token): (RotationTrigger, Option<String>),
+) -> Result<Action, Error> {
+    // Everything the rotation needs must answer before anything changes.
+    let current = match precheck(clients).await {
+        Ok(current) => current,
+        Err(e) => return report_unresolved(pass, w, e).await,
+    };
+    let active = st
+        .active_username
+        .clone()
+        .or_else(|| current.as_ref().and_then(|v| v.credential.username.clone()));
+    let username = rotation::next_username(&pass.policy.users, active.as_deref());
+    let mut r = rotation::start(trigger, token.clone(), username, now);
+    // Rotation numbers (clock milliseconds) must grow per object even if this
+    // Capstan's clock is behind the last one's: they order the target's fences.
+    if let Some(last) = st
+        .recent_rotations
+        .iter()
+        .filter_map(|s| s.id.parse::<u64>().ok())
+        .max()
+        && rotation::rotation_number(&r) <= last
+    {
+        r.id = (last + 1).to_string();
+    }
+    if token.is_some() {
+        st.observed_rotate_now_token = token;
+    }
+    st.current_version = current.map(|v| v.id);
+    st.rotation = Some(r.clone());
+    pass.finish_status(&mut st, reasons::IDLE, None);
+    w.write(&st).await?;
+    pass.ctx.succeeded(&pass.key);
+    pass.event(
+        EventType::Normal,
+        events::ROTATION_STARTED,
+        format!("rotation {} started ({:?})", r.id, r.trigger),
+    )
+    .await;
+    run_steps(pass, w, clients, true).await
+}
+
+/// The connection gate refused the object: its conditions, and a Warning Event when
+/// that is new (once per transition, not per reconcile); then wait for a change.
+async fn refuse(
+    ctx: &Context,
+    w: &mut Writer,
+    status: &SecretRotationStatus,
+    conds: Vec<Desired<'static>>,
+) -> Result<Action, Error> {
+    let now = ctx.rt.clock.now();
+    let generation = w.obj.meta().generation;
+    let warning = capstan_core::events::ready_turned_false(&status.conditions, &conds);
+    let mut st = status.clone();
+    st.observed_generation = generation;
+    for d in conds {
+        conditions::set(&mut st.conditions, d, generation, now);
+    }
+    if st != *status {
+        w.write(&st).await?;
+    }
+    if let Some((reason, note)) = warning {
+        ctx.events
+            .publish(&w.obj, EventType::Warning, &reason, "Reconcile", note)
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Builds the clients, or reports the unresolvable reference and says when to retry.
+async fn clients_or_report(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    connection: Option<&ClusterConnection>,
+    ecs_connection: Option<&ClusterConnection>,
+) -> Result<Result<Clients, Action>, Error> {
+    let ns = pass.obj.namespace().unwrap_or_default();
+    match build_clients(pass.ctx, &ns, &pass.obj.spec, connection, ecs_connection).await {
+        Ok(c) => Ok(Ok(c)),
+        Err(e) => report_unresolved(pass, w, e).await.map(Err),
+    }
+}
+
+async fn precheck(clients: &Clients) -> Result<Option<Version>, RefError> {
+    clients
+        .target
+        .check()
+        .await
+        .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+    clients
+        .backend
+        .current()
+        .await
+        .map_err(|e| RefError::from_backend(&e))
+}
+
+/// `Ready=False` naming the reference; nothing else changes. Retried with backoff.
+async fn report_unresolved(pass: &Pass<'_>, w: &mut Writer, e: RefError) -> Result<Action, Error> {
+    pass.forget_login_if_denied(e.access_denied);
+    let before = w.status();
+    let mut st = before.clone();
+    let was = conditions::find(&before.conditions, ct::READY).map(|c| c.reason.clone());
+    pass.finish_status(&mut st, reasons::IDLE, Some((e.reason, e.message.clone())));
+    if st != before {
+        w.write(&st).await?;
+    }
+    if was.as_deref() != Some(e.reason) {
+        tracing::info!(object = %pass.key, reason = e.reason, "reference unresolved: {}", e.message);
+        pass.event(EventType::Warning, events::REFERENCE_UNRESOLVED, e.message)
+            .await;
+    }
+    Ok(Action::requeue(rotation::backoff(
+        pass.ctx.failed(&pass.key),
+    )))
+}

@@ -1,0 +1,664 @@
+//! What each step of a rotation does, and how a pass runs them: claim, one side effect,
+//! record, until the rotation finishes, waits, or fails. Which step comes next is
+//! [`crate::rotation`]'s decision (`resume`, `after_step`); this module only carries
+//! the steps out and records their results (status, audit line, Event).
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use super::pass::{DELIVERY_POLL, Error, Pass, crash_point, events, requeue_at};
+use super::status::Writer;
+use crate::audit::{self, DeliveryAction, StepOutcome, Subject};
+use crate::backend::{BackendError, Credential, RotationId, SecretBackend, Version};
+use crate::context::Clients;
+use crate::crd::{
+    Delivery, EcsService, RotationFailure, RotationInProgress, RotationOutcome, RotationStep,
+    RotationSummary, SecretDelivery, SecretRotationStatus, reasons,
+};
+use crate::delivery::{self, ecs};
+use crate::generator::PasswordGenerator;
+use crate::rotation::{self, BackendView, Outcome, Resume, Transition, Users};
+use crate::targets::{CredentialTarget, TargetError};
+
+/// How one step ended, with what the record needs.
+enum StepResult {
+    Done(Option<String>),
+    Waiting,
+    Transient {
+        reason: &'static str,
+        message: String,
+        /// The backend refused Capstan's credentials.
+        access_denied: bool,
+    },
+    Rejected(&'static str, String),
+    ClaimLost(String),
+}
+
+/// A transient failure (retried with backoff).
+fn transient(reason: &'static str, message: impl ToString) -> StepResult {
+    StepResult::Transient {
+        reason,
+        message: message.to_string(),
+        access_denied: false,
+    }
+}
+
+fn from_backend(e: BackendError) -> StepResult {
+    if e.is_conflict() {
+        StepResult::ClaimLost(e.to_string())
+    } else {
+        StepResult::Transient {
+            reason: e.reason(),
+            message: e.to_string(),
+            access_denied: e.is_access_denied(),
+        }
+    }
+}
+
+fn from_target(e: TargetError, testing: bool) -> StepResult {
+    if matches!(e, TargetError::Fenced { .. }) {
+        // A newer attempt wrote the database: this Capstan is stale.
+        return StepResult::ClaimLost(e.to_string());
+    }
+    let login_failed = matches!(e, TargetError::LoginFailed { .. });
+    if e.is_definitive_rejection() || (testing && login_failed) {
+        StepResult::Rejected(e.reason(), e.to_string())
+    } else {
+        transient(e.reason(), e)
+    }
+}
+
+fn delivery_failed(e: impl ToString) -> StepResult {
+    transient(reasons::DELIVERY_FAILED, e)
+}
+
+fn pending_lost() -> StepResult {
+    StepResult::Rejected(
+        reasons::PENDING_LOST,
+        "the pending value of this attempt is gone".into(),
+    )
+}
+
+/// Runs the steps of the rotation in progress: claim, one side effect, record, until it
+/// finishes, waits, or fails. `started`: this pass has just claimed a new rotation, so
+/// the backend can hold nothing of it (its token is new) and need not be read again.
+pub(super) async fn run_steps(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    clients: &Clients,
+    started: bool,
+) -> Result<Action, Error> {
+    let mut st = w.status();
+    let Some(r) = st.rotation.clone() else {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    };
+    let (mut r, mut claimed) = match resume(pass, clients, &mut st, r, started).await {
+        Ok(resumed) => resumed,
+        Err((r, result)) => return record_result(pass, w, st, r, result).await,
+    };
+
+    // A pass that resumes works from a snapshot that may be stale (a Capstan frozen past
+    // its lease, a lagging watch). CreatePending is the one side effect without a fence
+    // of its own (a backend's pending write is idempotent per token, not conditioned on
+    // the rotation still being in progress), so it is claimed again: a write conditioned
+    // on the resourceVersion read, which a stale snapshot fails (and which changes
+    // nothing when the snapshot is current).
+    if !started && r.step == RotationStep::CreatePending {
+        claimed = false;
+    }
+    loop {
+        if !claimed {
+            st.rotation = Some(r.clone());
+            pass.finish_status(&mut st, reasons::IDLE, None);
+            w.write(&st).await?;
+        }
+        match execute(pass, w, &mut st, &r, clients).await {
+            StepResult::Done(version) => {
+                record_done(pass, &mut r, version);
+                match after(pass, &r, Outcome::Done) {
+                    Transition::Advance(next) => {
+                        claimed = !rotation::needs_claim(next.step, !pass.delivery_empty);
+                        r = next;
+                    }
+                    Transition::Finished => return finish(pass, w, st, r).await,
+                    // Done never retries or gives up.
+                    _ => return Ok(Action::requeue(Duration::from_millis(200))),
+                }
+            }
+            StepResult::Rejected(reason, msg) => {
+                let version = r.pending_version.as_deref();
+                audit::step(&pass.subject(&r), r.step, version, StepOutcome::Rejected);
+                match after(pass, &r, Outcome::Rejected) {
+                    Transition::NewAttempt(next) => {
+                        new_attempt(pass, clients, &mut st, &r, reason, &msg).await;
+                        r = next;
+                        claimed = false;
+                    }
+                    _ => return give_up(pass, w, st, r, clients, reason, &msg).await,
+                }
+            }
+            other => return record_result(pass, w, st, r, other).await,
+        }
+    }
+}
+
+fn after(pass: &Pass<'_>, r: &RotationInProgress, outcome: Outcome) -> Transition {
+    rotation::after_step(r, outcome, pass.has_target, pass.policy.max_attempts, 0)
+}
+
+/// A step is done: its audit line, the crash point after it, and the pending version
+/// kept in the record the next claims write (and the audit lines of the later steps
+/// carry).
+fn record_done(pass: &Pass<'_>, r: &mut RotationInProgress, version: Option<String>) {
+    audit::step(
+        &pass.subject(r),
+        r.step,
+        version.as_deref(),
+        StepOutcome::Done,
+    );
+    crash_point(&format!("secret-rotation::after-{}", r.step.as_str()));
+    pass.ctx.succeeded(&pass.key);
+    if r.step == RotationStep::CreatePending {
+        r.pending_version = version;
+    }
+}
+
+/// An attempt was rejected and another is allowed: discard its pending value, record
+/// the failure, tell the user.
+async fn new_attempt(
+    pass: &Pass<'_>,
+    clients: &Clients,
+    st: &mut SecretRotationStatus,
+    r: &RotationInProgress,
+    reason: &'static str,
+    msg: &str,
+) {
+    let _ = clients.backend.discard_pending(&pass.id(r)).await;
+    let now = pass.ctx.rt.clock.now();
+    st.last_failure = Some(RotationFailure::new(now, r.step, reason, msg, &[]));
+    pass.event(
+        EventType::Warning,
+        events::ATTEMPT_FAILED,
+        format!(
+            "rotation {} attempt {} failed at {}: {reason}; trying a fresh value",
+            r.id,
+            r.attempt,
+            r.step.as_str()
+        ),
+    )
+    .await;
+}
+
+/// Resumes from what the backend shows (after a crash, or a takeover): the record at
+/// the step [`rotation::resume`] says, and whether that step is already claimed. `Err`
+/// is a result that ends this pass.
+async fn resume(
+    pass: &Pass<'_>,
+    clients: &Clients,
+    st: &mut SecretRotationStatus,
+    mut r: RotationInProgress,
+    started: bool,
+) -> Result<(RotationInProgress, bool), (RotationInProgress, StepResult)> {
+    if started {
+        return Ok((r, true));
+    }
+    let backend = clients.backend.as_ref();
+    let id = pass.id(&r);
+    let current = match backend.current().await {
+        Ok(c) => c,
+        Err(e) => return Err((r, from_backend(e))),
+    };
+    let pending = match backend.pending(&id).await {
+        Ok(p) => p,
+        Err(e) => return Err((r, from_backend(e))),
+    };
+    let token = id.token();
+    let view = BackendView {
+        promoted: current
+            .as_ref()
+            .is_some_and(|v| v.rotation_token.as_deref() == Some(token.as_str())),
+        pending: pending.is_some(),
+    };
+    match rotation::resume(r.step, view) {
+        Resume::Run(step) if step != r.step => {
+            if view.promoted
+                && st.current_version.as_deref() != current.as_ref().map(|v| v.id.as_str())
+            {
+                st.previous_version = st.current_version.take();
+                st.current_version = current.as_ref().map(|v| v.id.clone());
+                st.active_username = r.username.clone();
+            }
+            r.step = step;
+            Ok((r, false))
+        }
+        Resume::Run(_) => Ok((r, true)),
+        Resume::PendingLost => Err((r, pending_lost())),
+    }
+}
+
+/// Records a result that ends this pass (waiting, transient failure, lost claim,
+/// rejection found while resuming).
+async fn record_result(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    mut st: SecretRotationStatus,
+    r: RotationInProgress,
+    result: StepResult,
+) -> Result<Action, Error> {
+    let now = pass.ctx.rt.clock.now();
+    let version = r.pending_version.as_deref();
+    match result {
+        StepResult::Waiting | StepResult::Done(_) => {
+            st.rotation = Some(r);
+            pass.finish_status(&mut st, reasons::IDLE, None);
+            if st != w.status() {
+                w.write(&st).await?;
+            }
+            Ok(Action::requeue(DELIVERY_POLL))
+        }
+        StepResult::Transient {
+            reason,
+            message: msg,
+            access_denied,
+        } => {
+            pass.forget_login_if_denied(access_denied);
+            audit::step(&pass.subject(&r), r.step, version, StepOutcome::Retry);
+            tracing::info!(object = %pass.key, step = r.step.as_str(), reason, "step failed, will retry: {msg}");
+            st.last_failure = Some(RotationFailure::new(now, r.step, reason, &msg, &[]));
+            st.rotation = Some(r);
+            pass.finish_status(&mut st, reasons::IDLE, None);
+            w.write(&st).await?;
+            Ok(Action::requeue(rotation::backoff(
+                pass.ctx.failed(&pass.key),
+            )))
+        }
+        StepResult::ClaimLost(msg) => {
+            audit::step(&pass.subject(&r), r.step, version, StepOutcome::ClaimLost);
+            tracing::warn!(object = %pass.key, step = r.step.as_str(), "claim lost: {msg}");
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        StepResult::Rejected(reason, msg) => {
+            // Found while resuming: a new attempt, claimed, then the next pass goes on.
+            match after(pass, &r, Outcome::Rejected) {
+                Transition::NewAttempt(next) => {
+                    st.last_failure = Some(RotationFailure::new(now, r.step, reason, &msg, &[]));
+                    st.rotation = Some(next);
+                    pass.finish_status(&mut st, reasons::IDLE, None);
+                    w.write(&st).await?;
+                    Ok(Action::requeue(Duration::from_millis(100)))
+                }
+                // No clients needed: nothing was set with a value of this attempt that
+                // the backend still holds.
+                _ => finish_failed(pass, w, st, r, reason, &msg).await,
+            }
+        }
+    }
+}
+
+/// Runs one step's side effect.
+async fn execute(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    st: &mut SecretRotationStatus,
+    r: &RotationInProgress,
+    clients: &Clients,
+) -> StepResult {
+    let id = pass.id(r);
+    let backend = clients.backend.as_ref();
+    let target = clients.target.as_ref();
+    let user = r.username.clone().unwrap_or_default();
+    match r.step {
+        RotationStep::CreatePending => create_pending(pass, st, r, backend, &id).await,
+        RotationStep::SetTarget => match pending(backend, &id).await {
+            Ok(v) => set_target(pass, r, target, &user, v).await,
+            Err(res) => res,
+        },
+        RotationStep::TestTarget => match pending(backend, &id).await {
+            Ok(v) => match target.test_login(&user, &v.credential.value).await {
+                Ok(()) => StepResult::Done(Some(v.id)),
+                Err(e) => from_target(e, true),
+            },
+            Err(res) => res,
+        },
+        RotationStep::Finish => promote(st, r, backend, &id).await,
+        RotationStep::Deliver => deliver(pass, w, r, clients).await,
+    }
+}
+
+/// The pending value of this attempt; gone is [`pending_lost`].
+async fn pending(backend: &dyn SecretBackend, id: &RotationId) -> Result<Version, StepResult> {
+    match backend.pending(id).await {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(pending_lost()),
+        Err(e) => Err(from_backend(e)),
+    }
+}
+
+/// CreatePending: a fresh value from the generator, stored as pending.
+async fn create_pending(
+    pass: &Pass<'_>,
+    st: &mut SecretRotationStatus,
+    r: &RotationInProgress,
+    backend: &dyn SecretBackend,
+    id: &RotationId,
+) -> StepResult {
+    let generator = match PasswordGenerator::new(&pass.obj.spec.generator) {
+        Ok(g) => g,
+        Err(e) => return transient(reasons::INVALID_GENERATOR, e),
+    };
+    let credential = Credential::new(r.username.clone(), generator.generate());
+    match backend.put_pending(id, &credential).await {
+        Ok(v) => {
+            if let Some(rec) = st.rotation.as_mut() {
+                rec.pending_version = Some(v.id.clone());
+            }
+            StepResult::Done(Some(v.id))
+        }
+        Err(e) => from_backend(e.scrubbed(&[&credential.value])),
+    }
+}
+
+/// SetTarget: the pending value set on the target (the second user created first when
+/// users alternate), with this attempt's fence.
+async fn set_target(
+    pass: &Pass<'_>,
+    r: &RotationInProgress,
+    target: &dyn CredentialTarget,
+    user: &str,
+    v: Version,
+) -> StepResult {
+    if let Users::Alternating(first, _) = &pass.policy.users {
+        let like = (user != first).then_some(first.as_str());
+        if let Err(e) = target.ensure_user(user, like).await {
+            return from_target(e, false);
+        }
+    }
+    crash_point("secret-rotation::before-set-password");
+    match target
+        .set_password_fenced(user, &v.credential.value, &pass.fence(r))
+        .await
+    {
+        Ok(()) => StepResult::Done(Some(v.id)),
+        Err(e) => from_target(e, false),
+    }
+}
+
+/// Finish: the pending value promoted to current (if the current is still the one
+/// recorded).
+async fn promote(
+    st: &mut SecretRotationStatus,
+    r: &RotationInProgress,
+    backend: &dyn SecretBackend,
+    id: &RotationId,
+) -> StepResult {
+    match backend
+        .promote_if_current(id, st.current_version.as_deref())
+        .await
+    {
+        Ok(v) => {
+            if st.current_version.as_deref() != Some(v.id.as_str()) {
+                st.previous_version = st.current_version.take();
+                st.current_version = Some(v.id.clone());
+            }
+            st.active_username = v.credential.username.clone().or(r.username.clone());
+            StepResult::Done(Some(v.id))
+        }
+        Err(e) => from_backend(e),
+    }
+}
+
+/// The Deliver step: the Secret, then the rollouts and ECS deployments; done once every
+/// rollout and ECS deployment completed.
+async fn deliver(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    r: &RotationInProgress,
+    clients: &Clients,
+) -> StepResult {
+    let Some(d) = pass.obj.spec.delivery.as_ref().filter(|d| !d.is_empty()) else {
+        return StepResult::Done(None);
+    };
+    let current = match clients.backend.current().await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return transient(reasons::BACKEND_EMPTY, "the backend holds no current value");
+        }
+        Err(e) => return from_backend(e),
+    };
+    let version = current.id.clone();
+    let subject = pass.subject(r);
+    if let Some(secret) = &d.secret
+        && let Err(res) = deliver_secret(pass, &subject, secret, &current).await
+    {
+        return res;
+    }
+    let mut delivered = true;
+    if !d.rollouts.is_empty() {
+        match deliver_rollouts(pass, &subject, d, &version).await {
+            Ok(done) => delivered &= done,
+            Err(res) => return res,
+        }
+    }
+    if !d.ecs_services.is_empty() {
+        let Some(client) = clients.ecs.as_ref() else {
+            return delivery_failed("delivery.ecsServices is set but no AWS connection was built");
+        };
+        match deliver_ecs(w, &subject, client, &d.ecs_services, &version).await {
+            Ok(done) => delivered &= done,
+            Err(res) => return res,
+        }
+    }
+    if delivered {
+        StepResult::Done(Some(version))
+    } else {
+        StepResult::Waiting
+    }
+}
+
+/// The templated Secret, written unless it already holds `current`.
+async fn deliver_secret(
+    pass: &Pass<'_>,
+    subject: &Subject<'_>,
+    secret: &SecretDelivery,
+    current: &Version,
+) -> Result<(), StepResult> {
+    let client = &pass.ctx.rt.client;
+    let ns = pass.obj.namespace().unwrap_or_default();
+    let version = current.id.as_str();
+    let have = delivery::delivered_version(client, &ns, &secret.name)
+        .await
+        .map_err(delivery_failed)?;
+    if have.as_deref() == Some(version) {
+        return Ok(());
+    }
+    let values = delivery::template_values(
+        &pass.obj.spec.target,
+        current.credential.username.as_deref(),
+        &current.credential.value,
+    );
+    let data = delivery::render(secret, &pass.obj.spec.target, &values).map_err(delivery_failed)?;
+    delivery::write_secret(client, pass.obj, secret, data, version)
+        .await
+        .map_err(delivery_failed)?;
+    audit::delivery(
+        subject,
+        &format!("Secret/{}", secret.name),
+        version,
+        DeliveryAction::Written,
+    );
+    Ok(())
+}
+
+/// Rollout restarts for `version`, at most `maxConcurrentRollouts` unfinished at a
+/// time; whether every rollout finished.
+async fn deliver_rollouts(
+    pass: &Pass<'_>,
+    subject: &Subject<'_>,
+    d: &Delivery,
+    version: &str,
+) -> Result<bool, StepResult> {
+    let client = &pass.ctx.rt.client;
+    let ns = pass.obj.namespace().unwrap_or_default();
+    let workloads = delivery::workloads(client, &ns, d)
+        .await
+        .map_err(delivery_failed)?;
+    let max = usize::try_from(d.max_concurrent_rollouts).unwrap_or(1);
+    let now = pass.ctx.rt.clock.now();
+    for wl in delivery::to_restart(&workloads, version, max) {
+        delivery::restart(client, &ns, wl, version, now)
+            .await
+            .map_err(delivery_failed)?;
+        audit::delivery(subject, &wl.label(), version, DeliveryAction::Restarted);
+    }
+    Ok(delivery::workloads_delivered(&workloads, version))
+}
+
+/// ECS delivery of `version` ([`crate::delivery::ecs`]): forces the deployments not yet
+/// forced, records them on the object with a conditioned write, then reports whether
+/// all completed.
+async fn deliver_ecs(
+    w: &mut Writer,
+    subject: &Subject<'_>,
+    client: &capstan_aws::ecs::SdkEcs,
+    services: &[EcsService],
+    version: &str,
+) -> Result<bool, StepResult> {
+    let recorded = w.obj.annotations().get(ecs::ECS_DEPLOYMENTS_ANNOTATION);
+    let mut record = ecs::EcsRecord::for_version(recorded.map(String::as_str), version);
+    let forced = ecs::force_deployments(client, subject, services, &mut record).await;
+    if forced.forced {
+        match w
+            .annotate(ecs::ECS_DEPLOYMENTS_ANNOTATION, record.to_annotation())
+            .await
+        {
+            Ok(()) => {}
+            Err(Error::ClaimLost(m)) => return Err(StepResult::ClaimLost(m)),
+            Err(e) => return Err(delivery_failed(e)),
+        }
+    }
+    if let Some(f) = forced.failure {
+        return Err(delivery_failed(f));
+    }
+    ecs::deployments_done(client, services, &record)
+        .await
+        .map_err(delivery_failed)
+}
+
+/// The rotation is delivered: record it and schedule the next one.
+async fn finish(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    mut st: SecretRotationStatus,
+    r: RotationInProgress,
+) -> Result<Action, Error> {
+    let now = pass.ctx.rt.clock.now();
+    st.rotation = None;
+    st.last_rotation_time = Some(now);
+    st.rotation_count += 1;
+    if r.rotate_now_token.is_some() {
+        st.completed_rotate_now_token
+            .clone_from(&r.rotate_now_token);
+    }
+    st.record_rotation(RotationSummary {
+        id: r.id.clone(),
+        trigger: r.trigger,
+        started: r.started,
+        finished: now,
+        outcome: RotationOutcome::Succeeded,
+        attempts: r.attempt,
+        version: st.current_version.clone(),
+        username: r.username.clone(),
+        failure_reason: None,
+    });
+    pass.finish_status(&mut st, reasons::IDLE, None);
+    w.write(&st).await?;
+    let seconds = (now - r.started).num_milliseconds() as f64 / 1000.0;
+    pass.ctx
+        .metrics
+        .rotation_finished(RotationOutcome::Succeeded, seconds);
+    pass.event(
+        EventType::Normal,
+        events::ROTATION_SUCCEEDED,
+        format!(
+            "rotation {} finished: version {} is current and delivered",
+            r.id,
+            st.current_version.as_deref().unwrap_or("-")
+        ),
+    )
+    .await;
+    Ok(requeue_at(st.next_rotation_time, now))
+}
+
+/// Attempts used up: discard the pending value and, with a single user whose password
+/// may already have changed, set the current value back so it keeps logging in.
+async fn give_up(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    st: SecretRotationStatus,
+    r: RotationInProgress,
+    clients: &Clients,
+    reason: &'static str,
+    msg: &str,
+) -> Result<Action, Error> {
+    let _ = clients.backend.discard_pending(&pass.id(&r)).await;
+    if let (Users::Single(user), true) = (&pass.policy.users, r.step >= RotationStep::SetTarget)
+        && let Ok(Some(current)) = clients.backend.current().await
+        && let Err(e) = clients
+            .target
+            .set_password_fenced(user, &current.credential.value, &pass.fence(&r))
+            .await
+    {
+        tracing::warn!(object = %pass.key, error = %e, "could not set the current value back on the target");
+    }
+    finish_failed(pass, w, st, r, reason, msg).await
+}
+
+async fn finish_failed(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    mut st: SecretRotationStatus,
+    r: RotationInProgress,
+    reason: &'static str,
+    msg: &str,
+) -> Result<Action, Error> {
+    let now = pass.ctx.rt.clock.now();
+    audit::step(&pass.subject(&r), r.step, None, StepOutcome::GaveUp);
+    st.last_failure = Some(RotationFailure::new(now, r.step, reason, msg, &[]));
+    st.rotation = None;
+    if r.rotate_now_token.is_some() {
+        st.completed_rotate_now_token
+            .clone_from(&r.rotate_now_token);
+    }
+    st.record_rotation(RotationSummary {
+        id: r.id.clone(),
+        trigger: r.trigger,
+        started: r.started,
+        finished: now,
+        outcome: RotationOutcome::Failed,
+        attempts: r.attempt,
+        version: None,
+        username: r.username.clone(),
+        failure_reason: Some(reason.to_owned()),
+    });
+    pass.finish_status(&mut st, reasons::IDLE, None);
+    w.write(&st).await?;
+    let seconds = (now - r.started).num_milliseconds() as f64 / 1000.0;
+    pass.ctx
+        .metrics
+        .rotation_finished(RotationOutcome::Failed, seconds);
+    pass.event(
+        EventType::Warning,
+        events::ROTATION_FAILED,
+        format!(
+            "rotation {} failed after {} attempt(s) at {}: {reason}; the previous credential stays current",
+            r.id,
+            r.attempt,
+            r.step.as_str()
+        ),
+    )
+    .await;
+    Ok(requeue_at(st.next_rotation_time, now))
+}
