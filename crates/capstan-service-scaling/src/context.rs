@@ -1,7 +1,7 @@
 //! What the ServiceScaling controller's reconcile ([`crate::controller`]), its
 //! evaluation loop ([`crate::evaluation`]) and its finalizer ([`crate::cleanup`]) share:
 //! the registry of objects to evaluate and their validated [`Inputs`], the shared
-//! context [`Ctx`], the metrics, the field manager and the finalizer's settings. It
+//! context `Ctx`, the metrics, the field manager and the finalizer's settings. It
 //! imports none of them, so none of them imports another through it.
 
 use std::collections::HashMap;
