@@ -323,29 +323,22 @@ impl AutoScalingApi for SdkAutoScaling {
         &self,
         resource_id: &str,
     ) -> Result<Vec<String>, AutoScalingError> {
-        let mut names = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .describe_scaling_policies()
-                .service_namespace(ServiceNamespace::Ecs)
-                .resource_id(resource_id)
-                .scalable_dimension(dimension())
-                .set_next_token(next.take())
-                .send()
-                .await
-                .map_err(sdk_err("DescribeScalingPolicies"))?;
-            names.extend(
-                out.scaling_policies()
-                    .iter()
-                    .map(|p| p.policy_name().to_owned()),
-            );
-            next = out.next_token().map(str::to_owned);
-            if next.is_none() {
-                return Ok(names);
-            }
-        }
+        let policies = self
+            .client
+            .describe_scaling_policies()
+            .service_namespace(ServiceNamespace::Ecs)
+            .resource_id(resource_id)
+            .scalable_dimension(dimension())
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(sdk_err("DescribeScalingPolicies"))?;
+        Ok(policies
+            .iter()
+            .map(|p| p.policy_name().to_owned())
+            .collect())
     }
 
     async fn target_tracking_policies(
@@ -353,59 +346,55 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
     ) -> Result<Vec<TargetTrackingPolicy>, AutoScalingError> {
         self.budget.acquire(crate::budget::AUTOSCALING).await;
+        let all = self
+            .client
+            .describe_scaling_policies()
+            .service_namespace(ServiceNamespace::Ecs)
+            .resource_id(resource_id)
+            .scalable_dimension(dimension())
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(sdk_err("DescribeScalingPolicies"))?;
         let mut policies = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .describe_scaling_policies()
-                .service_namespace(ServiceNamespace::Ecs)
-                .resource_id(resource_id)
-                .scalable_dimension(dimension())
-                .set_next_token(next.take())
-                .send()
-                .await
-                .map_err(sdk_err("DescribeScalingPolicies"))?;
-            for p in out.scaling_policies() {
-                if *p.policy_type() != PolicyType::TargetTrackingScaling {
-                    continue;
+        for p in &all {
+            if *p.policy_type() != PolicyType::TargetTrackingScaling {
+                continue;
+            }
+            let Some(c) = p.target_tracking_scaling_policy_configuration() else {
+                continue;
+            };
+            let metric = if let Some(m) = c.predefined_metric_specification() {
+                TrackedMetric::Predefined(m.predefined_metric_type().as_str().to_owned())
+            } else if let Some(m) = c.customized_metric_specification() {
+                TrackedMetric::Customized {
+                    namespace: m.namespace().unwrap_or_default().to_owned(),
+                    metric_name: m.metric_name().unwrap_or_default().to_owned(),
+                    dimensions: m
+                        .dimensions()
+                        .iter()
+                        .map(|d| (d.name().to_owned(), d.value().to_owned()))
+                        .collect(),
+                    statistic: m
+                        .statistic()
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default(),
                 }
-                let Some(c) = p.target_tracking_scaling_policy_configuration() else {
-                    continue;
-                };
-                let metric = if let Some(m) = c.predefined_metric_specification() {
-                    TrackedMetric::Predefined(m.predefined_metric_type().as_str().to_owned())
-                } else if let Some(m) = c.customized_metric_specification() {
-                    TrackedMetric::Customized {
-                        namespace: m.namespace().unwrap_or_default().to_owned(),
-                        metric_name: m.metric_name().unwrap_or_default().to_owned(),
-                        dimensions: m
-                            .dimensions()
-                            .iter()
-                            .map(|d| (d.name().to_owned(), d.value().to_owned()))
-                            .collect(),
-                        statistic: m
-                            .statistic()
-                            .map(|s| s.as_str().to_owned())
-                            .unwrap_or_default(),
-                    }
-                } else {
-                    continue;
-                };
-                policies.push(TargetTrackingPolicy {
-                    name: p.policy_name().to_owned(),
-                    target_value: c.target_value(),
-                    metric,
-                    scale_out_cooldown: c.scale_out_cooldown(),
-                    scale_in_cooldown: c.scale_in_cooldown(),
-                    disable_scale_in: c.disable_scale_in().unwrap_or(false),
-                });
-            }
-            next = out.next_token().map(str::to_owned);
-            if next.is_none() {
-                return Ok(policies);
-            }
+            } else {
+                continue;
+            };
+            policies.push(TargetTrackingPolicy {
+                name: p.policy_name().to_owned(),
+                target_value: c.target_value(),
+                metric,
+                scale_out_cooldown: c.scale_out_cooldown(),
+                scale_in_cooldown: c.scale_in_cooldown(),
+                disable_scale_in: c.disable_scale_in().unwrap_or(false),
+            });
         }
+        Ok(policies)
     }
 
     async fn put_target_tracking_policy(
@@ -486,20 +475,21 @@ impl AutoScalingApi for SdkAutoScaling {
         resource_id: &str,
     ) -> Result<Vec<ScheduledAction>, AutoScalingError> {
         self.budget.acquire(crate::budget::AUTOSCALING).await;
-        let mut actions = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .describe_scheduled_actions()
-                .service_namespace(ServiceNamespace::Ecs)
-                .resource_id(resource_id)
-                .scalable_dimension(dimension())
-                .set_next_token(next.take())
-                .send()
-                .await
-                .map_err(sdk_err("DescribeScheduledActions"))?;
-            actions.extend(out.scheduled_actions().iter().map(|a| {
+        let all = self
+            .client
+            .describe_scheduled_actions()
+            .service_namespace(ServiceNamespace::Ecs)
+            .resource_id(resource_id)
+            .scalable_dimension(dimension())
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(sdk_err("DescribeScheduledActions"))?;
+        Ok(all
+            .iter()
+            .map(|a| {
                 let target = a.scalable_target_action();
                 ScheduledAction {
                     name: a.scheduled_action_name().to_owned(),
@@ -508,12 +498,8 @@ impl AutoScalingApi for SdkAutoScaling {
                     min_capacity: target.and_then(|t| t.min_capacity()),
                     max_capacity: target.and_then(|t| t.max_capacity()),
                 }
-            }));
-            next = out.next_token().map(str::to_owned);
-            if next.is_none() {
-                return Ok(actions);
-            }
-        }
+            })
+            .collect())
     }
 
     async fn put_scheduled_action(

@@ -12,6 +12,7 @@
 
 pub mod autoscaling;
 pub mod budget;
+pub mod clients;
 pub mod cloudwatch;
 pub mod ecs;
 pub mod secrets_manager;

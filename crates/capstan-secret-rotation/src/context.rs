@@ -11,8 +11,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capstan_aws::{ClientOptions, StaticCredentials};
-use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef};
+use capstan_aws::ClientOptions;
+use capstan_aws::budget::Budget;
+use capstan_aws::clients::{ClientCache, ClientError, SdkConfig};
+use capstan_aws::ecs::SdkEcs;
+use capstan_aws::secrets_manager::SdkSecretsManager;
+use capstan_core::connection::{ClusterConnection, LocalSecretRef};
 use capstan_core::events::Publisher;
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::redact::SecretValue;
@@ -110,8 +114,11 @@ pub struct Context {
     pub metrics: Metrics,
     /// The Event publisher of this controller.
     pub events: Publisher,
-    /// AWS client options (retries, timeouts, session name).
-    pub aws_options: ClientOptions,
+    /// Secrets Manager clients per AWS connection (capstan-aws's one client layer:
+    /// built once per connection version, with the Runtime's client options).
+    pub secrets_manager: ClientCache<SdkSecretsManager>,
+    /// ECS clients per AWS connection, for `delivery.ecsServices`.
+    pub ecs: ClientCache<SdkEcs>,
     /// Consecutive transient failures per object (`namespace/name`), for the backoff.
     pub failures: Mutex<HashMap<String, u32>>,
     /// Objects whose rotation is overdue, for the gauge.
@@ -147,12 +154,19 @@ impl Context {
     /// A context for `rt`.
     pub fn new(rt: Runtime, metrics: Metrics) -> Self {
         let events = Publisher::new(rt.client.clone(), FIELD_MANAGER, &rt.instance);
-        let aws_options = ClientOptions::from_settings(&rt.aws, &rt.instance);
+        let options = ClientOptions::from_settings(&rt.aws, &rt.instance);
+        let secrets_manager = aws_cache(&rt, &options, |config, budget| {
+            SdkSecretsManager::from_config(config).with_budget(budget)
+        });
+        let ecs = aws_cache(&rt, &options, |config, budget| {
+            SdkEcs::from_config(config).with_budget(budget)
+        });
         Self {
             rt,
             metrics,
             events,
-            aws_options,
+            secrets_manager,
+            ecs,
             failures: Mutex::new(HashMap::new()),
             overdue: Mutex::new(BTreeSet::new()),
             vault_tokens: Mutex::new(HashMap::new()),
@@ -254,12 +268,7 @@ pub async fn build_clients(
     let target = build_target(ctx, namespace, &spec.target).await?;
     let ecs = match spec.ecs_connection() {
         None => None,
-        Some(r) => {
-            let (aws, creds) = aws_settings(ctx, ecs_connection, &r.name).await?;
-            let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
-            let budget = capstan_aws::budget::Budget::new(ctx.rt.aws.budgets.clone(), &r.name, aws);
-            Some(capstan_aws::ecs::SdkEcs::from_config(&config).with_budget(budget))
-        }
+        Some(r) => Some(aws_clients(&ctx.ecs, ecs_connection, &r.name).await?),
     };
     Ok(Clients {
         backend,
@@ -268,39 +277,45 @@ pub async fn build_clients(
     })
 }
 
-/// The AWS settings of an AWS ClusterConnection and its credentials (read from
-/// Capstan's namespace).
-async fn aws_settings<'c>(
-    ctx: &Context,
-    connection: Option<&'c ClusterConnection>,
+/// A client cache of `T` per AWS connection, with the Runtime's client options and
+/// request budgets.
+fn aws_cache<T: Clone>(
+    rt: &Runtime,
+    options: &ClientOptions,
+    build: impl Fn(&SdkConfig, Budget) -> T + Send + Sync + 'static,
+) -> ClientCache<T> {
+    ClientCache::new(
+        rt.client.clone(),
+        rt.own_namespace.clone(),
+        options.clone(),
+        rt.aws.budgets.clone(),
+        build,
+    )
+}
+
+/// The clients `cache` holds for the AWS ClusterConnection `name` (`connection`, as the
+/// gate resolved it); its credentials are read from Capstan's namespace when the cache
+/// builds them.
+async fn aws_clients<T: Clone>(
+    cache: &ClientCache<T>,
+    connection: Option<&ClusterConnection>,
     name: &str,
-) -> Result<(&'c AwsConnection, Option<StaticCredentials>), RefError> {
-    let client = &ctx.rt.client;
-    let own = &ctx.rt.own_namespace;
-    let aws = connection
-        .and_then(|c| c.spec.aws.as_ref())
-        .ok_or_else(|| {
-            RefError::new(
-                reasons::CONNECTION_WRONG_KIND,
-                format!("ClusterConnection {name:?} is not an AWS connection"),
-            )
-        })?;
-    let creds = match &aws.credentials_secret_ref {
-        None => None,
-        Some(r) => {
-            let read = |k: &'static str| read_key(client, own, r, k);
-            let map = |e: capstan_core::secret_ref::SecretKeyError| {
-                RefError::new(reasons::AWS_CREDENTIALS_UNAVAILABLE, e.to_string())
-            };
-            let key = read("AWS_ACCESS_KEY_ID").await.map_err(map)?;
-            Some(StaticCredentials {
-                access_key_id: key.expose().to_owned(),
-                secret_access_key: read("AWS_SECRET_ACCESS_KEY").await.map_err(map)?,
-                session_token: read("AWS_SESSION_TOKEN").await.ok(),
-            })
-        }
+) -> Result<T, RefError> {
+    let not_aws = || {
+        RefError::new(
+            reasons::CONNECTION_WRONG_KIND,
+            format!("ClusterConnection {name:?} is not an AWS connection"),
+        )
     };
-    Ok((aws, creds))
+    let conn = connection
+        .filter(|c| c.spec.aws.is_some())
+        .ok_or_else(not_aws)?;
+    cache.get(conn).await.map_err(|e| match e {
+        ClientError::NotAws(_) => not_aws(),
+        ClientError::Credentials(e) => {
+            RefError::new(reasons::AWS_CREDENTIALS_UNAVAILABLE, e.to_string())
+        }
+    })
 }
 
 async fn build_backend(
@@ -359,12 +374,7 @@ async fn build_backend(
             Ok(Box::new(kv))
         }
         Backend::AwsSecretsManager(a) => {
-            let (aws, creds) = aws_settings(ctx, connection, &conn_name()).await?;
-            let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
-            let budget =
-                capstan_aws::budget::Budget::new(ctx.rt.aws.budgets.clone(), &conn_name(), aws);
-            let sm = capstan_aws::secrets_manager::SdkSecretsManager::from_config(&config)
-                .with_budget(budget);
+            let sm = aws_clients(&ctx.secrets_manager, connection, &conn_name()).await?;
             Ok(Box::new(AwsSecretsManagerBackend::new(sm, a)))
         }
     }

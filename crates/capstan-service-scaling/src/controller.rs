@@ -49,7 +49,6 @@ use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
 use crate::cleanup;
-use crate::clients::ClientCache;
 use crate::crd::ServiceScaling;
 
 pub use crate::context::Metrics;
@@ -179,7 +178,7 @@ pub async fn run_with(
 ) {
     let options = ClientOptions::from_settings(&rt.aws, &rt.instance);
     let ctx = Arc::new(Ctx {
-        clients: ClientCache::new(
+        clients: crate::clients::client_cache(
             rt.client.clone(),
             rt.own_namespace.clone(),
             options,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use capstan_aws::{ClientOptions, StaticCredentials};
+use capstan_aws::ClientOptions;
 use capstan_core::conditions::{self, Desired, READY};
 use capstan_core::connection::{AwsConnection, ClusterConnection, LocalSecretRef, VaultConnection};
 use capstan_core::error::Categorized;
@@ -180,17 +180,13 @@ fn error_policy(_conn: Arc<ClusterConnection>, err: &CheckError, ctx: Arc<Ctx>) 
 }
 
 async fn check_aws(ctx: &Ctx, name: &str, aws: &AwsConnection) -> Result<String, CheckError> {
-    let creds = match &aws.credentials_secret_ref {
-        None => None,
-        Some(r) => Some(StaticCredentials {
-            access_key_id: read_secret_key(ctx, r, "AWS_ACCESS_KEY_ID")
-                .await?
-                .expose()
-                .to_owned(),
-            secret_access_key: read_secret_key(ctx, r, "AWS_SECRET_ACCESS_KEY").await?,
-            session_token: read_secret_key(ctx, r, "AWS_SESSION_TOKEN").await.ok(),
-        }),
-    };
+    let creds = capstan_aws::clients::read_credentials(&ctx.rt.client, &ctx.rt.own_namespace, aws)
+        .await
+        .map_err(|e| CheckError::CredentialsSecret {
+            namespace: e.namespace,
+            name: e.name,
+            problem: e.problem,
+        })?;
     let config = capstan_aws::sdk_config(aws, creds, &ctx.aws_options).await;
     let id = capstan_aws::check_identity(name, aws, &config).await?;
     Ok(format!(
