@@ -44,6 +44,10 @@ use crate::algorithm::{ResolvedBehavior, windows_from_spec};
 use crate::context::{Ctx, Error, FIELD_MANAGER, Key};
 pub use crate::context::{DEFAULT_CLEANUP_TIMEOUT, Settings};
 use crate::crd::{ScalingMode, ServiceScaling, ServiceScalingSpec};
+pub use crate::reasons::events::{
+    AUTOSCALING_CLEANUP_ABANDONED as ABANDONED, AUTOSCALING_CLEANUP_FAILED as CLEANUP_FAILED,
+    AUTOSCALING_REMOVED as REMOVED,
+};
 
 /// The finalizer on ServiceScalings that may have objects declared in Application Auto
 /// Scaling.
@@ -51,13 +55,6 @@ pub const FINALIZER: &str = "capstan.dev/autoscaling-cleanup";
 /// The resource ID (`service/<cluster>/<service>`) Capstan declares on, recorded with
 /// the finalizer so that a later spec change still knows where to clean up.
 pub const RESOURCE_ANNOTATION: &str = "capstan.dev/autoscaling-resource";
-
-/// Ready reason while a cleanup fails and is retried.
-pub const CLEANUP_FAILED: &str = "AutoScalingCleanupFailed";
-/// Event reason: Capstan's objects were removed.
-pub const REMOVED: &str = "AutoScalingRemoved";
-/// Event reason (Warning): the deletion went ahead without the cleanup.
-pub const ABANDONED: &str = "AutoScalingCleanupAbandoned";
 
 /// How soon to look again while an evaluation of the object is in flight.
 const IN_FLIGHT_RETRY: Duration = Duration::from_millis(200);

@@ -17,4 +17,5 @@ pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod evaluation;
+pub mod reasons;
 pub mod replay;
