@@ -566,5 +566,16 @@ impl CronSchedule {
     }
 }
 
+/// `base` plus up to 20% jitter derived from `seed`: objects that fail or wait together
+/// (a start-up, an outage of a shared system) spread out instead of retrying in
+/// lockstep. Deterministic (the same seed always waits the same), so decisions stay
+/// testable; seed with the object's key and its failure count.
+pub fn jittered(base: Duration, seed: &impl std::hash::Hash) -> Duration {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut h);
+    base + base.mul_f64((h.finish() % 1000) as f64 / 5000.0)
+}
+
 #[cfg(test)]
 mod tests;

@@ -477,6 +477,13 @@ pub fn backoff(failures: u32) -> StdDuration {
     BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX)
 }
 
+/// The wait before retrying object `key` after `failures` consecutive failures:
+/// [`backoff`] plus up to 20% jitter from the key and the count, so objects that fail
+/// together (a database or Vault outage) do not retry in lockstep.
+pub fn retry_after(failures: u32, key: &str) -> StdDuration {
+    capstan_core::schedule::jittered(backoff(failures), &(key, failures))
+}
+
 /// How long until `t`, at least zero and at most a day (kube's requeue takes a std
 /// duration; a long-away rotation is looked at again daily, which costs no backend call).
 pub fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> StdDuration {

@@ -158,9 +158,12 @@ async fn reconcile_object(obj: Arc<ServiceScaling>, ctx: Arc<Ctx>) -> Result<Act
     Ok(Action::await_change())
 }
 
-fn error_policy(_obj: Arc<ServiceScaling>, err: &Error, ctx: Arc<Ctx>) -> Action {
+fn error_policy(obj: Arc<ServiceScaling>, err: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.controller.failure(err);
-    Action::requeue(Duration::from_secs(15))
+    Action::requeue(capstan_core::schedule::jittered(
+        Duration::from_secs(15),
+        &key_of(obj.as_ref()),
+    ))
 }
 
 /// Runs the controller with the default [`Settings`] until `shutdown`.

@@ -174,9 +174,9 @@ async fn reconcile(conn: Arc<ClusterConnection>, ctx: Arc<Ctx>) -> Result<Action
     Ok(Action::requeue(requeue))
 }
 
-fn error_policy(_conn: Arc<ClusterConnection>, err: &CheckError, ctx: Arc<Ctx>) -> Action {
+fn error_policy(conn: Arc<ClusterConnection>, err: &CheckError, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.failure(err);
-    Action::requeue(RETRY)
+    Action::requeue(capstan_core::schedule::jittered(RETRY, &conn.name_any()))
 }
 
 async fn check_aws(ctx: &Ctx, name: &str, aws: &AwsConnection) -> Result<String, CheckError> {

@@ -533,3 +533,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn jitter_adds_up_to_a_fifth_and_spreads_seeds() {
+    let base = Duration::from_secs(10);
+    let waits: Vec<Duration> = (0..50).map(|i| jittered(base, &("ns", i))).collect();
+    assert!(waits.iter().all(|w| *w >= base && *w <= base.mul_f64(1.2)));
+    let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+    assert!(
+        distinct.len() > 40,
+        "{} distinct waits of 50",
+        distinct.len()
+    );
+    assert_eq!(jittered(base, &("ns", 7)), jittered(base, &("ns", 7)));
+}

@@ -115,6 +115,9 @@ fn error_policy(obj: Arc<Cached>, err: &Error, ctx: Arc<Context>) -> Action {
     match err {
         // A newer view is on its way through the watch.
         Error::ClaimLost(_) => Action::requeue(Duration::from_millis(500)),
-        _ => Action::requeue(rotation::backoff(ctx.failed(&key_of(&*obj)))),
+        _ => {
+            let key = key_of(&*obj);
+            Action::requeue(rotation::retry_after(ctx.failed(&key), &key))
+        }
     }
 }

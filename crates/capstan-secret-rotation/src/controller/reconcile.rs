@@ -339,7 +339,8 @@ async fn report_unresolved(pass: &Pass<'_>, w: &mut Writer, e: RefError) -> Resu
         pass.event(EventType::Warning, events::REFERENCE_UNRESOLVED, e.message)
             .await;
     }
-    Ok(Action::requeue(rotation::backoff(
+    Ok(Action::requeue(rotation::retry_after(
         pass.ctx.failed(&pass.key),
+        &pass.key,
     )))
 }

@@ -271,8 +271,9 @@ async fn record_result(
             st.rotation = Some(r);
             pass.finish_status(&mut st, reasons::IDLE, None);
             w.write(&st).await?;
-            Ok(Action::requeue(rotation::backoff(
+            Ok(Action::requeue(rotation::retry_after(
                 pass.ctx.failed(&pass.key),
+                &pass.key,
             )))
         }
         StepResult::ClaimLost(msg) => {

@@ -47,15 +47,11 @@ pub const MISSING_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// created together spread out and each keeps its own rhythm). A spec change
 /// evaluates at once; creating the service is seen within the current wait.
 pub fn missing_backoff(interval: Duration, missing: u32, key: &Key) -> Duration {
-    use std::hash::{Hash, Hasher};
     let doublings = missing.saturating_sub(1).min(20);
     let base = interval
         .saturating_mul(1u32 << doublings)
         .min(MISSING_BACKOFF_MAX);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (key, missing).hash(&mut h);
-    let jitter = base.mul_f64((h.finish() % 1000) as f64 / 5000.0);
-    base + jitter
+    capstan_core::schedule::jittered(base, &(key, missing))
 }
 
 /// The next evaluation: the next multiple of the interval (in Unix time), or earlier
