@@ -21,6 +21,8 @@
 //! - [`runtime`]: what every controller gets (client, clock, AWS settings, identity) and
 //!   the controller loop with its metadata-only cache.
 //! - [`schedule`]: durations, tenant duration floors and cron schedules.
+//! - `schema_testing` (feature `schema-testing`, tests only): the CRD schema tests'
+//!   helpers.
 //! - [`scope`]: what each allowed namespace may touch through a connection.
 //! - [`secret_ref`]: one key of a Secret in Capstan's own namespace (the credentials a
 //!   connection names).
@@ -43,6 +45,8 @@ pub mod namespaces;
 pub mod redact;
 pub mod runtime;
 pub mod schedule;
+#[cfg(feature = "schema-testing")]
+pub mod schema_testing;
 pub mod scope;
 pub mod secret_ref;
 pub mod ssa;

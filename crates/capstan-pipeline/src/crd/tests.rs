@@ -3,8 +3,9 @@
 
 use k8s_openapi::api::core::v1::EnvVar;
 use kube::CustomResourceExt;
-use kube::core::cel::Validator;
 use serde_json::{Value, json};
+
+use capstan_core::schema_testing::{self, from_yaml};
 
 use super::*;
 
@@ -134,57 +135,20 @@ pub(crate) fn example_spec() -> PipelineSpec {
 }
 
 /// YAML parsed the way the API server sees it (via JSON values).
-fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-    let value: Value = serde_yaml::from_str(yaml).expect("YAML parses");
-    serde_json::from_value(value).expect("matches the type")
-}
-
 fn schema() -> Value {
-    let crd = serde_json::to_value(Pipeline::crd()).expect("CRD serializes");
-    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    schema_testing::openapi_schema::<Pipeline>()
 }
 
 fn node(path: &str) -> Value {
-    let mut n = schema();
-    for part in path.split('.') {
-        n = if part == "[]" {
-            n["items"].clone()
-        } else {
-            n["properties"][part].clone()
-        };
-        assert!(!n.is_null(), "no schema at {path} (missing {part})");
-    }
-    n
+    schema_testing::node(&schema(), path)
 }
 
-/// Every CEL rule in the schema, with the path of the node that carries it.
 fn all_rules() -> Vec<(String, Value)> {
-    fn walk(path: &str, n: &Value, out: &mut Vec<(String, Value)>) {
-        if !n.is_object() {
-            return;
-        }
-        for r in n["x-kubernetes-validations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            out.push((path.to_owned(), r.clone()));
-        }
-        for (name, p) in n["properties"].as_object().into_iter().flatten() {
-            walk(&format!("{path}.{name}"), p, out);
-        }
-        walk(&format!("{path}.[]"), &n["items"], out);
-    }
-    let mut out = Vec::new();
-    walk("", &schema(), &mut out);
-    out
+    schema_testing::all_rules(&schema())
 }
 
 fn cel_failures(object: &Value) -> Vec<String> {
-    match Validator::new().validate(&schema(), object, None) {
-        Ok(()) => vec![],
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    }
+    schema_testing::cel_failures(&schema(), object)
 }
 
 fn example_value() -> Value {

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use kube::core::cel::Validator;
 use kube::{CustomResourceExt, Resource};
 use serde_json::{Value, json};
+
+use capstan_core::schema_testing::{self, from_yaml};
 
 use super::*;
 
@@ -76,76 +77,33 @@ pub(crate) fn example_spec() -> SecretRotationSpec {
     }
 }
 
-fn crd_json() -> Value {
-    serde_json::to_value(SecretRotation::crd()).expect("CRD serializes")
-}
-
 fn schema() -> Value {
-    crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    schema_testing::openapi_schema::<SecretRotation>()
 }
 
 /// The schema node at a dotted path of property names below the root.
 fn node(path: &str) -> Value {
-    let mut n = schema();
-    for part in path.split('.') {
-        n = n["properties"][part].clone();
-        assert!(!n.is_null(), "no schema at {path} (missing {part})");
-    }
-    n
+    schema_testing::node(&schema(), path)
 }
 
 fn rules_at(path: &str) -> Vec<Value> {
-    node(path)["x-kubernetes-validations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    schema_testing::rules_at(&schema(), path)
 }
 
 fn has_rule(path: &str, rule: &str) -> bool {
     rules_at(path).iter().any(|r| r["rule"] == rule)
 }
 
-/// YAML parsed the way the API server sees it (serde_yaml would expect `!tags` for
-/// enums, so go through JSON values).
-fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-    let value: Value = serde_yaml::from_str(yaml).expect("YAML parses");
-    serde_json::from_value(value).expect("matches the type")
-}
-
 fn example_value() -> Value {
     from_yaml(EXAMPLE_YAML)
 }
 
-/// Every CEL rule in the schema, with the path of the node that carries it.
 fn all_rules() -> Vec<(String, Value)> {
-    fn walk(path: &str, n: &Value, out: &mut Vec<(String, Value)>) {
-        if !n.is_object() {
-            return;
-        }
-        for r in n["x-kubernetes-validations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            out.push((path.to_owned(), r.clone()));
-        }
-        for (name, p) in n["properties"].as_object().into_iter().flatten() {
-            walk(&format!("{path}.{name}"), p, out);
-        }
-        walk(&format!("{path}[]"), &n["items"], out);
-        walk(&format!("{path}{{}}"), &n["additionalProperties"], out);
-    }
-    let mut out = Vec::new();
-    walk("", &schema(), &mut out);
-    out
+    schema_testing::all_rules(&schema())
 }
 
-/// CEL failures for an object, as `fieldPath: message` (or the rule when unnamed).
 fn cel_failures(object: &Value) -> Vec<String> {
-    match Validator::new().validate(&schema(), object, None) {
-        Ok(()) => vec![],
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    }
+    schema_testing::cel_failures(&schema(), object)
 }
 
 #[test]
