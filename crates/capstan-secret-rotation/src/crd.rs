@@ -64,3 +64,5 @@ pub use crate::reasons;
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_status;
