@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::rotation::create;
+
 use std::time::Duration;
 
 use aws_sdk_secretsmanager as sm;
@@ -69,16 +71,6 @@ async fn await_refused(
         assert!(msg.contains(n), "{name}: {msg} does not name {n}");
     }
     msg
-}
-
-async fn create<K>(api: &Api<K>, value: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(value).expect("object");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create");
 }
 
 /// A ClusterConnection `name` allowing `namespace`, with `scopes` and `system` (`aws` or

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::rotation::create;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,16 +47,6 @@ async fn start(
         controllers,
     ];
     common::start(kube, identity, &args).await
-}
-
-async fn create<K>(api: &Api<K>, value: Value)
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(value).expect("object");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create");
 }
 
 fn ready(

@@ -5,6 +5,9 @@
 
 mod common;
 
+use common::rotation::{await_rotations, create, rotate_now};
+use common::secret_data;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -41,54 +44,8 @@ fn ready_reason(o: &SecretRotation) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone()))
 }
 
-fn is_ready(o: &SecretRotation) -> bool {
-    ready_reason(o).is_some_and(|(s, r)| s == "True" && r == "CredentialCurrent")
-}
-
 fn count(o: &SecretRotation) -> i64 {
     o.status.as_ref().map_or(0, |s| s.rotation_count)
-}
-
-async fn await_rotations(
-    api: &Api<SecretRotation>,
-    name: &str,
-    n: i64,
-    m: &common::Manager,
-) -> SecretRotation {
-    await_condition(
-        api,
-        name,
-        |o: &SecretRotation| count(o) >= n && is_ready(o),
-        TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{name}: not {n} rotations: {e}\n{}", m.all_logs()))
-}
-
-async fn create(api: &Api<SecretRotation>, value: Value) {
-    let obj: SecretRotation = serde_json::from_value(value).expect("SecretRotation");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create SecretRotation");
-}
-
-async fn rotate_now(api: &Api<SecretRotation>, name: &str, token: &str) {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"capstan.dev/rotate-now": token}}})),
-    )
-    .await
-    .expect("annotate");
-}
-
-async fn secret_data(api: &Api<Secret>, name: &str) -> BTreeMap<String, String> {
-    let s = api.get(name).await.expect("secret");
-    s.data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf8")))
-        .collect()
 }
 
 /// Kubernetes Secret backend, no target: the first rotation runs at creation, the value

@@ -11,8 +11,21 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::process::Command;
+use common::rotation::{create_rotation as create, rotate_now};
+use common::secret_data as data;
+
+/// Runs `sql` as the admin; panics with psql's error.
+fn psql(pg: &capstan_testenv::Postgres, sql: &str) {
+    if let Err(e) = common::psql(pg, &pg.admin_url(), sql) {
+        panic!("{sql}: {e}");
+    }
+}
+
+/// Waits for `n` rotations of `name` (this file's longer timeout).
+async fn await_rotations(api: &Api<SecretRotation>, name: &str, n: i64, m: &common::Manager) {
+    common::rotation::await_rotations_within(api, name, n, m, TIMEOUT).await;
+}
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -21,7 +34,7 @@ use capstan_secret_rotation::crd::SecretRotation;
 use capstan_testenv::{TempNamespace, TestEnv, await_condition};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Secret};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
 
@@ -42,35 +55,6 @@ fn marker() -> String {
     m
 }
 
-fn psql(pg: &capstan_testenv::Postgres, sql: &str) {
-    let out = Command::new(pg.bin_dir().join("psql"))
-        .args([
-            pg.admin_url().as_str(),
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-tAc",
-            sql,
-        ])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-async fn create(api: &Api<SecretRotation>, name: &str, spec: Value) {
-    let obj: SecretRotation = serde_json::from_value(json!({
-        "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
-        "metadata": { "name": name }, "spec": spec
-    }))
-    .expect("SecretRotation");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create SecretRotation");
-}
-
 async fn secret(api: &Api<Secret>, name: &str, data: Value) {
     let s: Secret = serde_json::from_value(json!({
         "metadata": { "name": name }, "stringData": data
@@ -84,20 +68,6 @@ async fn secret(api: &Api<Secret>, name: &str, data: Value) {
 fn ready(o: &SecretRotation) -> Option<(String, String)> {
     let c = find(&o.status.as_ref()?.conditions, "Ready")?;
     Some((c.status.clone(), c.reason.clone()))
-}
-
-async fn await_rotations(api: &Api<SecretRotation>, name: &str, n: i64, m: &common::Manager) {
-    await_condition(
-        api,
-        name,
-        |o: &SecretRotation| {
-            o.status.as_ref().is_some_and(|s| s.rotation_count >= n)
-                && ready(o).is_some_and(|(s, r)| s == "True" && r == "CredentialCurrent")
-        },
-        TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{name}: not {n} rotations: {e}\n{}", m.all_logs()));
 }
 
 /// Waits for Ready=False with one of `reasons`; returns the reason.
@@ -135,27 +105,6 @@ async fn await_failure(api: &Api<SecretRotation>, name: &str, reason: &str, m: &
     )
     .await
     .unwrap_or_else(|e| panic!("{name}: no {reason} failure: {e}\n{}", m.all_logs()));
-}
-
-async fn rotate_now(api: &Api<SecretRotation>, name: &str, token: &str) {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"capstan.dev/rotate-now": token}}})),
-    )
-    .await
-    .expect("annotate");
-}
-
-async fn data(api: &Api<Secret>, name: &str) -> BTreeMap<String, String> {
-    api.get(name)
-        .await
-        .expect("secret")
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf8")))
-        .collect()
 }
 
 /// Where each needle occurs in `haystack`, as short excerpts (for the failure message).

@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::secret_data as data;
+
 use std::time::Duration;
 
 use capstan_secret_rotation::crd::SecretRotation;
@@ -21,10 +22,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn psql(pg: &capstan_testenv::Postgres, url: &str, sql: &str) -> bool {
     common::psql(pg, url, sql).is_ok()
-}
-
-async fn data(api: &Api<Secret>, name: &str) -> BTreeMap<String, String> {
-    common::secret_data(api, name).await
 }
 
 /// Killed after each of the five steps, then restarted: never a double rotation, never

@@ -5,18 +5,31 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use common::rotation::{
+    await_rotations as await_named, create_rotation, rotate_now as rotate_named,
+};
 
-use capstan_core::conditions::find;
+/// This file's object is always `db`.
+async fn create(api: &Api<SecretRotation>, spec: Value) {
+    create_rotation(api, "db", spec).await;
+}
+
+async fn rotate_now(api: &Api<SecretRotation>, token: &str) {
+    rotate_named(api, "db", token).await;
+}
+
+async fn await_rotations(api: &Api<SecretRotation>, n: i64, m: &common::Manager) -> SecretRotation {
+    await_named(api, "db", n, m).await
+}
+
+use std::collections::BTreeMap;
+
 use capstan_secret_rotation::crd::SecretRotation;
-use capstan_testenv::{MariaDb, TempNamespace, TestEnv, await_condition};
+use capstan_testenv::{MariaDb, TempNamespace, TestEnv};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
-
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn start(kube: &'static capstan_testenv::Kube, ns: &str, identity: &str) -> common::Manager {
     let args = [
@@ -92,44 +105,6 @@ fn spec(db: &MariaDb, database: &str, user: &str, strategy: Value) -> Value {
         "schedule": { "interval": "720h" },
         "delivery": { "secret": { "name": "db-app" } }
     })
-}
-
-async fn create(api: &Api<SecretRotation>, spec: Value) {
-    let obj: SecretRotation = serde_json::from_value(json!({
-        "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
-        "metadata": { "name": "db" }, "spec": spec
-    }))
-    .expect("SecretRotation");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create");
-}
-
-async fn rotate_now(api: &Api<SecretRotation>, token: &str) {
-    api.patch(
-        "db",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"capstan.dev/rotate-now": token}}})),
-    )
-    .await
-    .expect("annotate");
-}
-
-async fn await_rotations(api: &Api<SecretRotation>, n: i64, m: &common::Manager) -> SecretRotation {
-    await_condition(
-        api,
-        "db",
-        |o: &SecretRotation| {
-            o.status.as_ref().is_some_and(|s| {
-                s.rotation_count >= n
-                    && find(&s.conditions, "Ready")
-                        .is_some_and(|c| c.status == "True" && c.reason == "CredentialCurrent")
-            })
-        },
-        TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("not {n} rotations: {e}\n{}", m.all_logs()))
 }
 
 async fn delivered(secrets: &Api<Secret>) -> BTreeMap<String, String> {

@@ -10,7 +10,9 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use common::secret_data as data;
+
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use capstan_core::conditions::find;
@@ -24,10 +26,6 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn psql(pg: &capstan_testenv::Postgres, url: &str, sql: &str) -> bool {
     common::psql(pg, url, sql).is_ok()
-}
-
-async fn data(api: &Api<Secret>, name: &str) -> BTreeMap<String, String> {
-    common::secret_data(api, name).await
 }
 
 async fn patch(api: &Api<SecretRotation>, value: serde_json::Value) {

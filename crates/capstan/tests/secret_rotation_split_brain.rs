@@ -13,15 +13,25 @@
 
 mod common;
 
+use common::pct;
+use common::secret_data as data;
+
+fn psql(pg: &capstan_testenv::Postgres, url: &str, sql: &str) -> bool {
+    common::psql(pg, url, sql).is_ok()
+}
+
+async fn rotate_now(api: &Api<SecretRotation>, token: &str) {
+    common::rotation::rotate_now(api, "db", token).await;
+}
+
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use capstan_secret_rotation::crd::{RotationStep, SecretRotation};
 use capstan_testenv::{MariaDb, TempNamespace, TestEnv, await_condition};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use mysql_async::prelude::Queryable;
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -34,26 +44,6 @@ fn iterations() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
         .clamp(1, 50)
-}
-
-fn psql(pg: &capstan_testenv::Postgres, url: &str, sql: &str) -> bool {
-    Command::new(pg.bin_dir().join("psql"))
-        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The database of one run.
@@ -149,27 +139,6 @@ fn mysql_opts(m: &MariaDb, user: &str, password: &str) -> mysql_async::Opts {
         .pass(Some(password))
         .prefer_socket(false)
         .into()
-}
-
-async fn data(api: &Api<Secret>, name: &str) -> BTreeMap<String, String> {
-    api.get_opt(name)
-        .await
-        .expect("get")
-        .and_then(|s| s.data)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf8")))
-        .collect()
-}
-
-async fn rotate_now(api: &Api<SecretRotation>, token: &str) {
-    api.patch(
-        "db",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"capstan.dev/rotate-now": token}}})),
-    )
-    .await
-    .expect("annotate");
 }
 
 fn count(o: &SecretRotation) -> i64 {

@@ -20,6 +20,8 @@ use capstan_testenv::{AuditedRequest, InstallOptions, Installation, Kube};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod rotation;
+
 /// A running manager process.
 pub struct Manager {
     pub child: Child,

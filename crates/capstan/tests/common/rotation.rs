@@ -1,0 +1,89 @@
+//! What the SecretRotation tests do to and read from their objects: create them, ask for
+//! a rotation, wait for rotations to finish.
+
+use std::time::Duration;
+
+use capstan_core::conditions::find;
+use capstan_secret_rotation::crd::SecretRotation;
+use capstan_testenv::await_condition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+/// How long a test waits for rotations.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Creates an object from its JSON (`apiVersion`, `kind`, `metadata`, `spec`).
+pub async fn create<K>(api: &Api<K>, value: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+}
+
+/// Creates SecretRotation `name` with `spec`.
+pub async fn create_rotation(api: &Api<SecretRotation>, name: &str, spec: Value) {
+    create(
+        api,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": name }, "spec": spec
+        }),
+    )
+    .await;
+}
+
+/// Asks for a rotation now: the `capstan.dev/rotate-now` annotation set to `token`.
+pub async fn rotate_now(api: &Api<SecretRotation>, name: &str, token: &str) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"capstan.dev/rotate-now": token}}})),
+    )
+    .await
+    .expect("annotate");
+}
+
+/// Finished rotations (`status.rotationCount`).
+pub fn count(o: &SecretRotation) -> i64 {
+    o.status.as_ref().map_or(0, |s| s.rotation_count)
+}
+
+/// Ready=True with reason CredentialCurrent.
+pub fn is_current(o: &SecretRotation) -> bool {
+    o.status
+        .as_ref()
+        .and_then(|s| find(&s.conditions, "Ready"))
+        .is_some_and(|c| c.status == "True" && c.reason == "CredentialCurrent")
+}
+
+/// Waits until `name` has finished `n` rotations and is current; panics with the
+/// manager's logs otherwise.
+pub async fn await_rotations(
+    api: &Api<SecretRotation>,
+    name: &str,
+    n: i64,
+    m: &super::Manager,
+) -> SecretRotation {
+    await_rotations_within(api, name, n, m, TIMEOUT).await
+}
+
+/// [`await_rotations`] with its own timeout.
+pub async fn await_rotations_within(
+    api: &Api<SecretRotation>,
+    name: &str,
+    n: i64,
+    m: &super::Manager,
+    timeout: Duration,
+) -> SecretRotation {
+    await_condition(
+        api,
+        name,
+        |o: &SecretRotation| count(o) >= n && is_current(o),
+        timeout,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name}: not {n} rotations: {e}\n{}", m.all_logs()))
+}
