@@ -20,7 +20,10 @@ use capstan_testenv::{AuditedRequest, InstallOptions, Installation, Kube};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod postgres;
 pub mod rotation;
+pub mod scaling;
+pub mod ux;
 
 /// A running manager process.
 pub struct Manager {

@@ -87,3 +87,34 @@ pub async fn await_rotations_within(
     .await
     .unwrap_or_else(|e| panic!("{name}: not {n} rotations: {e}\n{}", m.all_logs()))
 }
+
+/// The arguments of a SecretRotation-only manager watching `ns`, which is also its own
+/// namespace.
+pub fn manager_args(ns: &str) -> Vec<String> {
+    vec![
+        "--leader-elect=false".into(),
+        "--namespaces".into(),
+        ns.into(),
+        "--own-namespace".into(),
+        ns.into(),
+        "--controllers".into(),
+        "secret-rotation".into(),
+    ]
+}
+
+/// A SecretRotation-only manager for `ns` ([`manager_args`]).
+pub async fn start(
+    kube: &'static capstan_testenv::Kube,
+    ns: &str,
+    identity: &str,
+) -> super::Manager {
+    let args = manager_args(ns);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    super::start(kube, identity, &args).await
+}
+
+/// Ready's status and reason.
+pub fn ready_reason(o: &SecretRotation) -> Option<(String, String)> {
+    let c = find(&o.status.as_ref()?.conditions, "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
