@@ -1,5 +1,6 @@
-//! The scaling algorithm: the Kubernetes HPA v2 algorithm (as of v1.36, see
-//! `shared/reference/hpa-semantics.md` and `pkg/controller/podautoscaler/horizontal.go`)
+//! The scaling algorithm: the Kubernetes HPA v2 algorithm (as of v1.36, read from
+//! `pkg/controller/podautoscaler/{replica_calculator.go,horizontal.go}` and
+//! `pkg/apis/autoscaling/v2/defaults.go`; the semantics it relies on are below)
 //! applied to an ECS service, plus Capstan's schedules and fallback. Pure: no I/O, no
 //! clock (`now` is an input), state in a plain [`ScalingState`] the controller keeps in
 //! memory.
@@ -28,6 +29,44 @@
 //!   Within tolerance a metric proposes the desired count (HPA: spec replicas). With no
 //!   running task, those metrics fail instead of proposing 0.
 //! - Schedules replace the bounds while open (see [`effective_bounds`]).
+//!
+//! # The HPA semantics followed here
+//!
+//! **§1 Per-metric proposal.** Tolerance: a ratio is *within* when
+//! `1 - tolDown <= ratio <= 1 + tolUp` (both ends inclusive); within, the proposal is the
+//! current count, unrounded. Both tolerances default to 0.1; `behavior.scaleUp/scaleDown
+//! .tolerance` override one direction each. Utilization: the percent is truncated to an
+//! integer, `ratio = util / target`, `desired = ceil(ratio * n)`. A total value:
+//! `ratio = value / target`, `desired = ceil(ratio * running)`, capped at `i32::MAX`. A
+//! value per task: `ratio = total / (target * running)`; outside tolerance
+//! `desired = ceil(total / target)` (not `ratio * n`), within it the running count.
+//!
+//! **§2 One evaluation.** `current == 0` disables autoscaling; `current > max` gives max
+//! and `current < min` gives min, skipping metrics, stabilization and rate limits.
+//! Otherwise the largest proposal wins; if every metric fails, or some fail and the
+//! largest proposal is below current, nothing is scaled. An empty history is seeded once
+//! with `{current, now}`; the recorded recommendation is the pre-bounds desired count.
+//!
+//! **§4 Behavior path.** Defaults: scale-up window 0, select Max, policies Pods 4 / 15 s
+//! and Percent 100 / 15 s; scale-down window 300 s, select Max, Percent 100 / 15 s. A
+//! user's policy list replaces the default list; a user's window or select replaces only
+//! that field. Stabilization: `up = min(desired, recs with t > now - upWindow)`,
+//! `down = max(desired, recs with t > now - downWindow)` (strict), result
+//! `min(max(current, up), down)`; `desired` is recorded by overwriting the last entry
+//! older than both windows, else appended. Rate limits from scale events within each
+//! policy's period (`t > now - period`, strict; up and down events both count in both
+//! directions, `start = current - added + deleted`): up Pods `start + value`, Percent
+//! `ceil(start * (1 + value/100))`; down Pods `start - value`, Percent
+//! `trunc(start * (1 - value/100))`. Select for up: Max takes the largest limit, Min the
+//! smallest; for down, Max takes the smallest (the biggest change), Min the largest;
+//! Disabled holds current. Reasons: `ScaleUpLimit` when the limit is below max, else
+//! `TooManyReplicas`; `ScaleDownLimit` when the limit is above min, else
+//! `TooFewReplicas`; unchanged is `DesiredWithinRange`. After a rescale, `{|new - old|,
+//! now}` is stored in the up or down event list, reusing the last slot older than that
+//! direction's longest period.
+//!
+//! **§5 Rounding.** Utilization is floored before the ratio; proposals use `ceil`; the
+//! Percent up limit uses `ceil`; the Percent down limit truncates.
 
 use std::fmt;
 
@@ -515,7 +554,7 @@ fn ceil_to_i32(v: f64) -> i32 {
     }
 }
 
-/// One metric's proposal (§1 of the HPA reference), given the desired count (`current`,
+/// One metric's proposal (§1 of the module doc), given the desired count (`current`,
 /// the HPA's spec replicas) and the running count (the HPA's ready pods / status
 /// replicas).
 pub fn propose(
