@@ -12,8 +12,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use common::scaling::{Fixture, emulator_count, emulator_counts, floor_scaling as scaling};
+
+use std::time::{Duration, Instant};
 
 use capstan_aws::cloudwatch::sdk as cw;
 use capstan_aws::ecs::sdk as ecs;
@@ -23,52 +24,9 @@ use capstan_service_scaling::crd::ServiceScaling;
 use capstan_testenv::{TempNamespace, TestEnv, await_condition};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The emulator's request counts whose key starts with `prefix`.
-async fn emulator_counts(prefix: &str) -> HashMap<String, u64> {
-    let aws = TestEnv::get().aws().await.expect("aws");
-    let url = format!(
-        "{}/moto-api/capstan/requests?prefix={prefix}",
-        aws.endpoint_url().trim_end_matches('/')
-    );
-    reqwest::get(url)
-        .await
-        .expect("emulator counts")
-        .json()
-        .await
-        .expect("counts json")
-}
-
-/// One count of the emulator (0 when absent).
-async fn emulator_count(key: &str) -> u64 {
-    emulator_counts(key)
-        .await
-        .get(key)
-        .copied()
-        .unwrap_or_default()
-}
-
-/// A ServiceScaling of `service` in `cluster` at the 1 s floor.
-fn scaling(ns: &str, name: &str, connection: &str, cluster: &str, service: &str) -> Value {
-    json!({
-        "apiVersion": "capstan.dev/v1alpha1",
-        "kind": "ServiceScaling",
-        "metadata": { "name": name, "namespace": ns },
-        "spec": {
-            "connectionRef": { "name": connection },
-            "service": { "cluster": cluster, "service": service },
-            "minReplicas": 1,
-            "maxReplicas": 4,
-            "metrics": [{ "cpuUtilization": { "targetPercent": 50 } }],
-            "evaluationInterval": "1s",
-            "metricPeriodSeconds": 1,
-            "metricLookbackSeconds": 3
-        }
-    })
-}
 
 async fn apply(client: &kube::Client, obj: &Value) {
     let ns = obj["metadata"]["namespace"].as_str().unwrap();
@@ -81,26 +39,6 @@ async fn apply(client: &kube::Client, obj: &Value) {
         )
         .await
         .expect("apply ServiceScaling");
-}
-
-async fn put_cpu(cloudwatch: &cw::Client, cluster: &str, service: &str, value: f64) {
-    let dim = |n: &str, v: &str| cw::types::Dimension::builder().name(n).value(v).build();
-    let datum = cw::types::MetricDatum::builder()
-        .metric_name("CPUUtilization")
-        .dimensions(dim("ClusterName", cluster))
-        .dimensions(dim("ServiceName", service))
-        .value(value)
-        .unit(cw::types::StandardUnit::Percent)
-        .storage_resolution(1)
-        .timestamp(SystemTime::now().into())
-        .build();
-    cloudwatch
-        .put_metric_data()
-        .namespace("AWS/ECS")
-        .metric_data(datum)
-        .send()
-        .await
-        .expect("put metric data");
 }
 
 async fn start_manager(
@@ -234,7 +172,7 @@ async fn two_hundred_floor_objects_on_missing_services_stay_in_budget_and_do_not
         let (cloudwatch, cluster) = (cloudwatch.clone(), quiet_cluster.clone());
         tokio::spawn(async move {
             loop {
-                put_cpu(&cloudwatch, &cluster, "web", 100.0).await;
+                Fixture::put_cpu(&cloudwatch, &cluster, "web", 100.0).await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         })

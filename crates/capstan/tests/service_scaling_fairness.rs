@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::scaling::{emulator_count, floor_scaling as scaling};
+
 use std::time::{Duration, Instant};
 
 use capstan_aws::ecs::sdk as ecs;
@@ -22,7 +24,7 @@ use capstan_core::connection::ClusterConnection;
 use capstan_service_scaling::crd::ServiceScaling;
 use capstan_testenv::{TempNamespace, TestEnv, await_condition};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -73,21 +75,6 @@ async fn slow_proxy(upstream: String, delay: Duration) -> String {
     format!("http://{addr}")
 }
 
-/// The emulator's count of `key` (0 when absent).
-async fn emulator_count(endpoint: &str, key: &str) -> u64 {
-    let url = format!(
-        "{}/moto-api/capstan/requests?prefix={key}",
-        endpoint.trim_end_matches('/')
-    );
-    let counts: std::collections::HashMap<String, u64> = reqwest::get(url)
-        .await
-        .expect("emulator counts")
-        .json()
-        .await
-        .expect("counts json");
-    counts.get(key).copied().unwrap_or_default()
-}
-
 /// An AWS ClusterConnection `name` to `endpoint` for namespace `ns`, with the
 /// emulator's credentials (Secret `aws-creds` in `own`).
 async fn connection(
@@ -116,36 +103,17 @@ async fn connection(
         .expect("create connection");
 }
 
-/// A ServiceScaling of `cluster/service` through `connection`, at the 1 s interval.
-fn scaling(ns: &str, name: &str, connection: &str, cluster: &str, service: &str) -> Value {
-    json!({
-        "apiVersion": "capstan.dev/v1alpha1",
-        "kind": "ServiceScaling",
-        "metadata": { "name": name, "namespace": ns },
-        "spec": {
-            "connectionRef": { "name": connection },
-            "service": { "cluster": cluster, "service": service },
-            "minReplicas": 1,
-            "maxReplicas": 4,
-            "metrics": [{ "cpuUtilization": { "targetPercent": 50 } }],
-            "evaluationInterval": "1s",
-            "metricPeriodSeconds": 1,
-            "metricLookbackSeconds": 3
-        }
-    })
-}
-
 /// Polls `key`'s count every 50 ms for `window` and returns the longest time between
 /// two increments (and how many increments there were).
-async fn longest_gap(endpoint: &str, key: &str, window: Duration) -> (Duration, u64) {
+async fn longest_gap(key: &str, window: Duration) -> (Duration, u64) {
     let start = Instant::now();
-    let mut last_count = emulator_count(endpoint, key).await;
+    let mut last_count = emulator_count(key).await;
     let mut last_seen = Instant::now();
     let mut longest = Duration::ZERO;
     let mut increments = 0;
     while start.elapsed() < window {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let count = emulator_count(endpoint, key).await;
+        let count = emulator_count(key).await;
         if count > last_count {
             longest = longest.max(last_seen.elapsed());
             increments += count - last_count;
@@ -240,13 +208,13 @@ async fn a_slow_connection_delays_no_other_connection() {
         .unwrap_or_else(|e| panic!("{name} never evaluated: {e}\nlogs:\n{}", manager.all_logs()));
     }
     let slow_key = format!("ecs:DescribeServices:{slow_cluster}/web");
-    let slow_before = emulator_count(&endpoint, &slow_key).await;
+    let slow_before = emulator_count(&slow_key).await;
 
     // While the slow connection's calls keep taking 5 s each, the fast one's service is
     // looked up at its interval.
     let fast_key = format!("ecs:DescribeServices:{fast_cluster}/web");
-    let (gap, lookups) = longest_gap(&endpoint, &fast_key, Duration::from_secs(12)).await;
-    let slow_lookups = emulator_count(&endpoint, &slow_key).await - slow_before;
+    let (gap, lookups) = longest_gap(&fast_key, Duration::from_secs(12)).await;
+    let slow_lookups = emulator_count(&slow_key).await - slow_before;
     eprintln!(
         "fast connection: {lookups} lookups in 12 s, longest gap {gap:?}; slow connection: {slow_lookups} lookups"
     );

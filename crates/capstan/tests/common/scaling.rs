@@ -471,3 +471,54 @@ impl Fixture {
 pub fn finalizers(o: &ServiceScaling) -> Vec<String> {
     o.metadata.finalizers.clone().unwrap_or_default()
 }
+
+/// The emulator's request counts whose key starts with `prefix`
+/// (`tests/env/moto_ext/request_counter.py`: the emulator's count, not the manager's).
+pub async fn emulator_counts(prefix: &str) -> std::collections::HashMap<String, u64> {
+    let aws = TestEnv::get().aws().await.expect("aws");
+    let url = format!(
+        "{}/moto-api/capstan/requests?prefix={prefix}",
+        aws.endpoint_url().trim_end_matches('/')
+    );
+    reqwest::get(url)
+        .await
+        .expect("emulator counts")
+        .json()
+        .await
+        .expect("counts json")
+}
+
+/// One count of the emulator (0 when absent).
+pub async fn emulator_count(key: &str) -> u64 {
+    emulator_counts(key)
+        .await
+        .get(key)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// A ServiceScaling of `cluster/service` through `connection` at the 1 s floor (CPU
+/// target 50%, 1..4 tasks, 1 s metric periods).
+pub fn floor_scaling(
+    ns: &str,
+    name: &str,
+    connection: &str,
+    cluster: &str,
+    service: &str,
+) -> Value {
+    json!({
+        "apiVersion": "capstan.dev/v1alpha1",
+        "kind": "ServiceScaling",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": {
+            "connectionRef": { "name": connection },
+            "service": { "cluster": cluster, "service": service },
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "metrics": [{ "cpuUtilization": { "targetPercent": 50 } }],
+            "evaluationInterval": "1s",
+            "metricPeriodSeconds": 1,
+            "metricLookbackSeconds": 3
+        }
+    })
+}
