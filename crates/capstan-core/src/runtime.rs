@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 
+mod fresh;
+pub use fresh::{FRESH_CAPACITY, Fresh, compare_resource_versions, key_of};
+
 /// The manager's gifts to every controller.
 #[derive(Clone)]
 pub struct Runtime {
@@ -153,92 +156,6 @@ impl<K> Watched for K where
         + Sync
         + 'static
 {
-}
-
-/// How many whole objects [`Fresh`] holds at most: a few times the reconcile
-/// concurrency, so that the objects a burst is working on come from their watch events.
-pub const FRESH_CAPACITY: usize = 256;
-
-/// Whole objects of the latest watch events, each held until the reconcile of its
-/// object takes it (see [`metadata_cache`]).
-pub struct Fresh<K> {
-    objects: Mutex<std::collections::HashMap<(String, String), Arc<K>>>,
-}
-
-impl<K> Default for Fresh<K> {
-    fn default() -> Self {
-        Self {
-            objects: Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-}
-
-impl<K> Debug for Fresh<K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fresh").field("held", &self.len()).finish()
-    }
-}
-
-impl<K> Fresh<K> {
-    /// How many whole objects wait for their reconcile.
-    pub fn len(&self) -> usize {
-        self.objects.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether none waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The (namespace, name) of an object.
-pub fn key_of<K: Resource>(o: &K) -> (String, String) {
-    (o.namespace().unwrap_or_default(), o.name_any())
-}
-
-impl<K: Watched> Fresh<K> {
-    /// Holds `o` for its reconcile, unless [`FRESH_CAPACITY`] objects already wait (a
-    /// burst: startup with thousands of objects, a mass rotate-now): then its reconcile
-    /// reads it from the API, and memory stays bounded. A newer event replaces a held
-    /// object.
-    fn put(&self, o: K) {
-        let key = key_of(&o);
-        let mut held = self.objects.lock().unwrap_or_else(|e| e.into_inner());
-        if held.len() < FRESH_CAPACITY || held.contains_key(&key) {
-            held.insert(key, Arc::new(o));
-        }
-    }
-
-    fn forget(&self, o: &K) {
-        self.objects
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key_of(o));
-    }
-
-    /// The whole object behind the cached copy `cached`: the one its latest watch event
-    /// brought (taken, so it is held no longer), else read from the API (`None`: it is
-    /// gone).
-    pub async fn take<C: Resource>(
-        &self,
-        client: &Client,
-        cached: &C,
-    ) -> Result<Option<Arc<K>>, kube::Error> {
-        let key = key_of(cached);
-        let held = self
-            .objects
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        if let Some(o) = held {
-            return Ok(Some(o));
-        }
-        let api: Api<K> = Api::namespaced(client.clone(), &key.0);
-        Ok(api.get_opt(&key.1).await?.map(|mut o| {
-            strip_for_cache(&mut o);
-            Arc::new(o)
-        }))
-    }
 }
 
 /// Runs one controller for `K` in every watched namespace until `shutdown` fires, its
@@ -449,34 +366,4 @@ pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration
 pub fn strip_for_cache<K: Resource>(o: &mut K) {
     o.managed_fields_mut().clear();
     o.annotations_mut().remove(LAST_APPLIED);
-}
-
-#[cfg(test)]
-mod fresh_tests {
-    use k8s_openapi::api::core::v1::ConfigMap;
-
-    use super::*;
-
-    fn cm(name: &str, rv: &str) -> ConfigMap {
-        let mut c = ConfigMap::default();
-        c.metadata.name = Some(name.into());
-        c.metadata.namespace = Some("ns".into());
-        c.metadata.resource_version = Some(rv.into());
-        c
-    }
-
-    #[test]
-    fn holds_at_most_its_capacity_and_keeps_the_newest_event() {
-        let fresh = Fresh::<ConfigMap>::default();
-        for i in 0..FRESH_CAPACITY + 50 {
-            fresh.put(cm(&format!("o{i}"), "1"));
-        }
-        assert_eq!(fresh.len(), FRESH_CAPACITY);
-        // A held object is replaced by its newer event even when full.
-        fresh.put(cm("o0", "2"));
-        let held = fresh.objects.lock().expect("lock");
-        let o0 = held.get(&("ns".into(), "o0".into())).expect("held");
-        assert_eq!(o0.metadata.resource_version.as_deref(), Some("2"));
-        assert!(!held.contains_key(&("ns".into(), format!("o{}", FRESH_CAPACITY + 1))));
-    }
 }

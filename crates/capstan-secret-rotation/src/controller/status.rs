@@ -1,9 +1,15 @@
 //! The status writer: every status write is a replace conditioned on the
 //! resourceVersion last read or written ([`Writer`]), so a stale Capstan gets 409 and
-//! stops ([`Error::ClaimLost`]); and the fields derived on every write (kinds, next
-//! rotation time, conditions, the overdue gauge: [`Pass::finish_status`]).
+//! stops ([`Error::ClaimLost`]); each write's result goes to the controller's
+//! [`Fresh`], so the next reconcile never starts from a snapshot older than this
+//! process's own last write (the watch echoes of intermediate writes arrive later);
+//! and the fields derived on every write (kinds, next rotation time, conditions, the
+//! overdue and stuck gauges: [`Pass::finish_status`]).
+
+use std::sync::Arc;
 
 use capstan_core::conditions;
+use capstan_core::runtime::Fresh;
 use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -19,6 +25,8 @@ use crate::rotation::{self, Plan};
 pub(super) struct Writer {
     pub(super) api: Api<SecretRotation>,
     pub(super) obj: SecretRotation,
+    /// Where the next reconcile takes its object from: learns each write.
+    pub(super) fresh: Arc<Fresh<SecretRotation>>,
 }
 
 impl Writer {
@@ -34,6 +42,7 @@ impl Writer {
         };
         match self.api.replace_status(&o.name_any(), &params, &o).await {
             Ok(new) => {
+                self.fresh.wrote(new.clone());
                 self.obj = new;
                 Ok(())
             }
@@ -63,6 +72,7 @@ impl Writer {
             .await
         {
             Ok(new) => {
+                self.fresh.wrote(new.clone());
                 self.obj = new;
                 Ok(())
             }
@@ -105,6 +115,9 @@ impl Pass<'_> {
         );
         let late = conditions::is_true(&status.conditions, ct::OVERDUE);
         self.ctx.set_overdue(&self.key, late);
+        let stuck = conditions::find(&status.conditions, ct::ROTATING)
+            .is_some_and(|c| c.reason == crate::crd::reasons::ROTATION_STUCK);
+        self.ctx.set_stuck(&self.key, stuck);
     }
 }
 
