@@ -57,6 +57,8 @@ pub struct Metrics {
     rotations: Family<OutcomeLabels, Counter>,
     duration: Histogram,
     overdue: Gauge,
+    stuck: Gauge,
+    claims_lost: Counter,
 }
 
 impl Metrics {
@@ -68,6 +70,8 @@ impl Metrics {
             rotations: Family::default(),
             duration: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
             overdue: Gauge::default(),
+            stuck: Gauge::default(),
+            claims_lost: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("secret_rotation");
         sub.register(
@@ -85,7 +89,26 @@ impl Metrics {
             "SecretRotations whose scheduled rotation time passed without a successful rotation",
             m.overdue.clone(),
         );
+        sub.register(
+            "objects_stuck",
+            "SecretRotations whose rotation in progress has run far longer than usual (condition Rotating, reason RotationStuck)",
+            m.stuck.clone(),
+        );
+        sub.register(
+            "claims_lost",
+            "Status claims and fenced writes lost to a newer writer (another Capstan, an edit of the object): not failures, the newer view is taken next",
+            m.claims_lost.clone(),
+        );
         m
+    }
+
+    /// One status claim or fenced write lost to a newer writer.
+    pub(crate) fn claim_lost(&self) {
+        self.claims_lost.inc();
+    }
+
+    pub(crate) fn set_stuck(&self, n: usize) {
+        self.stuck.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn rotation_finished(&self, outcome: RotationOutcome, seconds: f64) {
@@ -106,6 +129,27 @@ impl Metrics {
     }
 }
 
+/// What an administrator tunes about the controller (`capstan run` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// A rotation in progress longer than this, and than [`crate::rotation::STUCK_FACTOR`]
+    /// times its object's usual rotation, is reported stuck.
+    pub stuck_after: Duration,
+}
+
+impl Settings {
+    /// The default of `--rotation-stuck-after`.
+    pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(120);
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            stuck_after: Self::DEFAULT_STUCK_AFTER,
+        }
+    }
+}
+
 /// Shared by every reconcile of the controller.
 pub struct Context {
     /// The manager's runtime (client, clock, identity).
@@ -123,6 +167,12 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// Objects whose rotation is overdue, for the gauge.
     pub overdue: Mutex<BTreeSet<String>>,
+    /// Objects whose rotation in progress is stuck, for the gauge.
+    pub stuck: Mutex<BTreeSet<String>>,
+    /// The step lines of the audit trail this process wrote, per rotation in progress.
+    pub audit_written: crate::audit::Written,
+    /// The administrator's settings.
+    pub settings: Settings,
     /// Whole objects from watch events, waiting for their reconcile (the cache keeps
     /// them without status).
     pub fresh: Arc<capstan_core::runtime::Fresh<crate::crd::SecretRotation>>,
@@ -151,8 +201,13 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A context for `rt`.
+    /// A context for `rt`, with default [`Settings`].
     pub fn new(rt: Runtime, metrics: Metrics) -> Self {
+        Self::with_settings(rt, metrics, Settings::default())
+    }
+
+    /// A context for `rt` with `settings`.
+    pub fn with_settings(rt: Runtime, metrics: Metrics, settings: Settings) -> Self {
         let events = Publisher::new(rt.client.clone(), FIELD_MANAGER, &rt.instance);
         let options = ClientOptions::from_settings(&rt.aws, &rt.instance);
         let secrets_manager = aws_cache(&rt, &options, |config, budget| {
@@ -169,6 +224,9 @@ impl Context {
             ecs,
             failures: Mutex::new(HashMap::new()),
             overdue: Mutex::new(BTreeSet::new()),
+            stuck: Mutex::new(BTreeSet::new()),
+            audit_written: crate::audit::Written::default(),
+            settings,
             vault_tokens: Mutex::new(HashMap::new()),
             fresh: Arc::default(),
         }
@@ -190,12 +248,27 @@ impl Context {
             .remove(key);
     }
 
-    /// Forgets everything kept about `key` (a deleted object): its failures and its
-    /// place in the overdue gauge, so that an alert on the gauge does not stay on for
-    /// an object that no longer exists.
+    /// Forgets everything kept about `key` (a deleted object): its failures, its
+    /// place in the overdue and stuck gauges (so that an alert on them does not stay on
+    /// for an object that no longer exists) and its audit marks.
     pub fn forget(&self, key: &str) {
         self.succeeded(key);
         self.set_overdue(key, false);
+        self.set_stuck(key, false);
+        self.audit_written.forget(key);
+    }
+
+    /// Records whether `key`'s rotation is stuck and updates the gauge.
+    pub fn set_stuck(&self, key: &str, stuck: bool) {
+        let mut set = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = if stuck {
+            set.insert(key.to_owned())
+        } else {
+            set.remove(key)
+        };
+        if changed {
+            self.metrics.set_stuck(set.len());
+        }
     }
 
     /// Records whether `key` is overdue and updates the gauge.

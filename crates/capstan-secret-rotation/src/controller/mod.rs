@@ -26,14 +26,25 @@
 //! and checks under a lock, so a stale `SetTarget` is refused ([`crate::targets::TargetError::Fenced`])
 //! and its Capstan treats it as a lost claim. Rotation numbers only grow per object.
 //!
-//! A crash anywhere resumes from what the backend shows ([`rotation::resume`]). Every
-//! step and delivery writes one audit line ([`crate::audit`]); Events mark rotations
-//! started, finished and failed.
+//! A crash anywhere resumes from what the backend shows ([`rotation::resume`]); a step
+//! found done there (or, for SetTarget, a target that already accepts the pending value)
+//! is not done again. Every step and delivery writes one audit line ([`crate::audit`]),
+//! a step found done after a crash a recovered one; Events mark rotations started,
+//! finished and failed. A rotation in progress far longer than usual is reported stuck
+//! (`Rotating` reason `RotationStuck`, and a gauge).
+//!
+//! Each reconcile starts from the newest object this process knows: its own last write
+//! when the watch has not caught up with it yet ([`capstan_core::runtime::Fresh`]), so it
+//! never redoes a step it recorded. A status claim lost to another writer is not a
+//! failure: it is counted (`claims_lost_total`), logged at debug level, and the newer
+//! view is taken next.
 //!
 //! The rooms of this folder:
 //! - `reconcile`: one pass, gate → validate → decide, and the client build;
 //! - `steps`: what each step does ([`rotation`] decides which step is next), and the
 //!   end of a rotation (finished, given up);
+//! - `trail`: the audit lines of one pass, each written right before the status write
+//!   that records its step;
 //! - `conditions`: the conditions as a pure function of the status record;
 //! - `pass`: what the rooms share about one pass (the object, its policy, the error,
 //!   Event reasons), importing only `conditions`, never this module;
@@ -51,7 +62,7 @@ use kube::runtime::controller::Action;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
-pub use crate::context::{FIELD_MANAGER, Metrics, OutcomeLabels};
+pub use crate::context::{FIELD_MANAGER, Metrics, OutcomeLabels, Settings};
 use crate::crd::SecretRotation;
 pub use crate::delivery::ecs::ECS_DEPLOYMENTS_ANNOTATION;
 use crate::rotation;
@@ -61,15 +72,26 @@ mod pass;
 mod reconcile;
 mod status;
 mod steps;
+mod trail;
 
 use pass::{Cached, failpoints_from_env, key_of};
 pub use pass::{Error, events};
 use reconcile::reconcile;
 
-/// Runs the controller until `shutdown`.
+/// Runs the controller until `shutdown`, with default [`Settings`].
 pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
+    run_with(rt, metrics, Settings::default(), shutdown).await;
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn run_with(
+    rt: Runtime,
+    metrics: Metrics,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
     failpoints_from_env();
-    let ctx = Arc::new(Context::new(rt.clone(), metrics));
+    let ctx = Arc::new(Context::with_settings(rt.clone(), metrics, settings));
     let index = Arc::new(ConnectionIndex::default());
     // 10,000 idle objects must fit in 64 MB: the cache keeps only metadata, and each
     // reconcile takes the whole object its watch event brought, or reads it.
@@ -113,7 +135,7 @@ fn connections_of(o: &SecretRotation) -> Vec<String> {
 fn error_policy(obj: Arc<Cached>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.controller.failure(err);
     match err {
-        // A newer view is on its way through the watch.
+        // Not reached: `reconcile` takes a lost claim as the end of a pass.
         Error::ClaimLost(_) => Action::requeue(Duration::from_millis(500)),
         _ => {
             let key = key_of(&*obj);

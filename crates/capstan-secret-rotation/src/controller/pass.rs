@@ -134,17 +134,23 @@ impl Pass<'_> {
             ready_override,
             delivery_empty: self.delivery_empty,
             gate: self.gate.clone(),
+            stuck_after: self.ctx.settings.stuck_after,
         }
     }
 
     pub(super) fn subject<'s>(&'s self, r: &'s RotationInProgress) -> Subject<'s> {
+        self.subject_of(&r.id, r.attempt)
+    }
+
+    /// The audit subject of attempt `attempt` of rotation `rotation`.
+    pub(super) fn subject_of<'s>(&'s self, rotation: &'s str, attempt: i32) -> Subject<'s> {
         Subject {
             object: &self.key,
             backend: self.obj.spec.backend.kind(),
             target: self.obj.spec.target.kind(),
             instance: &self.ctx.rt.instance,
-            rotation: &r.id,
-            attempt: r.attempt,
+            rotation,
+            attempt,
         }
     }
 

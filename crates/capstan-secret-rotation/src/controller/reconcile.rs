@@ -28,10 +28,19 @@ use crate::crd::{
 use crate::rotation::{self, Plan, Policy};
 
 /// Reconciles one object with its AWS calls queued under its namespace's share of
-/// the request budget.
+/// the request budget. A status claim lost to another writer (an edit of the object,
+/// another Capstan) ends the pass without failing it: the newer view of the object is
+/// on its way through the watch.
 pub(super) async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cached.namespace().unwrap_or_default();
-    capstan_core::budget::in_namespace(ns, reconcile_object(cached, ctx)).await
+    match capstan_core::budget::in_namespace(ns, reconcile_object(cached, ctx.clone())).await {
+        Err(Error::ClaimLost(key)) => {
+            ctx.metrics.claim_lost();
+            tracing::debug!(object = %key, "status claim lost to a newer writer; taking the newer view next");
+            Ok(Action::requeue(std::time::Duration::from_millis(500)))
+        }
+        other => other,
+    }
 }
 
 /// The connections a gate let through, and its conditions.
@@ -53,6 +62,7 @@ async fn reconcile_object(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Acti
     let mut w = Writer {
         api: Api::namespaced(ctx.rt.client.clone(), &ns),
         obj: (*obj).clone(),
+        fresh: ctx.fresh.clone(),
     };
     let now = ctx.rt.clock.now();
     let status = w.status();
@@ -84,6 +94,7 @@ async fn reconcile_object(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Acti
                 ready_override: None,
                 delivery_empty,
                 gate: gated.conditions,
+                stuck_after: ctx.settings.stuck_after,
             };
             return invalid(&ctx, &mut w, &status, view, msg).await;
         }

@@ -11,6 +11,7 @@ use kube::runtime::events::EventType;
 
 use super::pass::{DELIVERY_POLL, Error, Pass, crash_point, events, requeue_at};
 use super::status::Writer;
+use super::trail::Trail;
 use crate::audit::{self, DeliveryAction, StepOutcome, Subject};
 use crate::backend::{BackendError, Credential, RotationId, SecretBackend, Version};
 use crate::context::Clients;
@@ -95,9 +96,10 @@ pub(super) async fn run_steps(
     let Some(r) = st.rotation.clone() else {
         return Ok(Action::requeue(Duration::from_millis(200)));
     };
-    let (mut r, mut claimed) = match resume(pass, clients, &mut st, r, started).await {
+    let mut trail = Trail::default();
+    let (mut r, mut claimed) = match resume(pass, clients, &mut st, r, started, &mut trail).await {
         Ok(resumed) => resumed,
-        Err((r, result)) => return record_result(pass, w, st, r, result).await,
+        Err((r, result)) => return record_result(pass, w, st, r, result, &mut trail).await,
     };
 
     // A pass that resumes works from a snapshot that may be stale (a Capstan frozen past
@@ -109,38 +111,61 @@ pub(super) async fn run_steps(
     if !started && r.step == RotationStep::CreatePending {
         claimed = false;
     }
+    // A Capstan that died between SetTarget and its record: when the target already
+    // accepts this attempt's pending value, that login test is TestTarget, and the
+    // password is not written again.
+    let mut found = None;
+    if !started && claimed && r.step == RotationStep::SetTarget {
+        match already_set(pass, clients, &r).await {
+            Ok(Some(version)) => {
+                trail.recovered(&r, RotationStep::SetTarget, Some(version.clone()));
+                r.step = RotationStep::TestTarget;
+                found = Some(StepResult::Done(Some(version)));
+            }
+            Ok(None) => {}
+            Err(result) => return record_result(pass, w, st, r, result, &mut trail).await,
+        }
+    }
     loop {
         if !claimed {
             st.rotation = Some(r.clone());
             pass.finish_status(&mut st, reasons::IDLE, None);
+            trail.flush(pass);
             w.write(&st).await?;
         }
-        match execute(pass, w, &mut st, &r, clients).await {
+        let result = match found.take() {
+            Some(result) => result,
+            None => execute(pass, w, &mut st, &r, clients).await,
+        };
+        match result {
             StepResult::Done(version) => {
-                record_done(pass, &mut r, version);
+                record_done(pass, &mut trail, &mut r, version);
                 match after(pass, &r, Outcome::Done) {
                     Transition::Advance(next) => {
                         claimed = !rotation::needs_claim(next.step, !pass.delivery_empty);
                         r = next;
                     }
-                    Transition::Finished => return finish(pass, w, st, r).await,
+                    Transition::Finished => return finish(pass, w, st, r, &mut trail).await,
                     // Done never retries or gives up.
-                    _ => return Ok(Action::requeue(Duration::from_millis(200))),
+                    _ => {
+                        trail.flush(pass);
+                        return Ok(Action::requeue(Duration::from_millis(200)));
+                    }
                 }
             }
             StepResult::Rejected(reason, msg) => {
-                let version = r.pending_version.as_deref();
-                audit::step(&pass.subject(&r), r.step, version, StepOutcome::Rejected);
+                let version = r.pending_version.clone();
+                trail.now(pass, &r, version.as_deref(), StepOutcome::Rejected);
                 match after(pass, &r, Outcome::Rejected) {
                     Transition::NewAttempt(next) => {
                         new_attempt(pass, clients, &mut st, &r, reason, &msg).await;
                         r = next;
                         claimed = false;
                     }
-                    _ => return give_up(pass, w, st, r, clients, reason, &msg).await,
+                    _ => return give_up(pass, w, st, r, clients, (reason, &msg), &mut trail).await,
                 }
             }
-            other => return record_result(pass, w, st, r, other).await,
+            other => return record_result(pass, w, st, r, other, &mut trail).await,
         }
     }
 }
@@ -149,20 +174,37 @@ fn after(pass: &Pass<'_>, r: &RotationInProgress, outcome: Outcome) -> Transitio
     rotation::after_step(r, outcome, pass.has_target, pass.policy.max_attempts, 0)
 }
 
-/// A step is done: its audit line, the crash point after it, and the pending version
-/// kept in the record the next claims write (and the audit lines of the later steps
-/// carry).
-fn record_done(pass: &Pass<'_>, r: &mut RotationInProgress, version: Option<String>) {
-    audit::step(
-        &pass.subject(r),
-        r.step,
-        version.as_deref(),
-        StepOutcome::Done,
-    );
+/// A step is done: its audit line waits for the status write that records it (the
+/// crash point after the side effect comes first, so a crash there leaves the step to
+/// be found again, with its line recovered), and the pending version is kept in the
+/// record the next claims write (and the audit lines of the later steps carry).
+fn record_done(
+    pass: &Pass<'_>,
+    trail: &mut Trail,
+    r: &mut RotationInProgress,
+    version: Option<String>,
+) {
     crash_point(&format!("secret-rotation::after-{}", r.step.as_str()));
+    trail.done(r, r.step, version.clone());
     pass.ctx.succeeded(&pass.key);
     if r.step == RotationStep::CreatePending {
         r.pending_version = version;
+    }
+}
+
+/// Whether the target already accepts this attempt's pending value (its version, if
+/// so). `None` when the login is refused: SetTarget runs.
+async fn already_set(
+    pass: &Pass<'_>,
+    clients: &Clients,
+    r: &RotationInProgress,
+) -> Result<Option<String>, StepResult> {
+    let v = pending(clients.backend.as_ref(), &pass.id(r)).await?;
+    let user = r.username.clone().unwrap_or_default();
+    match clients.target.test_login(&user, &v.credential.value).await {
+        Ok(()) => Ok(Some(v.id)),
+        Err(TargetError::LoginFailed { .. }) => Ok(None),
+        Err(e) => Err(from_target(e, false)),
     }
 }
 
@@ -193,14 +235,17 @@ async fn new_attempt(
 }
 
 /// Resumes from what the backend shows (after a crash, or a takeover): the record at
-/// the step [`rotation::resume`] says, and whether that step is already claimed. `Err`
-/// is a result that ends this pass.
+/// the step [`rotation::resume`] says, and whether that step is already claimed. The
+/// steps between the claimed one and that were done by a Capstan that died before
+/// recording them: their lines go to `trail`, recovered. `Err` is a result that ends
+/// this pass.
 async fn resume(
     pass: &Pass<'_>,
     clients: &Clients,
     st: &mut SecretRotationStatus,
     mut r: RotationInProgress,
     started: bool,
+    trail: &mut Trail,
 ) -> Result<(RotationInProgress, bool), (RotationInProgress, StepResult)> {
     if started {
         return Ok((r, true));
@@ -224,12 +269,30 @@ async fn resume(
     };
     match rotation::resume(r.step, view) {
         Resume::Run(step) if step != r.step => {
+            let pending_id = r
+                .pending_version
+                .clone()
+                .or_else(|| pending.as_ref().map(|v| v.id.clone()));
+            let current_id = current.as_ref().map(|v| v.id.clone());
+            let mut done = Some(r.step);
+            while let Some(d) = done.filter(|d| *d != step) {
+                let version = if d >= RotationStep::Finish {
+                    current_id.clone()
+                } else {
+                    pending_id.clone()
+                };
+                trail.recovered(&r, d, version);
+                done = rotation::next_step(d, pass.has_target);
+            }
             if view.promoted
                 && st.current_version.as_deref() != current.as_ref().map(|v| v.id.as_str())
             {
                 st.previous_version = st.current_version.take();
                 st.current_version = current.as_ref().map(|v| v.id.clone());
                 st.active_username = r.username.clone();
+            }
+            if r.pending_version.is_none() {
+                r.pending_version = pending_id;
             }
             r.step = step;
             Ok((r, false))
@@ -247,13 +310,16 @@ async fn record_result(
     mut st: SecretRotationStatus,
     r: RotationInProgress,
     result: StepResult,
+    trail: &mut Trail,
 ) -> Result<Action, Error> {
     let now = pass.ctx.rt.clock.now();
-    let version = r.pending_version.as_deref();
+    let version = r.pending_version.clone();
+    let version = version.as_deref();
     match result {
         StepResult::Waiting | StepResult::Done(_) => {
             st.rotation = Some(r);
             pass.finish_status(&mut st, reasons::IDLE, None);
+            trail.flush(pass);
             if st != w.status() {
                 w.write(&st).await?;
             }
@@ -265,7 +331,7 @@ async fn record_result(
             access_denied,
         } => {
             pass.forget_login_if_denied(access_denied);
-            audit::step(&pass.subject(&r), r.step, version, StepOutcome::Retry);
+            trail.now(pass, &r, version, StepOutcome::Retry);
             tracing::info!(object = %pass.key, step = r.step.as_str(), reason, "step failed, will retry: {msg}");
             st.last_failure = Some(RotationFailure::new(now, r.step, reason, &msg, &[]));
             st.rotation = Some(r);
@@ -277,8 +343,11 @@ async fn record_result(
             )))
         }
         StepResult::ClaimLost(msg) => {
-            audit::step(&pass.subject(&r), r.step, version, StepOutcome::ClaimLost);
-            tracing::warn!(object = %pass.key, step = r.step.as_str(), "claim lost: {msg}");
+            // Someone newer did or does this step: not a failure. The newer view comes
+            // through the watch.
+            trail.now(pass, &r, version, StepOutcome::ClaimLost);
+            pass.ctx.metrics.claim_lost();
+            tracing::debug!(object = %pass.key, step = r.step.as_str(), "claim lost: {msg}");
             Ok(Action::requeue(Duration::from_secs(1)))
         }
         StepResult::Rejected(reason, msg) => {
@@ -288,12 +357,13 @@ async fn record_result(
                     st.last_failure = Some(RotationFailure::new(now, r.step, reason, &msg, &[]));
                     st.rotation = Some(next);
                     pass.finish_status(&mut st, reasons::IDLE, None);
+                    trail.flush(pass);
                     w.write(&st).await?;
                     Ok(Action::requeue(Duration::from_millis(100)))
                 }
                 // No clients needed: nothing was set with a value of this attempt that
                 // the backend still holds.
-                _ => finish_failed(pass, w, st, r, reason, &msg).await,
+                _ => finish_failed(pass, w, st, r, (reason, &msg), trail).await,
             }
         }
     }
@@ -554,6 +624,7 @@ async fn finish(
     w: &mut Writer,
     mut st: SecretRotationStatus,
     r: RotationInProgress,
+    trail: &mut Trail,
 ) -> Result<Action, Error> {
     let now = pass.ctx.rt.clock.now();
     st.rotation = None;
@@ -575,7 +646,9 @@ async fn finish(
         failure_reason: None,
     });
     pass.finish_status(&mut st, reasons::IDLE, None);
+    trail.flush(pass);
     w.write(&st).await?;
+    pass.ctx.audit_written.forget(&pass.key);
     let seconds = (now - r.started).num_milliseconds() as f64 / 1000.0;
     pass.ctx
         .metrics
@@ -601,8 +674,8 @@ async fn give_up(
     st: SecretRotationStatus,
     r: RotationInProgress,
     clients: &Clients,
-    reason: &'static str,
-    msg: &str,
+    failure: (&'static str, &str),
+    trail: &mut Trail,
 ) -> Result<Action, Error> {
     let _ = clients.backend.discard_pending(&pass.id(&r)).await;
     if let (Users::Single(user), true) = (&pass.policy.users, r.step >= RotationStep::SetTarget)
@@ -614,7 +687,7 @@ async fn give_up(
     {
         tracing::warn!(object = %pass.key, error = %e, "could not set the current value back on the target");
     }
-    finish_failed(pass, w, st, r, reason, msg).await
+    finish_failed(pass, w, st, r, failure, trail).await
 }
 
 async fn finish_failed(
@@ -622,11 +695,11 @@ async fn finish_failed(
     w: &mut Writer,
     mut st: SecretRotationStatus,
     r: RotationInProgress,
-    reason: &'static str,
-    msg: &str,
+    (reason, msg): (&'static str, &str),
+    trail: &mut Trail,
 ) -> Result<Action, Error> {
     let now = pass.ctx.rt.clock.now();
-    audit::step(&pass.subject(&r), r.step, None, StepOutcome::GaveUp);
+    trail.now(pass, &r, None, StepOutcome::GaveUp);
     st.last_failure = Some(RotationFailure::new(now, r.step, reason, msg, &[]));
     st.rotation = None;
     if r.rotate_now_token.is_some() {
@@ -646,6 +719,7 @@ async fn finish_failed(
     });
     pass.finish_status(&mut st, reasons::IDLE, None);
     w.write(&st).await?;
+    pass.ctx.audit_written.forget(&pass.key);
     let seconds = (now - r.started).num_milliseconds() as f64 / 1000.0;
     pass.ctx
         .metrics

@@ -118,3 +118,35 @@ pub fn ready_reason(o: &SecretRotation) -> Option<(String, String)> {
     let c = find(&o.status.as_ref()?.conditions, "Ready")?;
     Some((c.status.clone(), c.reason.clone()))
 }
+
+/// The audit trail's step lines (deliveries left out) about `object` (`namespace/name`)
+/// in manager logs, as JSON objects.
+pub fn step_lines<'a>(logs: impl IntoIterator<Item = &'a String>, object: &str) -> Vec<Value> {
+    logs.into_iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["target"] == "capstan::audit" && v["object"] == object && v["workload"].is_null()
+        })
+        .collect()
+}
+
+/// How many `done` lines each (rotation, attempt, step) has in `lines`, and which of
+/// them are recovered.
+pub fn done_counts(
+    lines: &[Value],
+) -> std::collections::BTreeMap<(String, u64, String), (usize, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for v in lines.iter().filter(|v| v["outcome"] == "done") {
+        let key = (
+            v["rotation"].as_str().unwrap_or_default().to_owned(),
+            v["attempt"].as_u64().unwrap_or_default(),
+            v["step"].as_str().unwrap_or_default().to_owned(),
+        );
+        let e = counts.entry(key).or_insert((0, 0));
+        e.0 += 1;
+        if v["recovered"] == true {
+            e.1 += 1;
+        }
+    }
+    counts
+}
