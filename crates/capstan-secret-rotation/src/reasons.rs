@@ -23,6 +23,9 @@ pub const ROTATE_NOW_REQUESTED: &str = "RotateNowRequested";
 pub const INITIAL_ROTATION: &str = "InitialRotation";
 /// Rotating=True: a failed attempt is being retried.
 pub const RETRYING: &str = "Retrying";
+/// Rotating=True: the rotation in progress has run far longer than usual (past
+/// `--rotation-stuck-after` and five times the object's usual rotation).
+pub const ROTATION_STUCK: &str = "RotationStuck";
 /// Rotating=False: nothing due.
 pub const IDLE: &str = "Idle";
 /// Rotating=False: `spec.suspend` is true.

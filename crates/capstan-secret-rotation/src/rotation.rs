@@ -305,6 +305,41 @@ pub fn overdue(
     }
 }
 
+/// How many times its object's usual rotation a rotation in progress may take before
+/// it is reported stuck.
+pub const STUCK_FACTOR: u32 = 5;
+
+/// How long the rotation in progress may run before it is reported stuck: `floor`
+/// (`--rotation-stuck-after`), or [`STUCK_FACTOR`] times the median duration of the
+/// object's recent successful rotations when that is longer (an object whose rollouts
+/// take ten minutes is not stuck at eleven).
+pub fn stuck_after(status: &SecretRotationStatus, floor: StdDuration) -> StdDuration {
+    let mut durations: Vec<StdDuration> = status
+        .recent_rotations
+        .iter()
+        .filter(|r| r.outcome == crate::crd::RotationOutcome::Succeeded)
+        .filter_map(|r| (r.finished - r.started).to_std().ok())
+        .collect();
+    durations.sort_unstable();
+    let usual = durations
+        .get(durations.len() / 2)
+        .copied()
+        .unwrap_or_default();
+    floor.max(usual.saturating_mul(STUCK_FACTOR))
+}
+
+/// How long the rotation in progress has run, when that is past [`stuck_after`];
+/// `None` when none is in progress or it is within its usual time.
+pub fn stuck(
+    status: &SecretRotationStatus,
+    floor: StdDuration,
+    now: DateTime<Utc>,
+) -> Option<StdDuration> {
+    let r = status.rotation.as_ref()?;
+    let running = (now - r.started).to_std().ok()?;
+    (running > stuck_after(status, floor)).then_some(running)
+}
+
 /// The user a new rotation sets: with alternating users, the one consumers are *not*
 /// given now (`active`, from status or the backend's current value), so the one in use
 /// keeps working until the next rotation.

@@ -138,6 +138,17 @@ pub struct RunArgs {
     )]
     pub scaling_cleanup_timeout: u64,
 
+    /// A SecretRotation whose rotation has been in progress longer than this, and than
+    /// five times its usual rotation, is reported stuck (condition Rotating, reason
+    /// RotationStuck; gauge capstan_secret_rotation_objects_stuck); in seconds.
+    #[arg(
+        long,
+        env = "CAPSTAN_ROTATION_STUCK_AFTER",
+        default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub rotation_stuck_after: u64,
+
     /// Turn off the AWS SDK's retries (tests against an emulator that answers
     /// unimplemented calls with a retryable 500). Never needed in production.
     #[arg(

@@ -119,6 +119,7 @@ struct Controllers {
     service_scaling: Option<capstan_service_scaling::controller::Metrics>,
     pipeline: Option<capstan_pipeline::controller::Metrics>,
     service_scaling_settings: capstan_service_scaling::cleanup::Settings,
+    secret_rotation_settings: capstan_secret_rotation::controller::Settings,
 }
 
 impl Controllers {
@@ -136,6 +137,9 @@ impl Controllers {
             service_scaling_settings: capstan_service_scaling::cleanup::Settings {
                 cleanup_timeout: Duration::from_secs(args.scaling_cleanup_timeout),
             },
+            secret_rotation_settings: capstan_secret_rotation::controller::Settings {
+                stuck_after: Duration::from_secs(args.rotation_stuck_after),
+            },
         }
     }
 
@@ -148,7 +152,13 @@ impl Controllers {
         };
         let secret_rotation = async {
             if let Some(m) = self.secret_rotation {
-                capstan_secret_rotation::controller::run(rt.clone(), m, token.clone()).await;
+                capstan_secret_rotation::controller::run_with(
+                    rt.clone(),
+                    m,
+                    self.secret_rotation_settings,
+                    token.clone(),
+                )
+                .await;
             }
         };
         let service_scaling = async {

@@ -2,8 +2,9 @@
 //! the README's rotate-now-then-wait command waits for the rotation it asked for; the
 //! printer columns
 //! as the API server's table shows them; a bad rollout selector is refused at admission
-//! with its field path; a deleted SecretRotation leaves the overdue gauge. The Warning
-//! Events are in `kubectl_warnings.rs`.
+//! with its field path; a deleted SecretRotation leaves the overdue gauge; a rotation
+//! far past its usual time shows as stuck. The Warning Events are in
+//! `kubectl_warnings.rs`.
 
 mod common;
 
@@ -313,36 +314,10 @@ async fn the_api_servers_table_shows_reason_message_and_a_readable_next_rotation
     .await
     .unwrap_or_else(|e| panic!("no status: {e}\n{}", m.all_logs()));
 
-    let table = |plural: &str| {
-        let client = client.clone();
-        let url = format!(
-            "/apis/capstan.dev/v1alpha1/namespaces/{}/{plural}",
-            ns.name()
-        );
-        async move {
-            let req = http::Request::get(url)
-                .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
-                .body(Vec::new())
-                .expect("request");
-            let text = client.request_text(req).await.expect("table");
-            let v: Value = serde_json::from_str(&text).expect("json");
-            assert_eq!(v["kind"], "Table", "{v}");
-            let names: Vec<String> = v["columnDefinitions"]
-                .as_array()
-                .expect("columns")
-                .iter()
-                .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            let cells = v["rows"][0]["cells"].as_array().expect("row").clone();
-            names
-                .into_iter()
-                .zip(cells)
-                .collect::<std::collections::BTreeMap<_, _>>()
-        }
-    };
-    let row = table("secretrotations").await;
+    let row = table_row(&client, ns.name(), "secretrotations").await;
     assert_eq!(row["Ready"], "True", "{row:?}");
     assert_eq!(row["Reason"], "CredentialCurrent", "{row:?}");
+    assert_eq!(row["Rotating"], "Idle", "{row:?}");
     assert!(
         row["Message"]
             .as_str()
@@ -362,7 +337,7 @@ async fn the_api_servers_table_shows_reason_message_and_a_readable_next_rotation
         chrono::DateTime::parse_from_rfc3339(&next).is_ok_and(|t| t > chrono::Utc::now()),
         "{next}"
     );
-    let row = table("servicescalings").await;
+    let row = table_row(&client, ns.name(), "servicescalings").await;
     assert_eq!(row["Ready"], "False", "{row:?}");
     assert_eq!(row["Reason"], "ConnectionNotFound", "{row:?}");
 }
@@ -477,14 +452,40 @@ async fn a_deleted_rotation_leaves_the_overdue_gauge() {
     await_gauge(&m, "capstan_secret_rotation_objects_overdue 0").await;
 }
 
-/// Polls `/metrics` until the overdue gauge's line is `want`.
+/// The first row of `kubectl get <plural>` in `ns`, as the API server's Table gives
+/// it, by column name.
+async fn table_row(
+    client: &kube::Client,
+    ns: &str,
+    plural: &str,
+) -> std::collections::BTreeMap<String, Value> {
+    let url = format!("/apis/capstan.dev/v1alpha1/namespaces/{ns}/{plural}");
+    let req = http::Request::get(url)
+        .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .body(Vec::new())
+        .expect("request");
+    let text = client.request_text(req).await.expect("table");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["kind"], "Table", "{v}");
+    let names: Vec<String> = v["columnDefinitions"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let cells = v["rows"][0]["cells"].as_array().expect("row").clone();
+    names.into_iter().zip(cells).collect()
+}
+
+/// Polls `/metrics` until the gauge `want` names has the line `want`.
 async fn await_gauge(m: &common::Manager, want: &str) {
+    let name = want.split(' ').next().unwrap_or_default();
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let (_, body) = m.get("/metrics").await;
         let got = body
             .lines()
-            .find(|l| l.starts_with("capstan_secret_rotation_objects_overdue "))
+            .find(|l| l.split(' ').next() == Some(name))
             .map(str::to_owned);
         if got.as_deref() == Some(want) {
             return;
@@ -496,4 +497,113 @@ async fn await_gauge(m: &common::Manager, want: &str) {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// A rotation in progress far longer than usual (here: its rollout never completes,
+/// with `--rotation-stuck-after=2`) shows in `kubectl get` (the Rotating column says
+/// RotationStuck, with the step in the message) and in
+/// `capstan_secret_rotation_objects_stuck`; Ready stays what the current credential
+/// is. Once the rollout completes (the test plays the Deployment controller), both
+/// clear.
+#[tokio::test]
+async fn a_rotation_far_past_its_usual_time_shows_as_stuck() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<SecretRotation> = ns.api(client.clone());
+    let deployments: Api<Deployment> = ns.api(client.clone());
+    create(
+        &deployments,
+        json!({
+            "metadata": { "name": "web" },
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": "web" } },
+                "template": {
+                    "metadata": { "labels": { "app": "web" } },
+                    "spec": { "containers": [{ "name": "c", "image": "example/app:1" }] }
+                }
+            }
+        }),
+    )
+    .await;
+    create(
+        &api,
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
+            "metadata": { "name": "key" },
+            "spec": {
+                "backend": { "kubernetes": { "secretName": "key-store" } },
+                "target": { "none": {} },
+                "strategy": { "singleUser": { "acceptLoginFailuresUntilRestart": true } },
+                "schedule": { "interval": "720h" },
+                "delivery": {
+                    "secret": { "name": "key" },
+                    "rollouts": [{ "kind": "Deployment", "name": "web" }]
+                }
+            }
+        }),
+    )
+    .await;
+    let args = [
+        "--leader-elect=false",
+        "--namespaces",
+        ns.name(),
+        "--own-namespace",
+        ns.name(),
+        "--controllers",
+        "secret-rotation",
+        "--rotation-stuck-after",
+        "2",
+    ];
+    let m = common::start(kube, "ux-stuck", &args).await;
+    let rotating = |o: &SecretRotation| {
+        o.status
+            .as_ref()
+            .and_then(|s| find(&s.conditions, "Rotating"))
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let o = await_condition(
+        &api,
+        "key",
+        |o: &SecretRotation| rotating(o).is_some_and(|(r, _)| r == "RotationStuck"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("never stuck: {e}\n{}", m.all_logs()));
+    let (_, message) = rotating(&o).expect("Rotating");
+    assert!(message.contains("step Deliver"), "{message}");
+    await_gauge(&m, "capstan_secret_rotation_objects_stuck 1").await;
+    // `kubectl get`'s table, from the API server.
+    let row = table_row(&client, ns.name(), "secretrotations").await;
+    assert_eq!(row["Rotating"], "RotationStuck", "{row:?}");
+    assert_eq!(row["Step"], "Deliver", "{row:?}");
+
+    // Play the Deployment controller: the rollout completes, the rotation finishes.
+    let g = deployments
+        .get("web")
+        .await
+        .expect("get")
+        .metadata
+        .generation;
+    deployments
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "observedGeneration": g, "replicas": 1, "updatedReplicas": 1,
+                "availableReplicas": 1, "readyReplicas": 1
+            }})),
+        )
+        .await
+        .expect("status");
+    await_condition(
+        &api,
+        "key",
+        |o: &SecretRotation| rotating(o).is_some_and(|(r, _)| r == "Idle"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("still stuck: {e}\n{}", m.all_logs()));
+    await_gauge(&m, "capstan_secret_rotation_objects_stuck 0").await;
 }

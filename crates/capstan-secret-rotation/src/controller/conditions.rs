@@ -21,6 +21,8 @@ pub(super) struct View<'a> {
     pub(super) ready_override: Option<(&'static str, String)>,
     pub(super) delivery_empty: bool,
     pub(super) gate: Vec<Desired<'static>>,
+    /// `--rotation-stuck-after`: the least a rotation runs before it is called stuck.
+    pub(super) stuck_after: std::time::Duration,
 }
 
 /// The desired conditions: the gate's, then `Ready`, `Rotating`, `Delivered` and
@@ -31,7 +33,12 @@ pub(super) fn desired(status: &SecretRotationStatus, view: View<'_>) -> Vec<Desi
         .is_some_and(|p| rotation::overdue(p, status, view.created, view.now));
     let mut desired = view.gate;
     desired.push(ready(status, view.ready_override));
-    desired.push(rotating(status, view.idle_reason));
+    desired.push(rotating(
+        status,
+        view.idle_reason,
+        view.stuck_after,
+        view.now,
+    ));
     desired.push(delivered(status, view.delivery_empty));
     desired.push(overdue(late));
     desired
@@ -91,8 +98,29 @@ fn ready(
     }
 }
 
-fn rotating(status: &SecretRotationStatus, idle_reason: &'static str) -> Desired<'static> {
+fn rotating(
+    status: &SecretRotationStatus,
+    idle_reason: &'static str,
+    stuck_after: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Desired<'static> {
     match &status.rotation {
+        // Stable while stuck (no running time in it): no status write per pass.
+        Some(r) if rotation::stuck(status, stuck_after, now).is_some() => Desired::new(
+            ct::ROTATING,
+            true,
+            reasons::ROTATION_STUCK,
+            format!(
+                "rotation {} has been at step {} (attempt {}) since it started at {}, past {} \
+                 ({}x its usual rotation, at least --rotation-stuck-after); see status.lastFailure and the manager's log",
+                r.id,
+                r.step.as_str(),
+                r.attempt,
+                r.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                capstan_core::schedule::format_duration(rotation::stuck_after(status, stuck_after)),
+                rotation::STUCK_FACTOR,
+            ),
+        ),
         Some(r) => {
             let retrying = r.attempt > 1
                 || status
@@ -202,6 +230,7 @@ mod tests {
             ready_override: None,
             delivery_empty,
             gate: Vec::new(),
+            stuck_after: std::time::Duration::from_secs(7 * 86_400),
         }
     }
 
@@ -247,6 +276,52 @@ mod tests {
                 row(ct::OVERDUE, Status::False, reasons::ON_SCHEDULE),
             ]
         );
+    }
+
+    /// A rotation past its stuck time says so in Rotating (Ready stays as the current
+    /// credential is), with a message that does not change from pass to pass.
+    #[test]
+    fn a_rotation_far_past_its_usual_time_is_stuck() {
+        let st = SecretRotationStatus {
+            last_rotation_time: Some(at("2026-01-01T11:00:00Z")),
+            rotation: Some(in_progress(RotationStep::SetTarget, 1)),
+            ..SecretRotationStatus::default()
+        };
+        let mut v = view(reasons::IDLE, false);
+        v.stuck_after = std::time::Duration::from_secs(120);
+        let first = desired(&st, v);
+        let rotating = first
+            .iter()
+            .find(|d| d.type_ == ct::ROTATING)
+            .expect("Rotating");
+        assert_eq!(rotating.reason, reasons::ROTATION_STUCK);
+        assert!(
+            rotating.message.contains("step SetTarget"),
+            "{}",
+            rotating.message
+        );
+        assert!(rotating.message.contains("past 2m"), "{}", rotating.message);
+        let ready = first.iter().find(|d| d.type_ == ct::READY).expect("Ready");
+        assert_eq!(ready.reason, reasons::CREDENTIAL_CURRENT);
+        let mut later = view(reasons::IDLE, false);
+        later.stuck_after = std::time::Duration::from_secs(120);
+        later.now = at("2026-01-03T00:00:00Z");
+        let again = desired(&st, later);
+        let rotating_again = again
+            .iter()
+            .find(|d| d.type_ == ct::ROTATING)
+            .expect("Rotating");
+        assert_eq!(rotating_again.message, rotating.message);
+        // Within its time: the usual reason.
+        let mut early = view(reasons::IDLE, false);
+        early.stuck_after = std::time::Duration::from_secs(120);
+        early.now = at("2026-01-01T12:01:00Z");
+        let fine = desired(&st, early);
+        let r = fine
+            .iter()
+            .find(|d| d.type_ == ct::ROTATING)
+            .expect("Rotating");
+        assert_eq!(r.reason, reasons::SCHEDULED);
     }
 
     /// Table: each state of the record gives its Ready, Rotating and Delivered reasons.

@@ -69,6 +69,12 @@ use super::target::*;
         description = "Why Ready has its status"
     ),
     printcolumn(
+        name = "Rotating",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Rotating\")].reason",
+        description = "Why Rotating has its status: Idle, Scheduled, Retrying, RotationStuck, ..."
+    ),
+    printcolumn(
         name = "Step",
         type_ = "string",
         json_path = ".status.rotation.step",

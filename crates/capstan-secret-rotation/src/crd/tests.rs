@@ -159,6 +159,11 @@ fn printer_columns() {
                 "string",
                 ".status.conditions[?(@.type==\"Ready\")].reason"
             ),
+            (
+                "Rotating",
+                "string",
+                ".status.conditions[?(@.type==\"Rotating\")].reason"
+            ),
             ("Step", "string", ".status.rotation.step"),
             ("Age", "date", ".metadata.creationTimestamp"),
             (
@@ -168,10 +173,11 @@ fn printer_columns() {
             ),
         ]
     );
-    // Reason and Message show in `kubectl get` (priority 0): why an object is not
-    // Ready is on the first screen, not behind a custom-columns query.
+    // Reason, Rotating and Message show in `kubectl get` (priority 0): why an object
+    // is not Ready, or a rotation stuck, is on the first screen, not behind a
+    // custom-columns query.
     for c in &columns {
-        if ["Reason", "Message"].contains(&c.name.as_str()) {
+        if ["Reason", "Rotating", "Message"].contains(&c.name.as_str()) {
             assert_eq!(c.priority, None, "{}", c.name);
         }
     }

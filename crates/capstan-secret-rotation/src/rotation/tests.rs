@@ -317,6 +317,51 @@ fn overdue_means_late_and_not_healthily_rotating() {
     ));
 }
 
+/// A rotation is stuck past the floor, or past five times its object's usual
+/// (median successful) rotation when that is longer; failed rotations do not count.
+#[test]
+fn stuck_means_far_longer_than_usual() {
+    let floor = StdDuration::from_secs(120);
+    let mut st = SecretRotationStatus::default();
+    assert_eq!(stuck(&st, floor, t(1000)), None, "nothing in progress");
+    st.rotation = Some(start(RotationTrigger::Schedule, None, None, t(0)));
+    // No history: the floor.
+    assert_eq!(stuck_after(&st, floor), floor);
+    assert_eq!(stuck(&st, floor, t(120)), None);
+    assert_eq!(stuck(&st, floor, t(121)), Some(StdDuration::from_secs(121)));
+    // Usual rotations of 60 s (median of 10, 60, 70): five times that.
+    for (i, secs) in [10, 60, 70].into_iter().enumerate() {
+        st.record_rotation(RotationSummary {
+            id: i.to_string(),
+            trigger: RotationTrigger::Schedule,
+            started: t(-10_000),
+            finished: t(-10_000 + secs),
+            outcome: RotationOutcome::Succeeded,
+            attempts: 1,
+            version: None,
+            username: None,
+            failure_reason: None,
+        });
+    }
+    // A failed rotation of an hour does not make "usual" longer.
+    st.record_rotation(RotationSummary {
+        id: "f".into(),
+        trigger: RotationTrigger::Schedule,
+        started: t(-9_000),
+        finished: t(-5_400),
+        outcome: RotationOutcome::Failed,
+        attempts: 3,
+        version: None,
+        username: None,
+        failure_reason: Some("Unreachable".into()),
+    });
+    assert_eq!(stuck_after(&st, floor), StdDuration::from_secs(300));
+    assert_eq!(stuck(&st, floor, t(300)), None);
+    assert!(stuck(&st, floor, t(301)).is_some());
+    // A clock behind the start is never stuck.
+    assert_eq!(stuck(&st, floor, t(-5)), None);
+}
+
 /// Crash resume: the claimed step plus what the backend shows.
 #[test]
 fn resume_table() {
