@@ -56,7 +56,16 @@ type Key = (String, String);
 
 /// Whole objects of the latest watch events, each held until the reconcile of its
 /// object takes it (see [`super::metadata_cache`]), and this process's own last write of
-/// each object until the watch catches up with it (see the [module](self)).
+/// each object until the watch catches up with it.
+///
+/// A controller that writes an object several times in one reconcile (a claim per step)
+/// gets one watch event per write, some of them after the reconcile ended. Without a
+/// floor, the next reconcile would take the event of an intermediate write: a snapshot
+/// older than its own last write, from which it would redo the work recorded since and
+/// then lose its conditioned status write (409). [`Fresh::wrote`] records each write's
+/// result; until the watch brings an event at least that new, a reconcile takes the
+/// written object, and older events are not held. Order comes from
+/// [`compare_resource_versions`].
 pub struct Fresh<K> {
     objects: Mutex<HashMap<Key, Arc<K>>>,
     /// Objects as this process last wrote them, until an event at least as new arrives.
