@@ -135,6 +135,30 @@ is set. Each rule says why it exists.
   resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "list", "patch"]
 {{- end }}
+{{- if has "pipeline" $c }}
+# Pipeline claims each action (a run, a stage) with a status update conditioned on the
+# resourceVersion (a PUT of the status subresource).
+- apiGroups: ["capstan.dev"]
+  resources: ["pipelines/status"]
+  verbs: ["update"]
+# Its Jobs carry a controller ownerReference with blockOwnerDeletion (the garbage
+# collector removes them with their Pipeline), which the
+# OwnerReferencesPermissionEnforcement admission plugin allows only with update on the
+# owner's finalizers subresource.
+- apiGroups: ["capstan.dev"]
+  resources: ["pipelines/finalizers"]
+  verbs: ["update"]
+# Job stages: create the stage's Job (named by run, stage and attempt), list the run's
+# Jobs, and watch them (stage transitions follow their watch events). Never delete.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "list", "watch"]
+# The results of a completed Job: its Pod's termination message (a list by the Job's
+# job-name label).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+{{- end }}
 # Events on transitions and errors: each one a create (no series, nothing patched).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

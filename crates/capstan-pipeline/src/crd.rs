@@ -50,6 +50,9 @@ pub mod reasons {
     pub const SUCCEEDED: &str = "Succeeded";
     /// Ready=False: a stage failed; the message names it.
     pub const STAGE_FAILED: &str = "StageFailed";
+    /// Ready=Unknown: `spec.revision` has not been through every stage yet (its run is
+    /// under way or waits behind another).
+    pub const AWAITING_RUN: &str = "AwaitingRun";
     /// Ready=False: the spec fails validation; waits for a change.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Ready=False: the referenced ClusterConnection is missing, not ready or not allowed.
@@ -80,8 +83,20 @@ pub(crate) const REVISION_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$";
 pub(crate) const AWS_ID_PATTERN: &str = r"^[A-Za-z0-9/_+=.@:-]+$";
 /// ECS container names.
 pub(crate) const CONTAINER_NAME_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_-]*$";
-/// Image references, possibly with `{{ revision }}`; no whitespace except inside braces.
-pub(crate) const IMAGE_TEMPLATE_PATTERN: &str = r"^([^\s{}]|\{\{ *revision *\}\})+$";
+/// Image references, possibly with `{{ revision }}` or `{{ stages.<name>.results.<key> }}`;
+/// no whitespace except inside braces.
+pub(crate) const IMAGE_TEMPLATE_PATTERN: &str =
+    r"^([^\s{}]|\{\{ *(revision|stages\.[a-z0-9-]+\.results\.[A-Za-z][A-Za-z0-9_-]*) *\}\})+$";
+/// Keys of a Job stage's results.
+pub(crate) const RESULT_KEY_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$";
+
+/// Most results one Job stage may declare.
+pub const MAX_RESULTS: usize = 16;
+/// Largest termination message a Job stage's results may come in, in bytes (the
+/// kubelet's own limit is 4096).
+pub const MAX_RESULTS_BYTES: usize = 4096;
+/// Runs kept in `status.history`.
+pub const HISTORY_LIMIT: usize = 10;
 
 // CEL rules, named so tests can find them. Every rule that iterates sits on a list bounded
 // by maxItems whose strings are bounded by maxLength.
@@ -301,6 +316,14 @@ pub struct JobStage {
     #[serde(default)]
     #[schemars(range(min = 0, max = 10))]
     pub backoff_limit: i32,
+    /// The results the Job reports, as Tekton's tasks do: its container writes a JSON
+    /// object of string values (at most 4 KiB) to its termination message
+    /// (`/dev/termination-log`). Each key declared here must be in it; later stages use
+    /// the values as `{{ stages.<name>.results.<key> }}`. Results are not secret: they
+    /// are shown in status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63), regex(pattern = RESULT_KEY_PATTERN)))]
+    pub results: Vec<String>,
 }
 
 /// A deployment of the revision to an ECS service: a new revision of the service's task
@@ -379,6 +402,38 @@ pub struct PipelineStatus {
     /// anything back).
     #[serde(default)]
     pub rollbacks: i64,
+    /// How many runs have started: the number of the current (or last) run.
+    #[serde(default)]
+    pub run_number: i64,
+    /// The current (or last) run's id: `<pipeline>-<run number>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// When the current (or last) run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_started: Option<DateTime<Utc>>,
+    /// The last finished runs, newest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub history: Vec<RunSummary>,
+}
+
+/// One finished run, in `status.history`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    /// The run's id.
+    pub id: String,
+    /// The revision it moved.
+    pub revision: String,
+    /// How it ended: `Succeeded` or `Failed`.
+    pub outcome: PipelinePhase,
+    /// When it started.
+    pub started: DateTime<Utc>,
+    /// When it ended.
+    pub finished: DateTime<Utc>,
+    /// The stage that failed, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_stage: Option<String>,
 }
 
 /// `status.stages`: a list-map keyed by `name`, so each stage's entry merges by name.
@@ -447,6 +502,12 @@ pub struct StageStatus {
     /// The task definition ARN the service ran before, restored by a rollback (Deploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_task_definition: Option<String>,
+    /// Which attempt of the stage this is (1 for the first; 0 before it starts).
+    #[serde(default)]
+    pub attempt: i32,
+    /// The results the stage's Job reported (its declared keys only).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub results: std::collections::BTreeMap<String, String>,
 }
 
 impl StageStatus {
@@ -461,6 +522,8 @@ impl StageStatus {
             job_name: None,
             task_definition: None,
             previous_task_definition: None,
+            attempt: 0,
+            results: std::collections::BTreeMap::new(),
         }
     }
 
@@ -499,6 +562,7 @@ impl PipelineStatus {
     /// everything else kept.
     pub fn start_run(&mut self, spec: &PipelineSpec) {
         self.phase = Some(PipelinePhase::Pending);
+        self.run_started = None;
         self.current_revision = Some(spec.revision.clone());
         self.current_stage = None;
         self.stages = spec
@@ -511,6 +575,12 @@ impl PipelineStatus {
     /// The status entry of a stage.
     pub fn stage_mut(&mut self, name: &str) -> Option<&mut StageStatus> {
         self.stages.iter_mut().find(|s| s.name == name)
+    }
+
+    /// Records a finished run first in `history`, keeping [`HISTORY_LIMIT`].
+    pub fn record_run(&mut self, run: RunSummary) {
+        self.history.insert(0, run);
+        self.history.truncate(HISTORY_LIMIT);
     }
 }
 

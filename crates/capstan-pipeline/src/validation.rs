@@ -1,15 +1,16 @@
-//! Validation of a [`PipelineSpec`] beyond the CRD schema and its CEL rules: templates,
-//! timeouts, stage order (a SmokeTest needs a Deploy before it), two Deploy stages on one
-//! service. The admission rules (unique names, stage shape, connection for Deploy) are
+//! Validation of a [`PipelineSpec`] beyond the CRD schema and its CEL rules: templates
+//! (and that every `{{ stages.<name>.results.<key> }}` names a result an earlier Job
+//! stage declares), timeouts, stage order (a SmokeTest needs a Deploy before it), two
+//! Deploy stages on one service. The admission rules (unique names, stage shape, connection for Deploy) are
 //! checked again so the controller never acts on a spec an older CRD let through. The
 //! controller reports failures as Ready=False/InvalidSpec and waits for a change.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use capstan_core::schedule::DurationString;
 
-use crate::crd::{MAX_STAGES, PipelineSpec, StageAction, StageType};
+use crate::crd::{MAX_RESULTS, MAX_STAGES, PipelineSpec, StageAction, StageType};
 use crate::template;
 
 /// Longest timeout a stage may have.
@@ -33,6 +34,8 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
         ));
     }
     let mut names = BTreeSet::new();
+    // The results each earlier Job stage declares.
+    let mut declared: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut deployed_services = BTreeSet::new();
     let mut seen_deploy = false;
     for (i, stage) in spec.stages.iter().enumerate() {
@@ -49,23 +52,47 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
                 "a Deploy stage needs deploy (and no job); Test, Build and SmokeTest stages need job (and no deploy)",
             )),
             Some(StageAction::Job(job)) => {
-                check_template(&format!("{path}.job.image"), &job.image, &mut errors);
+                let check = |field: String, text: &str, errors: &mut Vec<FieldError>| {
+                    check_template(&field, text, &declared, errors);
+                };
+                check(format!("{path}.job.image"), &job.image, &mut errors);
                 for (j, c) in job.command.iter().enumerate() {
-                    check_template(&format!("{path}.job.command[{j}]"), c, &mut errors);
+                    check(format!("{path}.job.command[{j}]"), c, &mut errors);
                 }
                 for (j, a) in job.args.iter().enumerate() {
-                    check_template(&format!("{path}.job.args[{j}]"), a, &mut errors);
+                    check(format!("{path}.job.args[{j}]"), a, &mut errors);
                 }
                 for (j, e) in job.env.iter().enumerate() {
                     if let Some(v) = &e.value {
-                        check_template(&format!("{path}.job.env[{j}].value"), v, &mut errors);
+                        check(format!("{path}.job.env[{j}].value"), v, &mut errors);
                     }
                 }
                 check_timeout(&format!("{path}.job.timeout"), &job.timeout, &mut errors);
+                let mut keys = BTreeSet::new();
+                for (j, key) in job.results.iter().enumerate() {
+                    if !keys.insert(key.as_str()) {
+                        errors.push(FieldError::new(
+                            format!("{path}.job.results[{j}]"),
+                            format!("`{key}` is declared twice"),
+                        ));
+                    }
+                }
+                if job.results.len() > MAX_RESULTS {
+                    errors.push(FieldError::new(
+                        format!("{path}.job.results"),
+                        format!("at most {MAX_RESULTS} results"),
+                    ));
+                }
+                declared.insert(stage.name.as_str(), keys);
             }
             Some(StageAction::Deploy(deploy)) => {
                 seen_deploy = true;
-                check_template(&format!("{path}.deploy.image"), &deploy.image, &mut errors);
+                check_template(
+                    &format!("{path}.deploy.image"),
+                    &deploy.image,
+                    &declared,
+                    &mut errors,
+                );
                 check_timeout(&format!("{path}.deploy.timeout"), &deploy.timeout, &mut errors);
                 if !deployed_services.insert((deploy.cluster.as_str(), deploy.service.as_str())) {
                     errors.push(FieldError::new(
@@ -95,9 +122,33 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
     }
 }
 
-fn check_template(path: &str, text: &str, errors: &mut Vec<FieldError>) {
-    if let Err(e) = template::check(text) {
-        errors.push(FieldError::new(path, e.to_string()));
+/// The template's syntax, and that each result it uses is declared by an earlier Job
+/// stage (`declared`).
+fn check_template(
+    path: &str,
+    text: &str,
+    declared: &BTreeMap<&str, BTreeSet<&str>>,
+    errors: &mut Vec<FieldError>,
+) {
+    match template::variables(text) {
+        Err(e) => errors.push(FieldError::new(path, e.to_string())),
+        Ok(vars) => {
+            for v in vars {
+                if let template::Var::Result { stage, key } = v {
+                    match declared.get(stage) {
+                        None => errors.push(FieldError::new(
+                            path,
+                            format!("`{{{{ stages.{stage}.results.{key} }}}}`: no Job stage `{stage}` comes before this one"),
+                        )),
+                        Some(keys) if !keys.contains(key) => errors.push(FieldError::new(
+                            path,
+                            format!("`{{{{ stages.{stage}.results.{key} }}}}`: stage `{stage}` declares no result `{key}` (job.results)"),
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -140,6 +191,7 @@ mod tests {
                 service_account_name: None,
                 timeout: dur("5m"),
                 backoff_limit: 0,
+                results: vec![],
             }),
             deploy: None,
         }
@@ -233,6 +285,33 @@ mod tests {
                 "revision with a space",
                 |s| s.revision = "1 2".into(),
                 "spec.revision",
+            ),
+            (
+                "a result of a later stage",
+                |s| {
+                    if let Some(j) = s.stages[0].job.as_mut() {
+                        j.args = vec!["{{ stages.build.results.imageDigest }}".into()];
+                    }
+                },
+                "spec.stages[0].job.args[0]",
+            ),
+            (
+                "an undeclared result",
+                |s| {
+                    if let Some(d) = s.stages[2].deploy.as_mut() {
+                        d.image = "repo/app@{{ stages.build.results.nope }}".into();
+                    }
+                },
+                "spec.stages[2].deploy.image",
+            ),
+            (
+                "a result key declared twice",
+                |s| {
+                    if let Some(j) = s.stages[1].job.as_mut() {
+                        j.results.push(j.results[0].clone());
+                    }
+                },
+                "spec.stages[1].job.results[1]",
             ),
         ];
         for (name, break_it, want) in cases {

@@ -19,8 +19,12 @@ use crate::process::{http_ok, probe_client, wait_ready, with_port_retry, write_p
 /// The controllers kube-controller-manager runs. The garbage collector and the namespace
 /// controller do for tests what they do in a real cluster (owner-referenced objects go
 /// away; deleting a namespace empties it and finishes); clusterrole-aggregation fills
-/// aggregated ClusterRoles. Nothing that needs nodes or pods runs.
-pub const CONTROLLERS: &str = "garbagecollector,namespace,clusterrole-aggregation";
+/// aggregated ClusterRoles; the Job controller runs Pipeline stages' Jobs (creates their
+/// Pods, marks them Complete or Failed), and the serviceaccount controller gives each
+/// namespace the `default` ServiceAccount those Pods run as. No kubelet runs: a test
+/// that needs a Pod to finish plays that part (it sets the Pod's status).
+pub const CONTROLLERS: &str =
+    "garbagecollector,namespace,clusterrole-aggregation,job,serviceaccount";
 
 /// The field manager of the CRDs the environment applies.
 pub const FIELD_MANAGER: &str = "capstan-testenv";

@@ -60,8 +60,9 @@ async fn expect(client: &kube::Client, user: &str, cases: &[(&str, &str, &str, b
 
 /// The default install (every namespace, every controller) grants what the code calls
 /// and nothing more: no Secret list/watch/delete anywhere (`kubectl auth can-i list
-/// secrets -n kube-system --as` Capstan's account says no), no Jobs, status updates for
-/// SecretRotation's step claims.
+/// secrets -n kube-system --as` Capstan's account says no), Jobs created and watched
+/// but never deleted, Pods listed but never read otherwise, status updates for
+/// SecretRotation's step claims and Pipeline's run claims.
 #[tokio::test]
 async fn default_install_grants_what_the_code_calls_and_no_more() {
     let kube = TestEnv::get().kube().await.expect("kube");
@@ -122,8 +123,17 @@ async fn default_install_grants_what_the_code_calls_and_no_more() {
             ("list", "apps/statefulsets", "tenant", true),
             ("watch", "apps/deployments", "tenant", false),
             ("delete", "apps/deployments", "tenant", false),
-            // No Jobs until the Pipeline controller runs them.
-            ("create", "batch/jobs", "tenant", false),
+            // Pipeline Job stages: Jobs created and followed, never deleted; a completed
+            // Job's Pod listed for its termination message, never changed.
+            ("create", "batch/jobs", "tenant", true),
+            ("watch", "batch/jobs", "tenant", true),
+            ("delete", "batch/jobs", "tenant", false),
+            ("update", "batch/jobs", "tenant", false),
+            ("list", "pods", "tenant", true),
+            ("get", "pods", "tenant", false),
+            ("delete", "pods", "tenant", false),
+            ("create", "pods", "tenant", false),
+            ("update", "capstan.dev/pipelines/status", "tenant", true),
             ("create", "events.k8s.io/events", "tenant", true),
             ("patch", "events.k8s.io/events", "tenant", false),
             ("watch", "namespaces", "", true),
@@ -183,6 +193,27 @@ async fn scoped_installs_reach_only_their_namespaces_and_controllers() {
             ("patch", "capstan.dev/secretrotations", "tenant", false),
             ("list", "capstan.dev/secretrotations", "tenant", false),
             ("get", "secrets", own.name(), true),
+            ("create", "batch/jobs", "tenant", true),
+        ],
+    )
+    .await;
+
+    // Without the Pipeline controller: no Jobs, no Pods.
+    let rotation_only = kube
+        .install_capstan(&InstallOptions {
+            namespace: own.name().to_owned(),
+            controllers: vec!["secret-rotation".to_owned()],
+            ..InstallOptions::default()
+        })
+        .await
+        .expect("install");
+    expect(
+        &client,
+        &rotation_only.username,
+        &[
+            ("create", "batch/jobs", "tenant", false),
+            ("list", "pods", "tenant", false),
+            ("update", "capstan.dev/pipelines/status", "tenant", false),
         ],
     )
     .await;

@@ -24,6 +24,7 @@ fn job(image: &str, command: &[&str], args: &[&str], timeout: &str) -> Option<Jo
         service_account_name: None,
         timeout: dur(timeout),
         backoff_limit: 0,
+        results: vec![],
     })
 }
 
@@ -69,6 +70,7 @@ pub(crate) fn example_spec() -> PipelineSpec {
         }];
         b.service_account_name = Some("image-builder".into());
         b.backoff_limit = 1;
+        b.results = vec!["imageDigest".into()];
     }
     PipelineSpec {
         connection_ref: Some(ConnectionRef {

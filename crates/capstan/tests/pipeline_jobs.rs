@@ -1,0 +1,363 @@
+//! Pipeline Job stages on the real API server and kube-controller-manager's real Job
+//! controller: Capstan creates each stage's Job, the Job controller creates its Pod, and
+//! the test plays the kubelet (no kubelet runs here): it moves the Pod to Succeeded or
+//! Failed with the container's termination message, as a kubelet would after the
+//! container exits. The Job controller then marks the Job Complete or Failed, and
+//! Capstan, woken by the Job's watch event, records the stage and starts the next.
+//!
+//! - a run of three stages, a Build's result feeding the next stage's arguments;
+//! - a new revision starts run 2; a failing stage ends it, the rest skipped;
+//! - a reference to a result no earlier stage declares is refused with its field path
+//!   (by the controller: arguments are free text at admission), and nothing runs.
+//!
+//! A Pipeline with a Deploy stage says NotImplemented and starts nothing: the demo's
+//! verdict checks that, with a real connection.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use capstan_core::conditions::find;
+use capstan_pipeline::crd::{Pipeline, PipelinePhase, StagePhase};
+use capstan_pipeline::jobs::{CONTAINER, STAGE_LABEL};
+use capstan_testenv::{TempNamespace, TestEnv, await_condition};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the played kubelet does with a stage's Pod: exit code and termination message,
+/// from the stage and the Pod's environment.
+type Outcome = fn(&str, &BTreeMap<String, String>) -> (i32, String);
+
+/// Plays the kubelet in `ns` until `stop`: every Pod of a stage that has not finished
+/// is moved to Succeeded (exit 0) or Failed, with its termination message.
+fn play_kubelet(client: kube::Client, ns: &str, outcome: Outcome, stop: CancellationToken) {
+    let pods: Api<Pod> = Api::namespaced(client, ns);
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let list = pods
+                .list(&ListParams::default().labels(STAGE_LABEL))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            for pod in list {
+                let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+                if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
+                    continue;
+                }
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let stage = pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(STAGE_LABEL).cloned())
+                    .unwrap_or_default();
+                let c = &pod.spec.as_ref().expect("spec").containers[0];
+                let env: BTreeMap<String, String> = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                    .collect();
+                let (code, message) = outcome(&stage, &env);
+                let now = chrono::Utc::now().to_rfc3339();
+                let status = json!({ "status": {
+                    "phase": if code == 0 { "Succeeded" } else { "Failed" },
+                    "containerStatuses": [{
+                        "name": CONTAINER, "ready": false, "restartCount": 0,
+                        "image": c.image, "imageID": "",
+                        "state": { "terminated": {
+                            "exitCode": code,
+                            "reason": if code == 0 { "Completed" } else { "Error" },
+                            "message": message, "startedAt": now, "finishedAt": now
+                        } }
+                    }]
+                }});
+                let _ = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+fn args(ns: &str) -> [&str; 7] {
+    [
+        "--leader-elect=false",
+        "--namespaces",
+        ns,
+        "--own-namespace",
+        ns,
+        "--controllers",
+        "pipeline",
+    ]
+}
+
+fn job_stage(name: &str, type_: &str, job: Value) -> Value {
+    json!({ "name": name, "type": type_, "job": job })
+}
+
+fn pipeline(name: &str, revision: &str, stages: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "Pipeline",
+        "metadata": { "name": name },
+        "spec": { "revision": revision, "promotion": "Auto", "stages": stages }
+    })
+}
+
+fn condition(o: &Pipeline, type_: &str) -> Option<(String, String, String)> {
+    let c = find(&o.status.as_ref()?.conditions, type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn jobs_of(api: &Api<Job>) -> BTreeMap<String, Job> {
+    api.list(&ListParams::default())
+        .await
+        .expect("jobs")
+        .items
+        .into_iter()
+        .map(|j| (j.metadata.name.clone().unwrap_or_default(), j))
+        .collect()
+}
+
+/// Three stages; the Build reports the digest it pushed, which the third stage gets in
+/// its arguments. Then revision 2.0, whose tests fail: run 2 ends Failed at `test`,
+/// `build` and `verify` skipped, and no Job of theirs exists.
+#[tokio::test]
+async fn job_stages_run_in_order_and_results_feed_later_stages() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<Pipeline> = ns.api(client.clone());
+    let job_api: Api<Job> = ns.api(client.clone());
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    play_kubelet(
+        client.clone(),
+        ns.name(),
+        |stage, env| match (stage, env.get("REVISION").map(String::as_str)) {
+            ("test", Some("2.0")) => (1, "2 tests failed".into()),
+            ("build", Some(rev)) => (
+                0,
+                json!({ "imageDigest": format!("sha256:d1g{rev}") }).to_string(),
+            ),
+            _ => (0, String::new()),
+        },
+        stop,
+    );
+    let env = json!([{ "name": "REVISION", "value": "{{ revision }}" }]);
+    common::rotation::create(
+        &api,
+        pipeline(
+            "app",
+            "1.0",
+            vec![
+                job_stage("test", "Test", json!({ "image": "busybox", "env": env })),
+                job_stage(
+                    "build",
+                    "Build",
+                    json!({ "image": "busybox", "env": env, "results": ["imageDigest"] }),
+                ),
+                job_stage(
+                    "verify",
+                    "Test",
+                    json!({ "image": "busybox:{{ revision }}",
+                            "args": ["--digest={{ stages.build.results.imageDigest }}", "--rev={{ revision }}"] }),
+                ),
+            ],
+        ),
+    )
+    .await;
+    let m = common::start(kube, "pipeline-jobs", &args(ns.name())).await;
+    let o = await_condition(
+        &api,
+        "app",
+        |o: &Pipeline| condition(o, "Ready").is_some_and(|(s, _, _)| s == "True"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("run 1 not done: {e}\n{}", m.all_logs()));
+    let st = o.status.expect("status");
+    assert_eq!(st.phase, Some(PipelinePhase::Succeeded));
+    assert_eq!(st.run_id.as_deref(), Some("app-1"));
+    assert_eq!(st.last_successful_revision.as_deref(), Some("1.0"));
+    assert!(
+        st.stages.iter().all(|s| s.phase == StagePhase::Succeeded),
+        "{:?}",
+        st.stages
+    );
+    assert_eq!(st.stages[1].results["imageDigest"], "sha256:d1g1.0");
+    assert_eq!(st.history.len(), 1);
+    assert_eq!(st.history[0].outcome, PipelinePhase::Succeeded);
+    let jobs = jobs_of(&job_api).await;
+    assert_eq!(
+        jobs.keys().cloned().collect::<Vec<_>>(),
+        ["app-1-build-1", "app-1-test-1", "app-1-verify-1"],
+        "one Job per stage"
+    );
+    let verify = &jobs["app-1-verify-1"];
+    let c = &verify
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod")
+        .containers[0];
+    assert_eq!(c.image.as_deref(), Some("busybox:1.0"));
+    assert_eq!(
+        c.args.clone().unwrap_or_default(),
+        ["--digest=sha256:d1g1.0", "--rev=1.0"]
+    );
+    let owner = &verify.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("Pipeline", Some(true))
+    );
+
+    // Revision 2.0: its tests fail.
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "revision": "2.0" } })),
+    )
+    .await
+    .expect("new revision");
+    let o = await_condition(
+        &api,
+        "app",
+        |o: &Pipeline| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.run_number == 2 && s.phase == Some(PipelinePhase::Failed))
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("run 2 did not fail: {e}\n{}", m.all_logs()));
+    let st = o.status.as_ref().expect("status");
+    let phases: Vec<StagePhase> = st.stages.iter().map(|s| s.phase).collect();
+    assert_eq!(
+        phases,
+        [StagePhase::Failed, StagePhase::Skipped, StagePhase::Skipped]
+    );
+    assert!(
+        st.stages[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("app-2-test-1 failed")),
+        "{:?}",
+        st.stages[0]
+    );
+    let (ready, reason, _) = condition(&o, "Ready").expect("Ready");
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "StageFailed"));
+    assert_eq!(st.history.len(), 2);
+    assert_eq!(st.history[0].failed_stage.as_deref(), Some("test"));
+    assert_eq!(st.last_successful_revision.as_deref(), Some("1.0"));
+    let names: Vec<String> = jobs_of(&job_api).await.into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            "app-1-build-1",
+            "app-1-test-1",
+            "app-1-verify-1",
+            "app-2-test-1"
+        ]
+    );
+}
+
+/// A result no earlier stage declares: `Ready=False, InvalidSpec` with the field path,
+/// and no run. A Job of the name a stage's Job would have, which is not the
+/// Pipeline's: the stage fails saying so, and the Job is left alone.
+#[tokio::test]
+async fn pipelines_that_cannot_run_say_why_and_create_nothing() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<Pipeline> = ns.api(client.clone());
+    let job_api: Api<Job> = ns.api(client.clone());
+    common::rotation::create(
+        &api,
+        pipeline(
+            "undeclared",
+            "1.0",
+            vec![
+                job_stage("build", "Build", json!({ "image": "busybox" })),
+                job_stage(
+                    "verify",
+                    "Test",
+                    json!({ "image": "busybox", "args": ["{{ stages.build.results.imageDigest }}"] }),
+                ),
+            ],
+        ),
+    )
+    .await;
+    let m = common::start(kube, "pipeline-refusals", &args(ns.name())).await;
+    let o = await_condition(
+        &api,
+        "undeclared",
+        |o: &Pipeline| condition(o, "Ready").is_some_and(|(_, r, _)| r == "InvalidSpec"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("not refused: {e}\n{}", m.all_logs()));
+    let (_, _, message) = condition(&o, "Ready").expect("Ready");
+    assert!(
+        message.contains("spec.stages[1].job.args[0]") && message.contains("imageDigest"),
+        "{message}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        assert!(jobs_of(&job_api).await.is_empty(), "a Job was created");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(o.status.as_ref().map(|s| s.run_number), Some(0));
+
+    // Someone's own Job already has the name of stage `test`'s Job in run 1.
+    common::rotation::create(
+        &job_api,
+        json!({
+            "metadata": { "name": "taken-1-test-1" },
+            "spec": { "template": { "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "c", "image": "busybox" }]
+            } } }
+        }),
+    )
+    .await;
+    common::rotation::create(
+        &api,
+        pipeline(
+            "taken",
+            "1.0",
+            vec![job_stage("test", "Test", json!({ "image": "busybox" }))],
+        ),
+    )
+    .await;
+    let o = await_condition(
+        &api,
+        "taken",
+        |o: &Pipeline| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(PipelinePhase::Failed))
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("not failed: {e}\n{}", m.all_logs()));
+    let message = o.status.as_ref().expect("status").stages[0]
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(message.contains("is not this Pipeline's"), "{message}");
+    let theirs = job_api.get("taken-1-test-1").await.expect("still there");
+    assert!(theirs.metadata.owner_references.is_none(), "left alone");
+}
