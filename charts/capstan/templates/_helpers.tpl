@@ -149,10 +149,12 @@ is set. Each rule says why it exists.
   resources: ["pipelines/finalizers"]
   verbs: ["update"]
 # Job stages: create the stage's Job (named by run, stage and attempt), list the run's
-# Jobs, and watch them (stage transitions follow their watch events). Never delete.
+# Jobs, and watch them (stage transitions follow their watch events); delete a running
+# Job of a run that a new revision supersedes (concurrencyPolicy: Supersede), with its
+# Pods.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "list", "watch"]
+  verbs: ["create", "list", "watch", "delete"]
 # The results of a completed Job: its Pod's termination message (a list by the Job's
 # job-name label).
 - apiGroups: [""]

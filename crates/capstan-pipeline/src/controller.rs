@@ -34,8 +34,8 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::{
-    Pipeline, PipelinePhase, PipelineStatus, RunSummary, StageAction, StagePhase, StageType,
-    condition_types as ct, reasons,
+    ConcurrencyPolicy, Pipeline, PipelinePhase, PipelineStatus, RunSummary, StageAction,
+    StagePhase, StageType, condition_types as ct, reasons,
 };
 use crate::jobs;
 use crate::scheduler::{self, Next};
@@ -56,6 +56,8 @@ pub mod events {
     pub const STAGE_FAILED: &str = "StageFailed";
     /// Every stage of a run succeeded.
     pub const RUN_SUCCEEDED: &str = "RunSucceeded";
+    /// A newer revision stopped the active run (`concurrencyPolicy: Supersede`).
+    pub const RUN_SUPERSEDED: &str = "RunSuperseded";
 }
 
 /// The most actions one reconcile performs before it requeues (a run of Job stages
@@ -224,6 +226,12 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
             BTreeMap::new()
         };
         let now = ctx.rt.clock.now();
+        if scheduler::run_active(&st)
+            && st.current_revision.as_deref() != Some(spec.revision.as_str())
+            && spec.concurrency_policy == ConcurrencyPolicy::Queue
+        {
+            st.queue(&spec.revision);
+        }
         let next = scheduler::next(&spec, &st, &observed);
         tracing::debug!(object = %key_of(&w.obj), ?next, "next");
         match next {
@@ -295,6 +303,49 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
                         &w.obj,
                         EventType::Warning,
                         events::STAGE_FAILED,
+                        "Run",
+                        note,
+                    )
+                    .await;
+            }
+            Next::Supersede { running } => {
+                // The Jobs first: a crash after this finds the run active and deletes
+                // (nothing) again; the other way round would leave a Job running.
+                for name in &running {
+                    jobs::delete(&job_api, name).await?;
+                }
+                for s in &mut st.stages {
+                    match s.phase {
+                        StagePhase::Running => {
+                            s.phase = StagePhase::Cancelled;
+                            s.finished = Some(now);
+                            s.set_message(&format!(
+                                "cancelled: revision {} superseded this run",
+                                spec.revision
+                            ));
+                        }
+                        StagePhase::Pending => s.phase = StagePhase::Skipped,
+                        _ => {}
+                    }
+                }
+                let run = st.run_id.clone().unwrap_or_default();
+                record_end(&mut st, now, PipelinePhase::Superseded, None);
+                set_conditions(&mut st, &w.obj, now);
+                w.write(&st).await?;
+                let note = format!(
+                    "run {run} stopped for revision {} (concurrencyPolicy Supersede); Jobs deleted: {}",
+                    spec.revision,
+                    if running.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        running.join(", ")
+                    }
+                );
+                ctx.events
+                    .publish(
+                        &w.obj,
+                        EventType::Normal,
+                        events::RUN_SUPERSEDED,
                         "Run",
                         note,
                     )
@@ -399,6 +450,16 @@ fn end_run(st: &mut PipelineStatus, now: DateTime<Utc>, failed: Option<(usize, &
         st.last_successful_revision.clone_from(&st.current_revision);
         PipelinePhase::Succeeded
     };
+    record_end(st, now, outcome, failed_stage);
+}
+
+/// Ends the run in `st` with `outcome`, recorded in the history.
+fn record_end(
+    st: &mut PipelineStatus,
+    now: DateTime<Utc>,
+    outcome: PipelinePhase,
+    failed_stage: Option<String>,
+) {
     st.phase = Some(outcome);
     st.current_stage = None;
     st.record_run(RunSummary {

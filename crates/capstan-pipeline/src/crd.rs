@@ -129,6 +129,12 @@ pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.dep
         description = "The revision to deliver"
     ),
     printcolumn(
+        name = "Run",
+        type_ = "string",
+        json_path = ".status.runId",
+        description = "The current (or last) run"
+    ),
+    printcolumn(
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
@@ -198,6 +204,24 @@ pub struct PipelineSpec {
     /// deployment is watched to the end) and a rollback in progress completes.
     #[serde(default)]
     pub suspend: bool,
+
+    /// What a new `spec.revision` does while a run is active. `Queue` (the default): the
+    /// active run finishes, then the newest revision runs; revisions in between are
+    /// skipped (`status.skippedRevisions`). `Supersede`: the active run stops at once
+    /// (its running Job is deleted with its Pods) and ends `Superseded`; then the new
+    /// revision runs.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+}
+
+/// What a new revision does while a run is active.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConcurrencyPolicy {
+    /// The active run finishes; then the newest revision runs.
+    #[default]
+    Queue,
+    /// The active run stops; the new revision runs.
+    Supersede,
 }
 
 /// When production deploys may start.
@@ -415,6 +439,14 @@ pub struct PipelineStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub history: Vec<RunSummary>,
+    /// The revision waiting for the active run to end (`concurrencyPolicy: Queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_revision: Option<String>,
+    /// Revisions that waited and were replaced by a newer one before they ran, newest
+    /// first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub skipped_revisions: Vec<String>,
 }
 
 /// One finished run, in `status.history`.
@@ -474,6 +506,8 @@ pub enum PipelinePhase {
     Failed,
     /// `spec.suspend` is true.
     Suspended,
+    /// Stopped for a newer revision (`concurrencyPolicy: Supersede`).
+    Superseded,
 }
 
 /// The state of one stage in the current (or last) run.
@@ -555,6 +589,8 @@ pub enum StagePhase {
     Skipped,
     /// Deployed, then rolled back after a failure.
     RolledBack,
+    /// Stopped while running: its run was superseded (its Job deleted).
+    Cancelled,
 }
 
 impl PipelineStatus {
@@ -563,6 +599,7 @@ impl PipelineStatus {
     pub fn start_run(&mut self, spec: &PipelineSpec) {
         self.phase = Some(PipelinePhase::Pending);
         self.run_started = None;
+        self.queued_revision = None;
         self.current_revision = Some(spec.revision.clone());
         self.current_stage = None;
         self.stages = spec
@@ -575,6 +612,18 @@ impl PipelineStatus {
     /// The status entry of a stage.
     pub fn stage_mut(&mut self, name: &str) -> Option<&mut StageStatus> {
         self.stages.iter_mut().find(|s| s.name == name)
+    }
+
+    /// Notes that `revision` waits for the active run; the one waiting before it, if
+    /// another, is skipped.
+    pub fn queue(&mut self, revision: &str) {
+        if self.queued_revision.as_deref() == Some(revision) {
+            return;
+        }
+        if let Some(replaced) = self.queued_revision.replace(revision.to_owned()) {
+            self.skipped_revisions.insert(0, replaced);
+            self.skipped_revisions.truncate(HISTORY_LIMIT);
+        }
     }
 
     /// Records a finished run first in `history`, keeping [`HISTORY_LIMIT`].

@@ -142,6 +142,17 @@ pub async fn create(api: &Api<Job>, job: &Job) -> Result<Created, kube::Error> {
     }
 }
 
+/// Deletes Job `name` with its Pods (background propagation: a plain delete of a
+/// batch/v1 Job orphans its Pods, which keep running). Gone already is fine.
+pub async fn delete(api: &Api<Job>, name: &str) -> Result<(), kube::Error> {
+    let params = kube::api::DeleteParams::background();
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The Jobs of run `run` of the Pipeline with uid `uid`, by name. A completed Job's
 /// state carries the termination message of its succeeded Pod when `wants_results`
 /// says its stage declares results.
@@ -249,6 +260,7 @@ mod tests {
                 }],
                 promotion: Promotion::Auto,
                 suspend: false,
+                concurrency_policy: crate::crd::ConcurrencyPolicy::Queue,
             },
         );
         p.metadata.namespace = Some("shop".into());

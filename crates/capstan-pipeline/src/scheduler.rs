@@ -6,7 +6,8 @@
 //! Runs: a run starts when `spec.revision` differs from the last run's and no run is
 //! active; a newer revision that arrives while a run is active waits for it to end
 //! (the `Queue` policy), and only the newest waits (revisions in between are never
-//! run). Stages run in list order; a stage that fails ends the run `Failed` and the
+//! run), or stops it (`Supersede`: its running Jobs are deleted, the run ends
+//! `Superseded`). Stages run in list order; a stage that fails ends the run `Failed` and the
 //! stages after it are `Skipped`. `spec.suspend` starts no stage; a running one
 //! finishes.
 //!
@@ -19,7 +20,8 @@
 use std::collections::BTreeMap;
 
 use crate::crd::{
-    MAX_RESULTS_BYTES, PipelinePhase, PipelineSpec, PipelineStatus, StageAction, StagePhase,
+    ConcurrencyPolicy, MAX_RESULTS_BYTES, PipelinePhase, PipelineSpec, PipelineStatus, StageAction,
+    StagePhase,
 };
 
 /// What Capstan sees of a stage's Job.
@@ -73,6 +75,12 @@ pub enum Next {
     },
     /// Every stage succeeded: the run ends.
     FinishRun,
+    /// A newer revision supersedes the active run: delete these running Jobs, end the
+    /// run `Superseded`.
+    Supersede {
+        /// The run's Jobs that have not finished.
+        running: Vec<String>,
+    },
 }
 
 /// Whether a run is under way (started, not ended).
@@ -99,12 +107,22 @@ pub fn next(
             Next::Wait
         };
     }
+    if spec.concurrency_policy == ConcurrencyPolicy::Supersede
+        && status.current_revision.as_deref() != Some(spec.revision.as_str())
+    {
+        let running = jobs
+            .iter()
+            .filter(|(_, s)| **s == JobState::Active)
+            .map(|(n, _)| n.clone())
+            .collect();
+        return Next::Supersede { running };
+    }
     // The stage of the run that is not yet done. Stages follow the list of the spec the
     // run started with; a spec edited mid-run keeps the names it had (`status.stages`).
     for (index, st) in status.stages.iter().enumerate() {
         match st.phase {
             StagePhase::Succeeded | StagePhase::Skipped => continue,
-            StagePhase::Failed | StagePhase::RolledBack => {
+            StagePhase::Failed | StagePhase::RolledBack | StagePhase::Cancelled => {
                 return Next::StageFailed {
                     index,
                     message: st.message.clone().unwrap_or_default(),

@@ -16,6 +16,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use capstan_core::conditions::find;
@@ -31,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the played kubelet does with a stage's Pod: exit code and termination message,
-/// from the stage and the Pod's environment.
-type Outcome = fn(&str, &BTreeMap<String, String>) -> (i32, String);
+/// from the stage and the Pod's environment; `None` keeps it running.
+type Outcome = Arc<dyn Fn(&str, &BTreeMap<String, String>) -> Option<(i32, String)> + Send + Sync>;
 
 /// Plays the kubelet in `ns` until `stop`: every Pod of a stage that has not finished
 /// is moved to Succeeded (exit 0) or Failed, with its termination message.
@@ -64,7 +66,9 @@ fn play_kubelet(client: kube::Client, ns: &str, outcome: Outcome, stop: Cancella
                     .flatten()
                     .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
                     .collect();
-                let (code, message) = outcome(&stage, &env);
+                let Some((code, message)) = outcome(&stage, &env) else {
+                    continue;
+                };
                 let now = chrono::Utc::now().to_rfc3339();
                 let status = json!({ "status": {
                     "phase": if code == 0 { "Succeeded" } else { "Failed" },
@@ -111,6 +115,184 @@ fn pipeline(name: &str, revision: &str, stages: Vec<Value>) -> Value {
     })
 }
 
+async fn set_revision(api: &Api<Pipeline>, name: &str, revision: &str) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "revision": revision } })),
+    )
+    .await
+    .expect("new revision");
+}
+
+async fn status_until(
+    api: &Api<Pipeline>,
+    name: &str,
+    m: &common::Manager,
+    what: &str,
+    done: impl Fn(&capstan_pipeline::PipelineStatus) -> bool,
+) -> capstan_pipeline::PipelineStatus {
+    await_condition(
+        api,
+        name,
+        |o: &Pipeline| o.status.as_ref().is_some_and(&done),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}\n{}", m.all_logs()))
+    .status
+    .expect("status")
+}
+
+/// `Supersede`: a new revision stops the run whose Job is still running; the Job is
+/// deleted and no Pod of it remains (a plain delete of a Job would leave its Pods); the
+/// new revision runs. `Queue` (default): the run finishes first; a revision replaced
+/// while waiting is skipped, recorded, and never runs.
+#[tokio::test]
+async fn new_revisions_supersede_or_queue() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<Pipeline> = ns.api(client.clone());
+    let job_api: Api<Job> = ns.api(client.clone());
+    let pod_api: Api<Pod> = ns.api(client.clone());
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let release = Arc::new(AtomicBool::new(false));
+    let released = release.clone();
+    // Revision 1.0's tests hang until released; everything else passes.
+    play_kubelet(
+        client.clone(),
+        ns.name(),
+        Arc::new(move |_: &str, env: &BTreeMap<String, String>| {
+            let held = env.get("REVISION").map(String::as_str) == Some("1.0")
+                && !released.load(Ordering::SeqCst);
+            (!held).then(|| (0, String::new()))
+        }),
+        stop,
+    );
+    let env = json!([{ "name": "REVISION", "value": "{{ revision }}" }]);
+    let mut fast = pipeline(
+        "fast",
+        "1.0",
+        vec![job_stage(
+            "test",
+            "Test",
+            json!({ "image": "busybox", "env": env }),
+        )],
+    );
+    fast["spec"]["concurrencyPolicy"] = json!("Supersede");
+    common::rotation::create(&api, fast).await;
+    let m = common::start(kube, "pipeline-policies", &args(ns.name())).await;
+    let pods_of = |job: &'static str| {
+        let pod_api = pod_api.clone();
+        async move {
+            pod_api
+                .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+                .await
+                .expect("pods")
+                .items
+                .len()
+        }
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while pods_of("fast-1-test-1").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no Pod for run 1\n{}",
+            m.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    set_revision(&api, "fast", "2.0").await;
+    let st = status_until(&api, "fast", &m, "run 2 not done", |s| {
+        s.run_number == 2 && s.phase == Some(PipelinePhase::Succeeded)
+    })
+    .await;
+    assert_eq!(
+        st.history[1].outcome,
+        PipelinePhase::Superseded,
+        "{:?}",
+        st.history
+    );
+    assert_eq!(st.history[1].revision, "1.0");
+    let deadline = Instant::now() + TIMEOUT;
+    while job_api
+        .get_opt("fast-1-test-1")
+        .await
+        .expect("get")
+        .is_some()
+        || pods_of("fast-1-test-1").await > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the superseded run's Job or Pod remains\n{}",
+            m.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Queue: 2.0 waits, 3.0 replaces it, then 1.0's run is released.
+    common::rotation::create(
+        &api,
+        pipeline(
+            "queued",
+            "1.0",
+            vec![job_stage(
+                "test",
+                "Test",
+                json!({ "image": "busybox", "env": env }),
+            )],
+        ),
+    )
+    .await;
+    let deadline = Instant::now() + TIMEOUT;
+    while pods_of("queued-1-test-1").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no Pod for run 1\n{}",
+            m.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    set_revision(&api, "queued", "2.0").await;
+    status_until(&api, "queued", &m, "2.0 not queued", |s| {
+        s.queued_revision.as_deref() == Some("2.0")
+    })
+    .await;
+    set_revision(&api, "queued", "3.0").await;
+    let st = status_until(&api, "queued", &m, "3.0 not queued", |s| {
+        s.queued_revision.as_deref() == Some("3.0")
+    })
+    .await;
+    assert_eq!(st.skipped_revisions, ["2.0"]);
+    assert_eq!(st.run_number, 1, "no run while one is active");
+    release.store(true, Ordering::SeqCst);
+    let st = status_until(&api, "queued", &m, "3.0 not run", |s| {
+        s.run_number == 2 && s.phase == Some(PipelinePhase::Succeeded)
+    })
+    .await;
+    let runs: Vec<(&str, PipelinePhase)> = st
+        .history
+        .iter()
+        .map(|r| (r.revision.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("3.0", PipelinePhase::Succeeded),
+            ("1.0", PipelinePhase::Succeeded)
+        ]
+    );
+    assert_eq!(st.queued_revision, None);
+    let names: Vec<String> = jobs_of(&job_api)
+        .await
+        .into_keys()
+        .filter(|n| n.starts_with("queued-"))
+        .collect();
+    assert_eq!(names, ["queued-1-test-1", "queued-2-test-1"]);
+}
+
 fn condition(o: &Pipeline, type_: &str) -> Option<(String, String, String)> {
     let c = find(&o.status.as_ref()?.conditions, type_)?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
@@ -141,14 +323,16 @@ async fn job_stages_run_in_order_and_results_feed_later_stages() {
     play_kubelet(
         client.clone(),
         ns.name(),
-        |stage, env| match (stage, env.get("REVISION").map(String::as_str)) {
-            ("test", Some("2.0")) => (1, "2 tests failed".into()),
-            ("build", Some(rev)) => (
-                0,
-                json!({ "imageDigest": format!("sha256:d1g{rev}") }).to_string(),
-            ),
-            _ => (0, String::new()),
-        },
+        Arc::new(|stage: &str, env: &BTreeMap<String, String>| {
+            Some(match (stage, env.get("REVISION").map(String::as_str)) {
+                ("test", Some("2.0")) => (1, "2 tests failed".into()),
+                ("build", Some(rev)) => (
+                    0,
+                    json!({ "imageDigest": format!("sha256:d1g{rev}") }).to_string(),
+                ),
+                _ => (0, String::new()),
+            })
+        }),
         stop,
     );
     let env = json!([{ "name": "REVISION", "value": "{{ revision }}" }]);

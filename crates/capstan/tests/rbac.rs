@@ -60,8 +60,8 @@ async fn expect(client: &kube::Client, user: &str, cases: &[(&str, &str, &str, b
 
 /// The default install (every namespace, every controller) grants what the code calls
 /// and nothing more: no Secret list/watch/delete anywhere (`kubectl auth can-i list
-/// secrets -n kube-system --as` Capstan's account says no), Jobs created and watched
-/// but never deleted, Pods listed but never read otherwise, status updates for
+/// secrets -n kube-system --as` Capstan's account says no), Jobs created, watched and
+/// deleted (a superseded run's) but never changed, Pods listed but never read otherwise, status updates for
 /// SecretRotation's step claims and Pipeline's run claims.
 #[tokio::test]
 async fn default_install_grants_what_the_code_calls_and_no_more() {
@@ -123,11 +123,12 @@ async fn default_install_grants_what_the_code_calls_and_no_more() {
             ("list", "apps/statefulsets", "tenant", true),
             ("watch", "apps/deployments", "tenant", false),
             ("delete", "apps/deployments", "tenant", false),
-            // Pipeline Job stages: Jobs created and followed, never deleted; a completed
-            // Job's Pod listed for its termination message, never changed.
+            // Pipeline Job stages: Jobs created and followed, deleted when their run is
+            // superseded, never changed; a completed Job's Pod listed for its
+            // termination message, never changed.
             ("create", "batch/jobs", "tenant", true),
             ("watch", "batch/jobs", "tenant", true),
-            ("delete", "batch/jobs", "tenant", false),
+            ("delete", "batch/jobs", "tenant", true),
             ("update", "batch/jobs", "tenant", false),
             ("list", "pods", "tenant", true),
             ("get", "pods", "tenant", false),

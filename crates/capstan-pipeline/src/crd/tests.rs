@@ -133,6 +133,7 @@ pub(crate) fn example_spec() -> PipelineSpec {
         ],
         promotion: Promotion::Manual,
         suspend: false,
+        concurrency_policy: crate::crd::ConcurrencyPolicy::Queue,
     }
 }
 
@@ -181,6 +182,7 @@ fn crd_names_scope_and_subresources() {
         columns,
         [
             "Revision=.spec.revision",
+            "Run=.status.runId",
             "Phase=.status.phase",
             "Stage=.status.currentStage",
             "Ready=.status.conditions[?(@.type==\"Ready\")].status",

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use capstan_core::schedule::DurationString;
 
 use super::*;
-use crate::crd::{JobStage, PipelineStatus, Promotion, Stage, StageStatus, StageType};
+use crate::crd::{
+    ConcurrencyPolicy, JobStage, PipelineStatus, Promotion, Stage, StageStatus, StageType,
+};
 
 fn job_stage(name: &str, results: &[&str]) -> Stage {
     Stage {
@@ -32,6 +34,7 @@ fn spec(revision: &str) -> PipelineSpec {
         stages: vec![job_stage("test", &[]), job_stage("build", &["imageDigest"])],
         promotion: Promotion::Auto,
         suspend: false,
+        concurrency_policy: crate::crd::ConcurrencyPolicy::Queue,
     }
 }
 
@@ -97,6 +100,37 @@ fn runs_start_on_a_new_revision_and_queue_behind_an_active_one() {
     let mut suspended = spec("2");
     suspended.suspend = true;
     assert_eq!(next(&suspended, &finished, &none), Next::Wait);
+}
+
+/// `Supersede`: a new revision stops the active run, naming its running Jobs; the
+/// same revision does not.
+#[test]
+fn a_new_revision_supersedes_the_active_run_under_supersede() {
+    use StagePhase::*;
+    let mut s = spec("2");
+    s.concurrency_policy = ConcurrencyPolicy::Supersede;
+    let active = running("1", &[Succeeded, Running]);
+    let observed = jobs(&[
+        ("shop-1-test-1", done("{}")),
+        ("shop-1-build-1", JobState::Active),
+    ]);
+    assert_eq!(
+        next(&s, &active, &observed),
+        Next::Supersede {
+            running: vec!["shop-1-build-1".into()]
+        }
+    );
+    s.revision = "1".into();
+    assert_eq!(next(&s, &active, &observed), Next::Wait);
+    // Queue records the waiting revision; a newer one skips it.
+    let mut st = active.clone();
+    st.queue("2");
+    st.queue("3");
+    st.queue("3");
+    assert_eq!(st.queued_revision.as_deref(), Some("3"));
+    assert_eq!(st.skipped_revisions, ["2"]);
+    st.start_run(&spec("3"));
+    assert_eq!(st.queued_revision, None);
 }
 
 #[test]
