@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The shipped manager (`cargo build -p capstan`: no dev-dependencies) must be built
-# without the test-only features of capstan-secret-rotation: `failpoints` (crash
-# injection, FAILPOINTS) and `test-hooks` (CAPSTAN_TEST_VALUE_MARKER), nor capstan-core's
-# `schema-testing` (the CRD tests' helpers, with kube-cel). Only the tests turn them on,
+# without the test-only features of capstan-secret-rotation, capstan-pipeline and
+# capstan-core: `failpoints` (crash injection, FAILPOINTS), `test-hooks`
+# (CAPSTAN_TEST_VALUE_MARKER), `schema-testing` (the CRD tests' helpers, with kube-cel). Only the tests turn them on,
 # through dev-dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
-tree() { "$CARGO" tree --locked -p capstan --edges "$1" --prefix none --format '{p} [{f}]' | grep -E '^capstan-(secret-rotation|core) ' | sort -u; }
+tree() { "$CARGO" tree --locked -p capstan --edges "$1" --prefix none --format '{p} [{f}]' | grep -E '^capstan-(secret-rotation|pipeline|core) ' | sort -u; }
 shipped=$(tree normal,build)
 if grep -Eq 'failpoints|test-hooks|schema-testing' <<<"$shipped"; then
 	echo "the shipped capstan build enables test-only features: $shipped" >&2

@@ -12,6 +12,8 @@
 //! - [`error`]: error categories (metrics labels, retry decisions) and cause chains.
 //! - [`events`]: Kubernetes Events, built without a client and published without a
 //!   cache; Warnings when `Ready` turns false.
+//! - [`failpoints`]: the crash-injection points of the crash tests (inert, and compiled
+//!   out, unless the `failpoints` feature is on).
 //! - [`gate`]: step one of every reconcile: resolve the connection an object names and
 //!   refuse a namespace or resource it does not allow; the watches that re-run objects
 //!   when a connection or namespace changes.
@@ -29,7 +31,7 @@
 //! - [`ssa`]: server-side apply and status writes with one field manager per controller.
 //! - [`validation`]: field errors with paths, for what the CRD schema cannot refuse.
 //!
-//! Layers: `clock`, `error`, `redact`, `budget`, `schedule` and `validation` import no
+//! Layers: `clock`, `error`, `failpoints`, `redact`, `budget`, `schedule` and `validation` import no
 //! other module here; no two modules import each other.
 
 pub mod budget;
@@ -39,6 +41,7 @@ pub mod connection;
 pub mod connection_index;
 pub mod error;
 pub mod events;
+pub mod failpoints;
 pub mod gate;
 pub mod metrics;
 pub mod namespaces;

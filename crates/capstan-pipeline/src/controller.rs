@@ -11,6 +11,10 @@
 //! Job stages run. Deploy stages (ECS), and what depends on them (smoke tests after a
 //! deploy, approvals, rollbacks), are not in this build: a Pipeline with a Deploy stage
 //! gets `Ready=Unknown, NotImplemented` naming that, and nothing starts.
+//!
+//! Crash points (tests; [`capstan_core::failpoints`]): `pipeline::after-start-run`
+//! (the run's claim written), `pipeline::after-claim-stage` (a stage claimed, its Job
+//! not created), `pipeline::after-create-job` (the Job created, nothing recorded).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use std::time::Duration;
 use capstan_core::conditions::{self, Desired, READY, Status};
 use capstan_core::connection::ConnectionKind;
 use capstan_core::events::{EventType, Publisher, ready_turned_false};
+use capstan_core::failpoints::{self, crash_point};
 use capstan_core::gate::{Gate, INVALID_SPEC, NOT_IMPLEMENTED, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::runtime::{Runtime, run_controller};
@@ -250,6 +255,7 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
                 st.phase = Some(PipelinePhase::Running);
                 set_conditions(&mut st, &w.obj, now);
                 w.write(&st).await?;
+                crash_point("pipeline::after-start-run");
                 let note = format!(
                     "run {} started for revision {}",
                     st.run_id.as_deref().unwrap_or_default(),
@@ -273,6 +279,7 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
                 set_conditions(&mut st, &w.obj, now);
                 // The claim, then the Job.
                 w.write(&st).await?;
+                crash_point("pipeline::after-claim-stage");
                 create_job(ctx, w, &job_api, index).await?;
             }
             Next::CreateJob { index } => create_job(ctx, w, &job_api, index).await?,
@@ -398,6 +405,7 @@ async fn create_job(ctx: &Ctx, w: &mut Writer, api: &Api<Job>, index: usize) -> 
                         "a Job named {job_name} exists and is not this Pipeline's; delete or rename it"
                     ),
                     Ok(jobs::Created::Ours) => {
+                        crash_point("pipeline::after-create-job");
                         let note = format!("stage {}: Job {job_name} created", stage_status.name);
                         ctx.events
                             .publish(
@@ -569,6 +577,7 @@ impl Writer {
 
 /// Runs the controller until `shutdown`.
 pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
+    failpoints::from_env();
     let ctx = Arc::new(Ctx {
         events: Publisher::new(rt.client.clone(), FIELD_MANAGER, &rt.instance),
         rt: rt.clone(),

@@ -15,134 +15,24 @@
 
 mod common;
 
+use common::pipeline::{
+    args, condition, job_stage, jobs_of, pipeline, play_kubelet, set_revision, status_until,
+};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use capstan_core::conditions::find;
 use capstan_pipeline::crd::{Pipeline, PipelinePhase, StagePhase};
-use capstan_pipeline::jobs::{CONTAINER, STAGE_LABEL};
 use capstan_testenv::{TempNamespace, TestEnv, await_condition};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What the played kubelet does with a stage's Pod: exit code and termination message,
-/// from the stage and the Pod's environment; `None` keeps it running.
-type Outcome = Arc<dyn Fn(&str, &BTreeMap<String, String>) -> Option<(i32, String)> + Send + Sync>;
-
-/// Plays the kubelet in `ns` until `stop`: every Pod of a stage that has not finished
-/// is moved to Succeeded (exit 0) or Failed, with its termination message.
-fn play_kubelet(client: kube::Client, ns: &str, outcome: Outcome, stop: CancellationToken) {
-    let pods: Api<Pod> = Api::namespaced(client, ns);
-    tokio::spawn(async move {
-        while !stop.is_cancelled() {
-            let list = pods
-                .list(&ListParams::default().labels(STAGE_LABEL))
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            for pod in list {
-                let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-                if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
-                    continue;
-                }
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                let stage = pod
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(STAGE_LABEL).cloned())
-                    .unwrap_or_default();
-                let c = &pod.spec.as_ref().expect("spec").containers[0];
-                let env: BTreeMap<String, String> = c
-                    .env
-                    .iter()
-                    .flatten()
-                    .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-                    .collect();
-                let Some((code, message)) = outcome(&stage, &env) else {
-                    continue;
-                };
-                let now = chrono::Utc::now().to_rfc3339();
-                let status = json!({ "status": {
-                    "phase": if code == 0 { "Succeeded" } else { "Failed" },
-                    "containerStatuses": [{
-                        "name": CONTAINER, "ready": false, "restartCount": 0,
-                        "image": c.image, "imageID": "",
-                        "state": { "terminated": {
-                            "exitCode": code,
-                            "reason": if code == 0 { "Completed" } else { "Error" },
-                            "message": message, "startedAt": now, "finishedAt": now
-                        } }
-                    }]
-                }});
-                let _ = pods
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                    .await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-}
-
-fn args(ns: &str) -> [&str; 7] {
-    [
-        "--leader-elect=false",
-        "--namespaces",
-        ns,
-        "--own-namespace",
-        ns,
-        "--controllers",
-        "pipeline",
-    ]
-}
-
-fn job_stage(name: &str, type_: &str, job: Value) -> Value {
-    json!({ "name": name, "type": type_, "job": job })
-}
-
-fn pipeline(name: &str, revision: &str, stages: Vec<Value>) -> Value {
-    json!({
-        "apiVersion": "capstan.dev/v1alpha1", "kind": "Pipeline",
-        "metadata": { "name": name },
-        "spec": { "revision": revision, "promotion": "Auto", "stages": stages }
-    })
-}
-
-async fn set_revision(api: &Api<Pipeline>, name: &str, revision: &str) {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "revision": revision } })),
-    )
-    .await
-    .expect("new revision");
-}
-
-async fn status_until(
-    api: &Api<Pipeline>,
-    name: &str,
-    m: &common::Manager,
-    what: &str,
-    done: impl Fn(&capstan_pipeline::PipelineStatus) -> bool,
-) -> capstan_pipeline::PipelineStatus {
-    await_condition(
-        api,
-        name,
-        |o: &Pipeline| o.status.as_ref().is_some_and(&done),
-        TIMEOUT,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{what}: {e}\n{}", m.all_logs()))
-    .status
-    .expect("status")
-}
 
 /// `Supersede`: a new revision stops the run whose Job is still running; the Job is
 /// deleted and no Pod of it remains (a plain delete of a Job would leave its Pods); the
@@ -291,21 +181,6 @@ async fn new_revisions_supersede_or_queue() {
         .filter(|n| n.starts_with("queued-"))
         .collect();
     assert_eq!(names, ["queued-1-test-1", "queued-2-test-1"]);
-}
-
-fn condition(o: &Pipeline, type_: &str) -> Option<(String, String, String)> {
-    let c = find(&o.status.as_ref()?.conditions, type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn jobs_of(api: &Api<Job>) -> BTreeMap<String, Job> {
-    api.list(&ListParams::default())
-        .await
-        .expect("jobs")
-        .items
-        .into_iter()
-        .map(|j| (j.metadata.name.clone().unwrap_or_default(), j))
-        .collect()
 }
 
 /// Three stages; the Build reports the digest it pushed, which the third stage gets in

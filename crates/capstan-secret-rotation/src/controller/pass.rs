@@ -65,38 +65,13 @@ pub(super) fn key_of(obj: &impl Resource) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-// ---------------------------------------------------------------------------------------
-// Failpoints (tests only): `FAILPOINTS="secret-rotation::after-SetTarget=return"` makes
-// the process abort right after that side effect, before it is recorded;
+// Failpoints (tests only; [`capstan_core::failpoints`]):
+// `FAILPOINTS="secret-rotation::after-SetTarget=return"` makes the process abort right
+// after that side effect, before it is recorded;
 // `secret-rotation::before-set-password=sleep(5000)` holds it in `SetTarget` after the
 // pending value was read, right before the database write (where a frozen leader is
 // dangerous).
-
-pub(super) fn failpoints_from_env() {
-    #[cfg(feature = "failpoints")]
-    if let Ok(spec) = std::env::var("FAILPOINTS") {
-        for part in spec.split(';').filter(|p| !p.trim().is_empty()) {
-            if let Some((name, actions)) = part.split_once('=')
-                && let Err(e) = fail::cfg(name.trim(), actions.trim())
-            {
-                tracing::warn!(failpoint = name, error = %e, "bad failpoint");
-            }
-        }
-    }
-}
-
-/// A crash-injection point after a side effect: with the `failpoints` feature and the
-/// point configured to `return`, the process aborts here (as a crash would); `sleep(ms)`
-/// and `pause` hold the reconcile. Compiled out otherwise.
-pub(super) fn crash_point(_name: &str) {
-    #[cfg(feature = "failpoints")]
-    {
-        let _: Option<()> = fail::eval(_name, |_| {
-            tracing::warn!(failpoint = _name, "failpoint: aborting");
-            std::process::abort()
-        });
-    }
-}
+pub(super) use capstan_core::failpoints::{crash_point, from_env as failpoints_from_env};
 
 /// When to look again after a pass that ends with no rotation in progress: at the next
 /// rotation time (at least 200 ms from now), or on a change when none is scheduled.

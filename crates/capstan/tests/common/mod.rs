@@ -20,6 +20,7 @@ use capstan_testenv::{AuditedRequest, InstallOptions, Installation, Kube};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod pipeline;
 pub mod postgres;
 pub mod rotation;
 pub mod scaling;
