@@ -293,7 +293,16 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
                 set_conditions(&mut st, &w.obj, now);
                 w.write(&st).await?;
             }
-            Next::StageFailed { index, message } => {
+            Next::StageFailed {
+                index,
+                message,
+                running,
+            } => {
+                // Stages running side by side stop with the run: their Jobs first (a
+                // crash after this finds the run failed again and deletes nothing more).
+                for name in &running {
+                    jobs::delete(&job_api, name).await?;
+                }
                 end_run(&mut st, now, Some((index, &message)));
                 set_conditions(&mut st, &w.obj, now);
                 w.write(&st).await?;
@@ -447,7 +456,11 @@ fn end_run(st: &mut PipelineStatus, now: DateTime<Utc>, failed: Option<(usize, &
                 s.finished = Some(now);
                 s.set_message(message);
                 failed_stage = Some(s.name.clone());
-            } else if i > index && s.phase == StagePhase::Pending {
+            } else if s.phase == StagePhase::Running {
+                s.phase = StagePhase::Cancelled;
+                s.finished = Some(now);
+                s.set_message("cancelled: another stage of the run failed");
+            } else if s.phase == StagePhase::Pending {
                 s.phase = StagePhase::Skipped;
             }
         }

@@ -254,6 +254,32 @@ pub struct Stage {
     /// The ECS deployment of a `Deploy` stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployStage>,
+    /// The stages that must succeed before this one starts, each listed before it
+    /// (checked by the controller: an unknown or later name is `InvalidSpec` with its
+    /// field path; CEL would need list positions). Unset: the stage before it in the
+    /// list (stages run in list order). `[]`: none, it starts with the run. Stages whose
+    /// dependencies are met run side by side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 40)))]
+    pub depends_on: Option<Vec<String>>,
+}
+
+impl Stage {
+    /// The indexes (in `stages`) of the stages stage `index` waits for: its
+    /// `dependsOn`, or the stage before it. Names not before it are left out
+    /// (refused at admission and by validation).
+    pub fn dependencies(stages: &[Stage], index: usize) -> Vec<usize> {
+        let Some(stage) = stages.get(index) else {
+            return Vec::new();
+        };
+        match &stage.depends_on {
+            None => index.checked_sub(1).into_iter().collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| stages[..index].iter().position(|s| &s.name == n))
+                .collect(),
+        }
+    }
 }
 
 /// Kinds of stage.

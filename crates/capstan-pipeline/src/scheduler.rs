@@ -7,9 +7,10 @@
 //! active; a newer revision that arrives while a run is active waits for it to end
 //! (the `Queue` policy), and only the newest waits (revisions in between are never
 //! run), or stops it (`Supersede`: its running Jobs are deleted, the run ends
-//! `Superseded`). Stages run in list order; a stage that fails ends the run `Failed` and the
-//! stages after it are `Skipped`. `spec.suspend` starts no stage; a running one
-//! finishes.
+//! `Superseded`). Stages run in list order, or, with `dependsOn`, as soon as the stages
+//! they name have succeeded (side by side when several can). A stage that fails ends
+//! the run `Failed`: stages still running are cancelled (their Jobs deleted), the rest
+//! `Skipped`. `spec.suspend` starts no stage; a running one finishes.
 //!
 //! Job stages: the stage is claimed (status `Running`, attempt, the Job's name, which
 //! derives from the run, the stage and the attempt), then its Job is created; a Job
@@ -20,8 +21,8 @@
 use std::collections::BTreeMap;
 
 use crate::crd::{
-    ConcurrencyPolicy, MAX_RESULTS_BYTES, PipelinePhase, PipelineSpec, PipelineStatus, StageAction,
-    StagePhase,
+    ConcurrencyPolicy, MAX_RESULTS_BYTES, PipelinePhase, PipelineSpec, PipelineStatus, Stage,
+    StageAction, StagePhase,
 };
 
 /// What Capstan sees of a stage's Job.
@@ -66,12 +67,15 @@ pub enum Next {
         /// Its declared results.
         results: BTreeMap<String, String>,
     },
-    /// Stage `index` failed: the run ends.
+    /// Stage `index` failed: the run ends; the Jobs of stages still running side by
+    /// side are deleted.
     StageFailed {
         /// The stage.
         index: usize,
         /// Why, for a person.
         message: String,
+        /// The run's other Jobs that have not finished.
+        running: Vec<String>,
     },
     /// Every stage succeeded: the run ends.
     FinishRun,
@@ -117,35 +121,55 @@ pub fn next(
             .collect();
         return Next::Supersede { running };
     }
-    // The stage of the run that is not yet done. Stages follow the list of the spec the
-    // run started with; a spec edited mid-run keeps the names it had (`status.stages`).
+    // Stages follow the list of the spec the run started with (`status.stages`); a spec
+    // edited mid-run is read by stage name. First a running stage whose Job ended, then
+    // one whose Job is missing, then a pending stage whose dependencies all succeeded.
+    let active: Vec<String> = jobs
+        .iter()
+        .filter(|(_, s)| **s == JobState::Active)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let others = |name: &str| -> Vec<String> {
+        active
+            .iter()
+            .filter(|n| n.as_str() != name)
+            .cloned()
+            .collect()
+    };
+    let mut create = None;
+    let mut start = None;
     for (index, st) in status.stages.iter().enumerate() {
         match st.phase {
-            StagePhase::Succeeded | StagePhase::Skipped => continue,
+            StagePhase::Succeeded | StagePhase::Skipped => {}
             StagePhase::Failed | StagePhase::RolledBack | StagePhase::Cancelled => {
                 return Next::StageFailed {
                     index,
                     message: st.message.clone().unwrap_or_default(),
+                    running: active.clone(),
                 };
             }
             StagePhase::Pending | StagePhase::WaitingForPromotion => {
-                return if spec.suspend {
-                    Next::Wait
-                } else {
-                    Next::StartStage { index }
-                };
+                if start.is_none() && !spec.suspend && dependencies_met(spec, status, index) {
+                    start = Some(index);
+                }
             }
             StagePhase::Running => {
                 let Some(name) = st.job_name.as_deref() else {
-                    return Next::CreateJob { index };
+                    create.get_or_insert(index);
+                    continue;
                 };
-                return match jobs.get(name) {
-                    None => Next::CreateJob { index },
-                    Some(JobState::Active) => Next::Wait,
-                    Some(JobState::Failed { reason }) => Next::StageFailed {
-                        index,
-                        message: format!("Job {name} failed: {reason}"),
-                    },
+                match jobs.get(name) {
+                    None => {
+                        create.get_or_insert(index);
+                    }
+                    Some(JobState::Active) => {}
+                    Some(JobState::Failed { reason }) => {
+                        return Next::StageFailed {
+                            index,
+                            message: format!("Job {name} failed: {reason}"),
+                            running: others(name),
+                        };
+                    }
                     Some(JobState::Succeeded { message }) => {
                         let declared = spec
                             .stages
@@ -156,19 +180,55 @@ pub fn next(
                                 _ => None,
                             })
                             .unwrap_or_default();
-                        match parse_results(message.as_deref(), declared) {
+                        return match parse_results(message.as_deref(), declared) {
                             Ok(results) => Next::StageSucceeded { index, results },
                             Err(why) => Next::StageFailed {
                                 index,
                                 message: format!("Job {name} completed, but {why}"),
+                                running: others(name),
                             },
-                        }
+                        };
                     }
-                };
+                }
             }
         }
     }
-    Next::FinishRun
+    if let Some(index) = create {
+        return Next::CreateJob { index };
+    }
+    if let Some(index) = start {
+        return Next::StartStage { index };
+    }
+    let done = status
+        .stages
+        .iter()
+        .all(|s| matches!(s.phase, StagePhase::Succeeded | StagePhase::Skipped));
+    if done { Next::FinishRun } else { Next::Wait }
+}
+
+/// Whether every stage that stage `index` of the run waits for has succeeded: its
+/// `dependsOn` in the spec (by name), or, for a stage no longer in the spec, the one
+/// before it in the run.
+fn dependencies_met(spec: &PipelineSpec, status: &PipelineStatus, index: usize) -> bool {
+    let Some(st) = status.stages.get(index) else {
+        return false;
+    };
+    let succeeded = |name: &str| {
+        status
+            .stages
+            .iter()
+            .find(|s| s.name == name)
+            .is_none_or(|s| s.phase == StagePhase::Succeeded)
+    };
+    match spec.stages.iter().position(|s| s.name == st.name) {
+        Some(i) => Stage::dependencies(&spec.stages, i)
+            .into_iter()
+            .all(|d| succeeded(&spec.stages[d].name)),
+        None => index
+            .checked_sub(1)
+            .and_then(|p| status.stages.get(p))
+            .is_none_or(|p| p.phase == StagePhase::Succeeded),
+    }
 }
 
 /// The declared results from a Job's termination message: a JSON object of string

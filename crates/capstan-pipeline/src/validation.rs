@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use capstan_core::schedule::DurationString;
 
-use crate::crd::{MAX_RESULTS, MAX_STAGES, PipelineSpec, StageAction, StageType};
+use crate::crd::{MAX_RESULTS, MAX_STAGES, PipelineSpec, Stage, StageAction, StageType};
 use crate::template;
 
 /// Longest timeout a stage may have.
@@ -38,6 +38,8 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
     let mut declared: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut deployed_services = BTreeSet::new();
     let mut seen_deploy = false;
+    // Per stage, the stages that finish before it starts (its dependencies, theirs...).
+    let mut ancestors: Vec<BTreeSet<usize>> = Vec::new();
     for (i, stage) in spec.stages.iter().enumerate() {
         let path = format!("spec.stages[{i}]");
         if !names.insert(stage.name.as_str()) {
@@ -46,6 +48,27 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
                 format!("`{}` is used by an earlier stage", stage.name),
             ));
         }
+        check_depends_on(spec, i, &mut errors);
+        let mut before = BTreeSet::new();
+        for d in Stage::dependencies(&spec.stages, i) {
+            before.insert(d);
+            before.extend(ancestors.get(d).into_iter().flatten().copied());
+        }
+        // Results reach a stage only from the stages that finish before it.
+        let visible: BTreeMap<&str, BTreeSet<&str>> = declared
+            .iter()
+            .filter(|(name, _)| {
+                before
+                    .iter()
+                    .any(|b| spec.stages.get(*b).is_some_and(|s| s.name == **name))
+            })
+            .map(|(n, k)| (*n, k.clone()))
+            .collect();
+        ancestors.push(before);
+        let declared_earlier = &declared;
+        let check_tpl = |path: &str, text: &str, errors: &mut Vec<FieldError>| {
+            check_template(path, text, &visible, declared_earlier, errors);
+        };
         match stage.action() {
             None => errors.push(FieldError::new(
                 path.clone(),
@@ -53,7 +76,7 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
             )),
             Some(StageAction::Job(job)) => {
                 let check = |field: String, text: &str, errors: &mut Vec<FieldError>| {
-                    check_template(&field, text, &declared, errors);
+                    check_tpl(&field, text, errors);
                 };
                 check(format!("{path}.job.image"), &job.image, &mut errors);
                 for (j, c) in job.command.iter().enumerate() {
@@ -87,12 +110,7 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
             }
             Some(StageAction::Deploy(deploy)) => {
                 seen_deploy = true;
-                check_template(
-                    &format!("{path}.deploy.image"),
-                    &deploy.image,
-                    &declared,
-                    &mut errors,
-                );
+                check_tpl(&format!("{path}.deploy.image"), &deploy.image, &mut errors);
                 check_timeout(&format!("{path}.deploy.timeout"), &deploy.timeout, &mut errors);
                 if !deployed_services.insert((deploy.cluster.as_str(), deploy.service.as_str())) {
                     errors.push(FieldError::new(
@@ -122,11 +140,32 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
     }
 }
 
-/// The template's syntax, and that each result it uses is declared by an earlier Job
-/// stage (`declared`).
+/// Every name in stage `i`'s `dependsOn` is a stage listed before it, once.
+fn check_depends_on(spec: &PipelineSpec, i: usize, errors: &mut Vec<FieldError>) {
+    let Some(names) = spec.stages.get(i).and_then(|s| s.depends_on.as_ref()) else {
+        return;
+    };
+    let mut seen = BTreeSet::new();
+    for (j, name) in names.iter().enumerate() {
+        let path = format!("spec.stages[{i}].dependsOn[{j}]");
+        if !spec.stages[..i].iter().any(|s| &s.name == name) {
+            errors.push(FieldError::new(
+                path,
+                format!("`{name}` is not a stage listed before this one"),
+            ));
+        } else if !seen.insert(name.as_str()) {
+            errors.push(FieldError::new(path, format!("`{name}` is listed twice")));
+        }
+    }
+}
+
+/// The template's syntax, and that each result it uses is declared by a Job stage
+/// that finishes before this one (`visible`; `declared` has every earlier one, for the
+/// message).
 fn check_template(
     path: &str,
     text: &str,
+    visible: &BTreeMap<&str, BTreeSet<&str>>,
     declared: &BTreeMap<&str, BTreeSet<&str>>,
     errors: &mut Vec<FieldError>,
 ) {
@@ -135,7 +174,14 @@ fn check_template(
         Ok(vars) => {
             for v in vars {
                 if let template::Var::Result { stage, key } = v {
-                    match declared.get(stage) {
+                    if declared.contains_key(stage) && !visible.contains_key(stage) {
+                        errors.push(FieldError::new(
+                            path,
+                            format!("`{{{{ stages.{stage}.results.{key} }}}}`: stage `{stage}` does not finish before this one starts (dependsOn)"),
+                        ));
+                        continue;
+                    }
+                    match visible.get(stage) {
                         None => errors.push(FieldError::new(
                             path,
                             format!("`{{{{ stages.{stage}.results.{key} }}}}`: no Job stage `{stage}` comes before this one"),
@@ -194,6 +240,7 @@ mod tests {
                 results: vec![],
             }),
             deploy: None,
+            depends_on: None,
         }
     }
 
@@ -300,6 +347,29 @@ mod tests {
                 |s| {
                     if let Some(d) = s.stages[2].deploy.as_mut() {
                         d.image = "repo/app@{{ stages.build.results.nope }}".into();
+                    }
+                },
+                "spec.stages[2].deploy.image",
+            ),
+            (
+                "dependsOn a later stage",
+                |s| s.stages[1].depends_on = Some(vec!["staging".into()]),
+                "spec.stages[1].dependsOn[0]",
+            ),
+            (
+                "dependsOn the same stage twice",
+                |s| s.stages[2].depends_on = Some(vec!["build".into(), "build".into()]),
+                "spec.stages[2].dependsOn[1]",
+            ),
+            (
+                "a result of a stage running side by side",
+                |s| {
+                    // build no longer waits for unit-tests, and unit-tests does not
+                    // wait for build: neither's results reach the other.
+                    s.stages[1].depends_on = Some(vec![]);
+                    s.stages[2].depends_on = Some(vec!["unit-tests".into()]);
+                    if let Some(d) = s.stages[2].deploy.as_mut() {
+                        d.image = "repo/app@{{ stages.build.results.imageDigest }}".into();
                     }
                 },
                 "spec.stages[2].deploy.image",

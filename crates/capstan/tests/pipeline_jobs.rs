@@ -420,3 +420,92 @@ async fn pipelines_that_cannot_run_say_why_and_create_nothing() {
     let theirs = job_api.get("taken-1-test-1").await.expect("still there");
     assert!(theirs.metadata.owner_references.is_none(), "left alone");
 }
+
+/// `dependsOn`: `lint` and `unit` start together (`unit` names no dependency), `build`
+/// waits for both; a `dependsOn` naming a later stage is refused with its field path.
+#[tokio::test]
+async fn stages_with_dependencies_run_side_by_side() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("ns");
+    let client = kube.client().await;
+    let api: Api<Pipeline> = ns.api(client.clone());
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    // lint's Pod finishes only once unit's exists: they must run side by side.
+    let pods: Api<Pod> = ns.api(client.clone());
+    let unit_seen = Arc::new(AtomicBool::new(false));
+    let seen = unit_seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let list = pods
+                .list(&ListParams::default().labels("capstan.dev/stage=unit"))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or_default();
+            if list > 0 {
+                seen.store(true, Ordering::SeqCst);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let gate = unit_seen.clone();
+    play_kubelet(
+        client.clone(),
+        ns.name(),
+        Arc::new(move |stage: &str, _: &BTreeMap<String, String>| {
+            (stage != "lint" || gate.load(Ordering::SeqCst)).then(|| (0, String::new()))
+        }),
+        stop,
+    );
+    let mut p = pipeline(
+        "fan",
+        "1.0",
+        vec![
+            job_stage("lint", "Test", json!({ "image": "busybox" })),
+            job_stage("unit", "Test", json!({ "image": "busybox" })),
+            job_stage("build", "Build", json!({ "image": "busybox" })),
+        ],
+    );
+    p["spec"]["stages"][1]["dependsOn"] = json!([]);
+    p["spec"]["stages"][2]["dependsOn"] = json!(["lint", "unit"]);
+    common::rotation::create(&api, p).await;
+    let mut bad = pipeline(
+        "backwards",
+        "1.0",
+        vec![
+            job_stage("a", "Test", json!({ "image": "busybox" })),
+            job_stage("b", "Test", json!({ "image": "busybox" })),
+        ],
+    );
+    bad["spec"]["stages"][0]["dependsOn"] = json!(["b"]);
+    common::rotation::create(&api, bad).await;
+    let m = common::start(kube, "pipeline-fan", &args(ns.name())).await;
+    let st = status_until(&api, "fan", &m, "fan-out run not done", |s| {
+        s.phase == Some(PipelinePhase::Succeeded)
+    })
+    .await;
+    let at = |name: &str| {
+        let s = st.stages.iter().find(|s| s.name == name).expect("stage");
+        (s.started.expect("started"), s.finished.expect("finished"))
+    };
+    let (lint, unit, build) = (at("lint"), at("unit"), at("build"));
+    assert!(
+        unit.0 < lint.1,
+        "unit started before lint finished: {lint:?} {unit:?}"
+    );
+    assert!(
+        build.0 >= lint.1 && build.0 >= unit.1,
+        "build waited: {build:?}"
+    );
+    let o = await_condition(
+        &api,
+        "backwards",
+        |o: &Pipeline| condition(o, "Ready").is_some_and(|(_, r, _)| r == "InvalidSpec"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("not refused: {e}\n{}", m.all_logs()));
+    let (_, _, message) = condition(&o, "Ready").expect("Ready");
+    assert!(message.contains("spec.stages[0].dependsOn[0]"), "{message}");
+}

@@ -51,6 +51,7 @@ fn stage(
         type_,
         job,
         deploy,
+        depends_on: None,
     }
 }
 
@@ -377,6 +378,15 @@ fn cel_rules_refuse_bad_specs() {
             "{name}: want a failure containing {want:?}, got {failures:?}"
         );
     }
+}
+
+/// Dependencies on earlier stages, or none, pass.
+#[test]
+fn depends_on_earlier_stages_passes() {
+    let mut v = example_value();
+    v["spec"]["stages"][1]["dependsOn"] = json!([]);
+    v["spec"]["stages"][2]["dependsOn"] = json!(["unit-tests", "build"]);
+    assert_eq!(cel_failures(&v), Vec::<String>::new());
 }
 
 #[test]

@@ -24,6 +24,7 @@ fn job_stage(name: &str, results: &[&str]) -> Stage {
             results: results.iter().map(|r| (*r).to_owned()).collect(),
         }),
         deploy: None,
+        depends_on: None,
     }
 }
 
@@ -190,6 +191,7 @@ fn stages_run_in_order_driven_by_their_jobs() {
             Next::StageFailed {
                 index: 1,
                 message: "Job shop-1-build-1 failed: BackoffLimitExceeded".into(),
+                running: vec![],
             },
         ),
         (
@@ -213,6 +215,7 @@ fn stages_run_in_order_driven_by_their_jobs() {
                 message:
                     "Job shop-1-build-1 completed, but it did not report the result `imageDigest`"
                         .into(),
+                running: vec![],
             },
         ),
         (
@@ -241,6 +244,71 @@ fn stages_run_in_order_driven_by_their_jobs() {
         Next::StageSucceeded {
             index: 0,
             results: BTreeMap::new()
+        }
+    );
+}
+
+/// `dependsOn`: `lint` and `test` start with the run and run side by side; `build`
+/// waits for both. A failure cancels what still runs beside it.
+#[test]
+fn stages_with_dependencies_run_side_by_side() {
+    use StagePhase::*;
+    let mut s = spec("1");
+    s.stages = vec![
+        job_stage("lint", &[]),
+        job_stage("test", &[]),
+        job_stage("build", &[]),
+    ];
+    s.stages[1].depends_on = Some(vec![]);
+    s.stages[2].depends_on = Some(vec!["lint".into(), "test".into()]);
+    let mut st = PipelineStatus::default();
+    st.start_run(&s);
+    st.run_number = 1;
+    st.phase = Some(PipelinePhase::Running);
+    let set = |st: &mut PipelineStatus, phases: [StagePhase; 3]| {
+        for (x, p) in st.stages.iter_mut().zip(phases) {
+            x.phase = p;
+            x.job_name = (p == Running).then(|| job_name("shop", 1, &x.name, 1));
+        }
+    };
+    let none = BTreeMap::new();
+    set(&mut st, [Pending, Pending, Pending]);
+    assert_eq!(next(&s, &st, &none), Next::StartStage { index: 0 });
+    // lint runs: test starts beside it; build waits.
+    set(&mut st, [Running, Pending, Pending]);
+    let lint_running = jobs(&[("shop-1-lint-1", JobState::Active)]);
+    assert_eq!(next(&s, &st, &lint_running), Next::StartStage { index: 1 });
+    set(&mut st, [Running, Running, Pending]);
+    let both = jobs(&[
+        ("shop-1-lint-1", JobState::Active),
+        ("shop-1-test-1", JobState::Active),
+    ]);
+    assert_eq!(next(&s, &st, &both), Next::Wait);
+    // One done, the other running: build still waits.
+    set(&mut st, [Succeeded, Running, Pending]);
+    assert_eq!(
+        next(&s, &st, &jobs(&[("shop-1-test-1", JobState::Active)])),
+        Next::Wait
+    );
+    set(&mut st, [Succeeded, Succeeded, Pending]);
+    assert_eq!(next(&s, &st, &none), Next::StartStage { index: 2 });
+    // test fails while lint runs: lint's Job goes with the run.
+    set(&mut st, [Running, Running, Pending]);
+    let failed = jobs(&[
+        ("shop-1-lint-1", JobState::Active),
+        (
+            "shop-1-test-1",
+            JobState::Failed {
+                reason: "BackoffLimitExceeded".into(),
+            },
+        ),
+    ]);
+    assert_eq!(
+        next(&s, &st, &failed),
+        Next::StageFailed {
+            index: 1,
+            message: "Job shop-1-test-1 failed: BackoffLimitExceeded".into(),
+            running: vec!["shop-1-lint-1".into()],
         }
     );
 }
