@@ -416,6 +416,31 @@ pub fn resume(step: RotationStep, view: BackendView) -> Resume {
     }
 }
 
+/// The step a resume runs, for an object with or without a target: without one,
+/// [`resume`]'s `SetTarget` (the pending value is stored) is `Finish`.
+pub fn resumed_step(step: RotationStep, has_target: bool) -> RotationStep {
+    match step {
+        RotationStep::SetTarget | RotationStep::TestTarget if !has_target => RotationStep::Finish,
+        s => s,
+    }
+}
+
+/// The steps from `claimed` up to (not including) `resumed`: done by a Capstan that
+/// died before recording them, found done by the one that resumes.
+pub fn steps_done_between(
+    claimed: RotationStep,
+    resumed: RotationStep,
+    has_target: bool,
+) -> Vec<RotationStep> {
+    let mut done = Vec::new();
+    let mut s = Some(claimed);
+    while let Some(step) = s.filter(|s| *s < resumed) {
+        done.push(step);
+        s = next_step(step, has_target);
+    }
+    done
+}
+
 /// The step after `step`. Without a target (`target.none`) nothing is set or tested.
 pub fn next_step(step: RotationStep, has_target: bool) -> Option<RotationStep> {
     let mut next = step.next()?;

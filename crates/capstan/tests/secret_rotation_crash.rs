@@ -415,3 +415,67 @@ async fn rotate_now(api: &Api<SecretRotation>, token: &str) {
     .await
     .expect("rotate-now");
 }
+
+/// Without a target (`target.none`) there is nothing to set or test: killed after
+/// CreatePending, the next manager records it (recovered) and goes on to Finish, with
+/// no SetTarget or TestTarget line.
+#[tokio::test]
+async fn a_value_only_rotation_resumes_at_finish() {
+    let t = Setup::new().await;
+    common::rotation::create_rotation(
+        &t.api,
+        "key",
+        json!({
+            "backend": { "kubernetes": { "secretName": "key-store" } },
+            "target": { "none": {} },
+            "schedule": { "interval": "720h" },
+            "delivery": { "secret": { "name": "key" } }
+        }),
+    )
+    .await;
+    // The PostgreSQL object `db` stays still, so the crash is `key`'s.
+    t.api
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "suspend": true } })),
+        )
+        .await
+        .expect("suspend db");
+    let crashed = t.crash_after("CreatePending", "value-crash").await;
+    let m = common::start(t.kube, "value-resume", &t.args()).await;
+    let o = await_condition(
+        &t.api,
+        "key",
+        |o: &SecretRotation| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.rotation.is_none() && s.rotation_count >= 1)
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("no resume: {e}\n{}", m.all_logs()));
+    let rotation = o.status.expect("status").recent_rotations[0].id.clone();
+    let object = format!("{}/key", t.ns.name());
+    let lines = step_lines(&logs_of(&[&crashed, &m]), &object);
+    let counts = done_counts(&lines);
+    let steps: Vec<(&str, (usize, usize))> = counts
+        .iter()
+        .filter(|((r, _, _), _)| *r == rotation)
+        .map(|((_, _, s), n)| (s.as_str(), *n))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("CreatePending", (1, 1)),
+            ("Deliver", (1, 0)),
+            ("Finish", (1, 0))
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(
+        data(&t.secrets, "key").await,
+        data(&t.secrets, "key-store").await
+    );
+}

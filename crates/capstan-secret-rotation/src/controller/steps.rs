@@ -115,7 +115,7 @@ pub(super) async fn run_steps(
     // accepts this attempt's pending value, that login test is TestTarget, and the
     // password is not written again.
     let mut found = None;
-    if !started && claimed && r.step == RotationStep::SetTarget {
+    if !started && claimed && pass.has_target && r.step == RotationStep::SetTarget {
         match already_set(pass, clients, &r).await {
             Ok(Some(version)) => {
                 trail.recovered(&r, RotationStep::SetTarget, Some(version.clone()));
@@ -267,22 +267,24 @@ async fn resume(
             .is_some_and(|v| v.rotation_token.as_deref() == Some(token.as_str())),
         pending: pending.is_some(),
     };
-    match rotation::resume(r.step, view) {
+    let resumed = match rotation::resume(r.step, view) {
+        Resume::Run(step) => Resume::Run(rotation::resumed_step(step, pass.has_target)),
+        other => other,
+    };
+    match resumed {
         Resume::Run(step) if step != r.step => {
             let pending_id = r
                 .pending_version
                 .clone()
                 .or_else(|| pending.as_ref().map(|v| v.id.clone()));
             let current_id = current.as_ref().map(|v| v.id.clone());
-            let mut done = Some(r.step);
-            while let Some(d) = done.filter(|d| *d != step) {
+            for d in rotation::steps_done_between(r.step, step, pass.has_target) {
                 let version = if d >= RotationStep::Finish {
                     current_id.clone()
                 } else {
                     pending_id.clone()
                 };
                 trail.recovered(&r, d, version);
-                done = rotation::next_step(d, pass.has_target);
             }
             if view.promoted
                 && st.current_version.as_deref() != current.as_ref().map(|v| v.id.as_str())

@@ -362,6 +362,35 @@ fn stuck_means_far_longer_than_usual() {
     assert_eq!(stuck(&st, floor, t(-5)), None);
 }
 
+/// The steps a resume finds done, and the step it runs, with and without a target.
+#[test]
+fn resumed_steps_follow_the_targets_steps() {
+    use RotationStep::*;
+    assert_eq!(resumed_step(SetTarget, true), SetTarget);
+    assert_eq!(resumed_step(SetTarget, false), Finish);
+    assert_eq!(resumed_step(Deliver, false), Deliver);
+    let cases = [
+        (CreatePending, SetTarget, true, vec![CreatePending]),
+        (CreatePending, Finish, false, vec![CreatePending]),
+        (Finish, Deliver, true, vec![Finish]),
+        (Finish, Deliver, false, vec![Finish]),
+        (
+            SetTarget,
+            Deliver,
+            true,
+            vec![SetTarget, TestTarget, Finish],
+        ),
+        (Deliver, Deliver, true, vec![]),
+    ];
+    for (claimed, resumed, has_target, want) in cases {
+        assert_eq!(
+            steps_done_between(claimed, resumed, has_target),
+            want,
+            "{claimed:?} -> {resumed:?} (target: {has_target})"
+        );
+    }
+}
+
 /// Crash resume: the claimed step plus what the backend shows.
 #[test]
 fn resume_table() {
