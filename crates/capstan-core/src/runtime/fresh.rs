@@ -66,10 +66,17 @@ type Key = (String, String);
 /// result; until the watch brings an event at least that new, a reconcile takes the
 /// written object, and older events are not held. Order comes from
 /// [`compare_resource_versions`].
+///
+/// A write whose echo the watch has already delivered (the watch can be quicker than
+/// the write's answer) sets no floor: per namespace, Fresh keeps the newest
+/// resourceVersion the watch delivered (a watch delivers its events in resourceVersion
+/// order), so no floor outlives its echo and an idle object holds nothing here.
 pub struct Fresh<K> {
     objects: Mutex<HashMap<Key, Arc<K>>>,
     /// Objects as this process last wrote them, until an event at least as new arrives.
     written: Mutex<HashMap<Key, Arc<K>>>,
+    /// Per namespace, the newest resourceVersion a watch event brought.
+    delivered: Mutex<HashMap<String, String>>,
 }
 
 impl<K> Default for Fresh<K> {
@@ -77,6 +84,7 @@ impl<K> Default for Fresh<K> {
         Self {
             objects: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -119,6 +127,15 @@ impl<K: Watched> Fresh<K> {
     /// that write instead). A newer event replaces a held object.
     pub(super) fn put(&self, o: K) {
         let key = key_of(&o);
+        if let Some(rv) = o.resource_version() {
+            let mut delivered = lock(&self.delivered);
+            let newer = delivered
+                .get(&key.0)
+                .is_none_or(|d| compare_resource_versions(&rv, d) == Some(Ordering::Greater));
+            if newer {
+                delivered.insert(key.0.clone(), rv);
+            }
+        }
         {
             let mut written = lock(&self.written);
             if let Some(w) = written.get(&key) {
@@ -151,16 +168,27 @@ impl<K: Watched> Fresh<K> {
         {
             let mut held = lock(&self.objects);
             match held.get(&key) {
-                // The watch already brought a later change (someone wrote right after
-                // this process): that one is newer, and the echo of this write has passed.
-                Some(h) if older(&o, h.as_ref()) => return,
+                // The watch already brought this write's echo, or a later change
+                // (someone wrote right after this process): no floor is needed.
+                Some(h) if !older(h.as_ref(), &o) => return,
                 Some(_) => {
                     held.remove(&key);
                 }
                 None => {}
             }
         }
-        lock(&self.written).insert(key, Arc::new(o));
+        // The echo came and went unheld (more than FRESH_CAPACITY objects waiting).
+        let passed = o.resource_version().is_some_and(|rv| {
+            lock(&self.delivered).get(&key.0).is_some_and(|d| {
+                matches!(
+                    compare_resource_versions(d, &rv),
+                    Some(Ordering::Greater | Ordering::Equal)
+                )
+            })
+        });
+        if !passed {
+            lock(&self.written).insert(key, Arc::new(o));
+        }
     }
 
     /// The object of the latest watch event (taken), else this process's own last write
@@ -277,6 +305,28 @@ mod tests {
             None,
             "nothing held: the reconcile reads the API"
         );
+    }
+
+    /// A write whose echo the watch delivered first sets no floor, whether the echo is
+    /// held or was dropped at capacity: nothing stays behind for an idle object.
+    #[test]
+    fn a_write_whose_echo_came_first_sets_no_floor() {
+        let fresh = Fresh::<ConfigMap>::default();
+        fresh.put(cm("o", "7"));
+        fresh.wrote(cm("o", "7"));
+        assert_eq!(fresh.writes_ahead_of_watch(), 0);
+        assert_eq!(held_rv(&fresh, "o").as_deref(), Some("7"));
+        // At capacity the echo of "p" is not held, but it was delivered.
+        for i in 0..FRESH_CAPACITY {
+            fresh.put(cm(&format!("x{i}"), "1"));
+        }
+        fresh.put(cm("p", "20"));
+        assert_eq!(held_rv(&fresh, "p"), None);
+        fresh.wrote(cm("p", "20"));
+        assert_eq!(fresh.writes_ahead_of_watch(), 0);
+        // A write the watch has not reached yet does set one.
+        fresh.wrote(cm("q", "21"));
+        assert_eq!(fresh.writes_ahead_of_watch(), 1);
     }
 
     /// A write replaces a held event older than it; a held newer event (someone wrote
