@@ -1,13 +1,15 @@
-//! Server-side apply helpers.
+//! Server-side apply helpers, and the one status write that is not an apply.
 //!
 //! Every write Capstan makes is a server-side apply with one constant field manager per
 //! use site (so ownership of each field is visible in `managedFields`), forcing
 //! conflicts: a controller is the authority over the fields it declares. Status is
-//! written from a typed struct, never from hand-built JSON.
+//! written from a typed struct, never from hand-built JSON. The exception is a claim
+//! ([`replace_status_conditioned`]): a replace conditioned on the resourceVersion read,
+//! which fails (409) when anyone wrote since, so two Capstans never both claim a step.
 
 use std::fmt::Debug;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -82,4 +84,23 @@ where
     }
     apply_status(api, &obj.name_any(), field_manager, &status).await?;
     Ok(true)
+}
+
+/// Replaces the status subresource with `obj`'s status, conditioned on `obj`'s
+/// resourceVersion: HTTP 409 when the object changed since it was read. Returns the
+/// object as written (with its new resourceVersion).
+pub async fn replace_status_conditioned<K>(
+    api: &Api<K>,
+    mut obj: K,
+    field_manager: &str,
+) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    obj.meta_mut().managed_fields = None;
+    let params = PostParams {
+        field_manager: Some(field_manager.to_owned()),
+        ..PostParams::default()
+    };
+    api.replace_status(&obj.name_any(), &params, &obj).await
 }

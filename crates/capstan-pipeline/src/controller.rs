@@ -27,11 +27,10 @@ use capstan_core::failpoints::{self, crash_point};
 use capstan_core::gate::{Gate, INVALID_SPEC, NOT_IMPLEMENTED, connection_gate, watch_connections};
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::runtime::{Runtime, run_controller};
-use capstan_core::ssa::update_status;
+use capstan_core::ssa::{replace_status_conditioned, update_status};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -574,12 +573,7 @@ impl Writer {
     async fn write(&mut self, status: &PipelineStatus) -> Result<(), kube::Error> {
         let mut o = self.obj.clone();
         o.status = Some(status.clone());
-        o.metadata.managed_fields = None;
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PostParams::default()
-        };
-        self.obj = self.api.replace_status(&o.name_any(), &params, &o).await?;
+        self.obj = replace_status_conditioned(&self.api, o, FIELD_MANAGER).await?;
         Ok(())
     }
 

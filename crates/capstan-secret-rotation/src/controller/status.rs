@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use capstan_core::conditions;
 use capstan_core::runtime::Fresh;
+use capstan_core::ssa::replace_status_conditioned;
 use chrono::{DateTime, Utc};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
 use super::conditions::set_conditions;
@@ -35,12 +36,7 @@ impl Writer {
     pub(super) async fn write(&mut self, status: &SecretRotationStatus) -> Result<(), Error> {
         let mut o = self.obj.clone();
         o.status = Some(status.clone());
-        o.metadata.managed_fields = None;
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PostParams::default()
-        };
-        match self.api.replace_status(&o.name_any(), &params, &o).await {
+        match replace_status_conditioned(&self.api, o, FIELD_MANAGER).await {
             Ok(new) => {
                 self.fresh.wrote(new.clone());
                 self.obj = new;
