@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::postgres::{pg_setup, pg_spec};
 use common::rotation::{done_counts, step_lines};
 use common::secret_data as data;
 
@@ -51,34 +52,11 @@ impl Setup {
         let client = kube.client().await;
         let api: Api<SecretRotation> = ns.api(client.clone());
         let secrets: Api<Secret> = ns.api(client.clone());
-        let id = ns.name().replace('-', "_");
-        let (db, user) = (format!("db_{id}"), format!("app_{id}"));
-        assert!(psql(pg, &pg.admin_url(), &format!("CREATE DATABASE {db}")));
-        assert!(psql(
-            pg,
-            &pg.admin_url(),
-            &format!("CREATE ROLE {user} LOGIN")
-        ));
-        let admin: Secret = serde_json::from_value(json!({
-            "metadata": { "name": "pg-admin" },
-            "stringData": { "username": pg.admin_user(), "password": pg.admin_password() }
-        }))
-        .expect("secret");
-        secrets
-            .create(&PostParams::default(), &admin)
-            .await
-            .expect("admin");
+        let (db, user) = pg_setup(pg, &secrets, ns.name()).await;
+        let spec = pg_spec(pg, &db, &user, json!({ "singleUser": {} }));
         let obj: SecretRotation = serde_json::from_value(json!({
             "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
-            "metadata": { "name": "db" },
-            "spec": {
-                "backend": { "kubernetes": { "secretName": "db-store" } },
-                "target": { "postgres": {
-                    "host": "127.0.0.1", "port": pg.port(), "database": db, "sslMode": "disable",
-                    "username": user, "adminSecretRef": { "name": "pg-admin" } } },
-                "schedule": { "interval": "720h" },
-                "delivery": { "secret": { "name": "db-app" } }
-            }
+            "metadata": { "name": "db" }, "spec": spec
         }))
         .expect("object");
         api.create(&PostParams::default(), &obj)
