@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::rotation::create;
+use common::rotation::{complete_rollout, create, create_deployment};
 use common::ux::{ready, start};
 
 use std::sync::Arc;
@@ -52,21 +52,7 @@ async fn rotate_now_then_wait_returns_only_once_that_rotation_is_delivered() {
     let api: Api<SecretRotation> = ns.api(client.clone());
     let deployments: Api<Deployment> = ns.api(client.clone());
     let secrets: Api<Secret> = ns.api(client.clone());
-    create(
-        &deployments,
-        json!({
-            "metadata": { "name": "web" },
-            "spec": {
-                "replicas": 1,
-                "selector": { "matchLabels": { "app": "web" } },
-                "template": {
-                    "metadata": { "labels": { "app": "web" } },
-                    "spec": { "containers": [{ "name": "c", "image": "example/app:1" }] }
-                }
-            }
-        }),
-    )
-    .await;
+    create_deployment(&deployments, "web", json!({})).await;
     // The test plays the Deployment controller, only while `roll` is set.
     let roll = Arc::new(AtomicBool::new(true));
     let player = {
@@ -74,20 +60,8 @@ async fn rotate_now_then_wait_returns_only_once_that_rotation_is_delivered() {
         let deployments = deployments.clone();
         tokio::spawn(async move {
             loop {
-                if roll.load(Ordering::SeqCst)
-                    && let Ok(d) = deployments.get("web").await
-                {
-                    let generation = d.metadata.generation.unwrap_or(1);
-                    let _ = deployments
-                        .patch_status(
-                            "web",
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"status": {
-                                "observedGeneration": generation, "replicas": 1,
-                                "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1
-                            }})),
-                        )
-                        .await;
+                if roll.load(Ordering::SeqCst) {
+                    let _ = complete_rollout(&deployments, "web").await;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
@@ -512,21 +486,7 @@ async fn a_rotation_far_past_its_usual_time_shows_as_stuck() {
     let client = kube.client().await;
     let api: Api<SecretRotation> = ns.api(client.clone());
     let deployments: Api<Deployment> = ns.api(client.clone());
-    create(
-        &deployments,
-        json!({
-            "metadata": { "name": "web" },
-            "spec": {
-                "replicas": 1,
-                "selector": { "matchLabels": { "app": "web" } },
-                "template": {
-                    "metadata": { "labels": { "app": "web" } },
-                    "spec": { "containers": [{ "name": "c", "image": "example/app:1" }] }
-                }
-            }
-        }),
-    )
-    .await;
+    create_deployment(&deployments, "web", json!({})).await;
     create(
         &api,
         json!({
@@ -580,23 +540,7 @@ async fn a_rotation_far_past_its_usual_time_shows_as_stuck() {
     assert_eq!(row["Step"], "Deliver", "{row:?}");
 
     // Play the Deployment controller: the rollout completes, the rotation finishes.
-    let g = deployments
-        .get("web")
-        .await
-        .expect("get")
-        .metadata
-        .generation;
-    deployments
-        .patch_status(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "observedGeneration": g, "replicas": 1, "updatedReplicas": 1,
-                "availableReplicas": 1, "readyReplicas": 1
-            }})),
-        )
-        .await
-        .expect("status");
+    complete_rollout(&deployments, "web").await.expect("status");
     await_condition(
         &api,
         "key",

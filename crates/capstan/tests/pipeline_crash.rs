@@ -5,35 +5,22 @@
 
 mod common;
 
-use common::pipeline::{args, job_stage, jobs_of, pipeline, play_kubelet, status_until};
+use common::pipeline::{Setup, args, job_stage, jobs_of, pipeline, status_until};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use capstan_pipeline::crd::{Pipeline, PipelinePhase};
-use capstan_testenv::{TempNamespace, TestEnv};
-use k8s_openapi::api::batch::v1::Job;
-use kube::api::Api;
+use capstan_pipeline::crd::PipelinePhase;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_crash_after_any_side_effect_resumes_without_repeating_it() {
-    let kube = TestEnv::get().kube().await.expect("kube");
-    let ns = TempNamespace::create(kube).await.expect("ns");
-    let client = kube.client().await;
-    let api: Api<Pipeline> = ns.api(client.clone());
-    let job_api: Api<Job> = ns.api(client.clone());
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    play_kubelet(
-        client.clone(),
-        ns.name(),
-        Arc::new(|_: &str, _: &_| Some((0, String::new()))),
-        stop,
-    );
+    let t = Setup::new().await;
+    let (kube, ns) = (t.kube, &t.ns);
+    let (api, job_api) = (t.api.clone(), t.jobs.clone());
+    t.play(Arc::new(|_: &str, _: &_| Some((0, String::new()))));
     let points = [
         "pipeline::after-start-run",
         "pipeline::after-claim-stage",

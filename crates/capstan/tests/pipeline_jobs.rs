@@ -16,7 +16,7 @@
 mod common;
 
 use common::pipeline::{
-    args, condition, job_stage, jobs_of, pipeline, play_kubelet, set_revision, status_until,
+    Setup, args, condition, job_stage, jobs_of, pipeline, set_revision, status_until,
 };
 
 use std::collections::BTreeMap;
@@ -25,12 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use capstan_pipeline::crd::{Pipeline, PipelinePhase, StagePhase};
-use capstan_testenv::{TempNamespace, TestEnv, await_condition};
-use k8s_openapi::api::batch::v1::Job;
+use capstan_testenv::await_condition;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -40,27 +38,18 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// while waiting is skipped, recorded, and never runs.
 #[tokio::test]
 async fn new_revisions_supersede_or_queue() {
-    let kube = TestEnv::get().kube().await.expect("kube");
-    let ns = TempNamespace::create(kube).await.expect("ns");
-    let client = kube.client().await;
-    let api: Api<Pipeline> = ns.api(client.clone());
-    let job_api: Api<Job> = ns.api(client.clone());
+    let t = Setup::new().await;
+    let (kube, ns, client) = (t.kube, &t.ns, t.client.clone());
+    let (api, job_api) = (t.api.clone(), t.jobs.clone());
     let pod_api: Api<Pod> = ns.api(client.clone());
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
     let release = Arc::new(AtomicBool::new(false));
     let released = release.clone();
     // Revision 1.0's tests hang until released; everything else passes.
-    play_kubelet(
-        client.clone(),
-        ns.name(),
-        Arc::new(move |_: &str, env: &BTreeMap<String, String>| {
-            let held = env.get("REVISION").map(String::as_str) == Some("1.0")
-                && !released.load(Ordering::SeqCst);
-            (!held).then(|| (0, String::new()))
-        }),
-        stop,
-    );
+    t.play(Arc::new(move |_: &str, env: &BTreeMap<String, String>| {
+        let held = env.get("REVISION").map(String::as_str) == Some("1.0")
+            && !released.load(Ordering::SeqCst);
+        (!held).then(|| (0, String::new()))
+    }));
     let env = json!([{ "name": "REVISION", "value": "{{ revision }}" }]);
     let mut fast = pipeline(
         "fast",
@@ -188,28 +177,19 @@ async fn new_revisions_supersede_or_queue() {
 /// `build` and `verify` skipped, and no Job of theirs exists.
 #[tokio::test]
 async fn job_stages_run_in_order_and_results_feed_later_stages() {
-    let kube = TestEnv::get().kube().await.expect("kube");
-    let ns = TempNamespace::create(kube).await.expect("ns");
-    let client = kube.client().await;
-    let api: Api<Pipeline> = ns.api(client.clone());
-    let job_api: Api<Job> = ns.api(client.clone());
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    play_kubelet(
-        client.clone(),
-        ns.name(),
-        Arc::new(|stage: &str, env: &BTreeMap<String, String>| {
-            Some(match (stage, env.get("REVISION").map(String::as_str)) {
-                ("test", Some("2.0")) => (1, "2 tests failed".into()),
-                ("build", Some(rev)) => (
-                    0,
-                    json!({ "imageDigest": format!("sha256:d1g{rev}") }).to_string(),
-                ),
-                _ => (0, String::new()),
-            })
-        }),
-        stop,
-    );
+    let t = Setup::new().await;
+    let (kube, ns) = (t.kube, &t.ns);
+    let (api, job_api) = (t.api.clone(), t.jobs.clone());
+    t.play(Arc::new(|stage: &str, env: &BTreeMap<String, String>| {
+        Some(match (stage, env.get("REVISION").map(String::as_str)) {
+            ("test", Some("2.0")) => (1, "2 tests failed".into()),
+            ("build", Some(rev)) => (
+                0,
+                json!({ "imageDigest": format!("sha256:d1g{rev}") }).to_string(),
+            ),
+            _ => (0, String::new()),
+        })
+    }));
     let env = json!([{ "name": "REVISION", "value": "{{ revision }}" }]);
     common::rotation::create(
         &api,
@@ -337,11 +317,9 @@ async fn job_stages_run_in_order_and_results_feed_later_stages() {
 /// Pipeline's: the stage fails saying so, and the Job is left alone.
 #[tokio::test]
 async fn pipelines_that_cannot_run_say_why_and_create_nothing() {
-    let kube = TestEnv::get().kube().await.expect("kube");
-    let ns = TempNamespace::create(kube).await.expect("ns");
-    let client = kube.client().await;
-    let api: Api<Pipeline> = ns.api(client.clone());
-    let job_api: Api<Job> = ns.api(client.clone());
+    let t = Setup::new().await;
+    let (kube, ns) = (t.kube, &t.ns);
+    let (api, job_api) = (t.api.clone(), t.jobs.clone());
     common::rotation::create(
         &api,
         pipeline(
@@ -425,12 +403,9 @@ async fn pipelines_that_cannot_run_say_why_and_create_nothing() {
 /// waits for both; a `dependsOn` naming a later stage is refused with its field path.
 #[tokio::test]
 async fn stages_with_dependencies_run_side_by_side() {
-    let kube = TestEnv::get().kube().await.expect("kube");
-    let ns = TempNamespace::create(kube).await.expect("ns");
-    let client = kube.client().await;
-    let api: Api<Pipeline> = ns.api(client.clone());
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
+    let t = Setup::new().await;
+    let (kube, ns, client) = (t.kube, &t.ns, t.client.clone());
+    let api = t.api.clone();
     // lint's Pod finishes only once unit's exists: they must run side by side.
     let pods: Api<Pod> = ns.api(client.clone());
     let unit_seen = Arc::new(AtomicBool::new(false));
@@ -450,14 +425,11 @@ async fn stages_with_dependencies_run_side_by_side() {
         }
     });
     let gate = unit_seen.clone();
-    play_kubelet(
-        client.clone(),
-        ns.name(),
-        Arc::new(move |stage: &str, _: &BTreeMap<String, String>| {
+    t.play(Arc::new(
+        move |stage: &str, _: &BTreeMap<String, String>| {
             (stage != "lint" || gate.load(Ordering::SeqCst)).then(|| (0, String::new()))
-        }),
-        stop,
-    );
+        },
+    ));
     let mut p = pipeline(
         "fan",
         "1.0",

@@ -6,7 +6,10 @@
 mod common;
 
 use common::postgres::{logs_in, pg_setup, pg_spec};
-use common::rotation::{await_rotations, count, create, ready_reason, rotate_now, start};
+use common::rotation::{
+    await_rotations, complete_rollout, count, create, create_deployment, ready_reason, rotate_now,
+    start,
+};
 use common::secret_data;
 
 use std::collections::BTreeMap;
@@ -17,7 +20,7 @@ use capstan_secret_rotation::crd::SecretRotation;
 use capstan_testenv::{TempNamespace, TestEnv, await_condition, await_deleted};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -388,22 +391,7 @@ async fn rollouts_restart_once_per_rotation_and_gate_the_next() {
     let api: Api<SecretRotation> = ns.api(client.clone());
     let deployments: Api<Deployment> = ns.api(client.clone());
     for name in ["web", "worker"] {
-        let d: Deployment = serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { "uses": "api-key" } },
-            "spec": {
-                "replicas": 1,
-                "selector": { "matchLabels": { "app": name } },
-                "template": {
-                    "metadata": { "labels": { "app": name } },
-                    "spec": { "containers": [{ "name": "c", "image": "example/app:1" }] }
-                }
-            }
-        }))
-        .expect("deployment");
-        deployments
-            .create(&PostParams::default(), &d)
-            .await
-            .expect("create deployment");
+        create_deployment(&deployments, name, json!({ "uses": "api-key" })).await;
     }
     create(
         &api,
@@ -501,23 +489,7 @@ async fn rollouts_restart_once_per_rotation_and_gate_the_next() {
 
     // Play the Deployment controller: the rollouts complete.
     for name in ["web", "worker"] {
-        let g = deployments
-            .get(name)
-            .await
-            .expect("get")
-            .metadata
-            .generation;
-        deployments
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "observedGeneration": g, "replicas": 1, "updatedReplicas": 1,
-                    "availableReplicas": 1, "readyReplicas": 1
-                }})),
-            )
-            .await
-            .expect("status");
+        complete_rollout(&deployments, name).await.expect("status");
     }
     // The first rotation finishes, then the waiting rotate-now runs and restarts both once
     // more, for the new version.

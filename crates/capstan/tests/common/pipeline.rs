@@ -1,6 +1,7 @@
-//! What the Pipeline tests share: a played kubelet (no kubelet runs here) that moves a
-//! stage's Pod to Succeeded or Failed with its termination message, the manager's
-//! arguments, Pipeline and stage JSON, and waits on status.
+//! What the Pipeline tests share: a namespace with its APIs ([`Setup`]), a played
+//! kubelet (no kubelet runs here) that moves a stage's Pod to Succeeded or Failed with
+//! its termination message, the manager's arguments, Pipeline and stage JSON, and waits
+//! on status.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use capstan_core::conditions::find;
 use capstan_pipeline::crd::Pipeline;
 use capstan_pipeline::jobs::{CONTAINER, STAGE_LABEL};
-use capstan_testenv::await_condition;
+use capstan_testenv::{TempNamespace, TestEnv, await_condition};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -17,6 +18,46 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A test namespace, its Pipeline and Job APIs, and the kubelet the test plays there
+/// ([`Setup::play`]), stopped when this is dropped.
+pub struct Setup {
+    pub kube: &'static capstan_testenv::Kube,
+    pub ns: TempNamespace,
+    pub client: kube::Client,
+    pub api: Api<Pipeline>,
+    pub jobs: Api<Job>,
+    stop: CancellationToken,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Setup {
+    pub async fn new() -> Self {
+        let kube = TestEnv::get().kube().await.expect("kube");
+        let ns = TempNamespace::create(kube).await.expect("ns");
+        let client = kube.client().await;
+        let stop = CancellationToken::new();
+        Self {
+            kube,
+            api: ns.api(client.clone()),
+            jobs: ns.api(client.clone()),
+            ns,
+            client,
+            _stop: stop.clone().drop_guard(),
+            stop,
+        }
+    }
+
+    /// Plays the kubelet in the namespace with `outcome` until this is dropped.
+    pub fn play(&self, outcome: Outcome) {
+        play_kubelet(
+            self.client.clone(),
+            self.ns.name(),
+            outcome,
+            self.stop.clone(),
+        );
+    }
+}
 
 /// What the played kubelet does with a stage's Pod: exit code and termination message,
 /// from the stage and the Pod's environment; `None` keeps it running.

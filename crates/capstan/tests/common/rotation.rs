@@ -1,11 +1,13 @@
 //! What the SecretRotation tests do to and read from their objects: create them, ask for
-//! a rotation, wait for rotations to finish.
+//! a rotation, wait for rotations to finish; the Deployments that consume a credential,
+//! whose rollouts the test completes (no Deployment controller or kubelet runs here).
 
 use std::time::Duration;
 
 use capstan_core::conditions::find;
 use capstan_secret_rotation::crd::SecretRotation;
 use capstan_testenv::await_condition;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -149,4 +151,40 @@ pub fn done_counts(
         }
     }
     counts
+}
+
+/// A one-replica Deployment `name` (Pods labelled `app: <name>`) with the object labels
+/// `labels`.
+pub async fn create_deployment(api: &Api<Deployment>, name: &str, labels: Value) {
+    create(
+        api,
+        json!({
+            "metadata": { "name": name, "labels": labels },
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": name } },
+                "template": {
+                    "metadata": { "labels": { "app": name } },
+                    "spec": { "containers": [{ "name": "c", "image": "example/app:1" }] }
+                }
+            }
+        }),
+    )
+    .await;
+}
+
+/// Plays the Deployment controller once: the rollout of `name`'s current generation is
+/// complete.
+pub async fn complete_rollout(api: &Api<Deployment>, name: &str) -> Result<(), kube::Error> {
+    let generation = api.get(name).await?.metadata.generation;
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "observedGeneration": generation, "replicas": 1, "updatedReplicas": 1,
+            "availableReplicas": 1, "readyReplicas": 1
+        }})),
+    )
+    .await
+    .map(|_| ())
 }
