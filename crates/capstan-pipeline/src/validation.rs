@@ -211,8 +211,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::crd::Stage;
     use crate::crd::tests::example_spec;
-    use crate::crd::{JobStage, Stage};
 
     fn dur(s: &str) -> DurationString {
         DurationString::new(s).expect("valid duration")
@@ -226,22 +226,7 @@ mod tests {
     }
 
     fn job_stage(name: &str, type_: StageType) -> Stage {
-        Stage {
-            name: name.into(),
-            type_,
-            job: Some(JobStage {
-                image: "busybox".into(),
-                command: vec![],
-                args: vec![],
-                env: vec![],
-                service_account_name: None,
-                timeout: dur("5m"),
-                backoff_limit: 0,
-                results: vec![],
-            }),
-            deploy: None,
-            depends_on: None,
-        }
+        crate::crd::tests::job_stage(name, type_, &[])
     }
 
     #[test]

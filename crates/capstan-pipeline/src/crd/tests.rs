@@ -55,6 +55,16 @@ fn stage(
     }
 }
 
+/// A Job stage running busybox for at most 5 minutes, declaring `results` (the
+/// scheduler's and validation's tests).
+pub(crate) fn job_stage(name: &str, type_: StageType, results: &[&str]) -> Stage {
+    let mut job_stage = job("busybox", &[], &[], "5m");
+    if let Some(j) = job_stage.as_mut() {
+        j.results = results.iter().map(|r| (*r).to_owned()).collect();
+    }
+    stage(name, type_, job_stage, None)
+}
+
 /// The spec of `examples/pipeline-shop.yaml`, built in Rust.
 pub(crate) fn example_spec() -> PipelineSpec {
     let mut build = job(

@@ -2,30 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use capstan_core::schedule::DurationString;
-
 use super::*;
-use crate::crd::{
-    ConcurrencyPolicy, JobStage, PipelineStatus, Promotion, Stage, StageStatus, StageType,
-};
+use crate::crd::{ConcurrencyPolicy, PipelineStatus, Promotion, Stage, StageStatus, StageType};
 
 fn job_stage(name: &str, results: &[&str]) -> Stage {
-    Stage {
-        name: name.into(),
-        type_: StageType::Test,
-        job: Some(JobStage {
-            image: "busybox".into(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            service_account_name: None,
-            timeout: DurationString::new("5m").expect("duration"),
-            backoff_limit: 0,
-            results: results.iter().map(|r| (*r).to_owned()).collect(),
-        }),
-        deploy: None,
-        depends_on: None,
-    }
+    crate::crd::tests::job_stage(name, StageType::Test, results)
 }
 
 fn spec(revision: &str) -> PipelineSpec {
