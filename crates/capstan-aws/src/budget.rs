@@ -35,10 +35,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use capstan_core::budget::{Budgets, Rate};
 use capstan_core::connection::AwsConnection;
 
-/// ECS reads (DescribeServices).
+/// ECS reads (DescribeServices, DescribeTaskDefinition, ListTaskDefinitions, ListTasks,
+/// DescribeTasks).
 pub const ECS_READ: &str = "ecs-read";
-/// ECS writes (UpdateService).
+/// ECS writes (UpdateService, RegisterTaskDefinition).
 pub const ECS_WRITE: &str = "ecs-write";
+/// ECR reads (DescribeImages).
+pub const ECR_READ: &str = "ecr-read";
 /// CloudWatch GetMetricData.
 pub const CLOUDWATCH_READ: &str = "cloudwatch-read";
 /// Secrets Manager reads.
@@ -54,6 +57,7 @@ pub fn default_rates() -> BTreeMap<String, Rate> {
     BTreeMap::from([
         (ECS_READ.to_owned(), r(10.0, 20)),
         (ECS_WRITE.to_owned(), r(2.0, 4)),
+        (ECR_READ.to_owned(), r(5.0, 10)),
         (CLOUDWATCH_READ.to_owned(), r(10.0, 10)),
         (SECRETS_MANAGER_READ.to_owned(), r(20.0, 40)),
         (SECRETS_MANAGER_WRITE.to_owned(), r(5.0, 10)),

@@ -83,7 +83,7 @@ impl EcsError {
         )
     }
 
-    fn from_sdk<E, R>(
+    pub(crate) fn from_sdk<E, R>(
         operation: &'static str,
         cluster: &str,
         service: Option<&str>,
@@ -134,6 +134,13 @@ pub struct Deployment {
     pub desired_count: i32,
     /// Tasks of the deployment that run.
     pub running_count: i32,
+    /// The task definition the deployment runs.
+    pub task_definition: Option<String>,
+    /// Why the rollout state is what it is (e.g. the circuit breaker's message).
+    pub rollout_state_reason: Option<String>,
+    /// Tasks ECS counted as failed for this deployment (those that did not start or
+    /// failed health checks; not those that ran and then exited).
+    pub failed_tasks: i32,
 }
 
 /// An ECS service as DescribeServices reports it.
@@ -153,6 +160,10 @@ pub struct EcsService {
     pub pending_count: i32,
     /// The service's deployments, newest (PRIMARY) first as ECS lists them.
     pub deployments: Vec<Deployment>,
+    /// The task definition of the service (its PRIMARY deployment's).
+    pub task_definition: Option<String>,
+    /// The deployment controller type: `ECS`, `CODE_DEPLOY` or `EXTERNAL` (`None`: ECS).
+    pub deployment_controller: Option<String>,
 }
 
 impl EcsService {
@@ -184,10 +195,12 @@ impl EcsService {
 
     /// The PRIMARY deployment's ID, if any.
     pub fn primary_deployment_id(&self) -> Option<&str> {
-        self.deployments
-            .iter()
-            .find(|d| d.status == "PRIMARY")
-            .map(|d| d.id.as_str())
+        self.primary().map(|d| d.id.as_str())
+    }
+
+    /// The PRIMARY deployment, if any.
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.status == "PRIMARY")
     }
 }
 
@@ -247,8 +260,8 @@ pub trait EcsApi: Send + Sync + Debug {
 /// [`EcsApi`] over the AWS SDK.
 #[derive(Debug, Clone)]
 pub struct SdkEcs {
-    client: aws_sdk_ecs::Client,
-    budget: crate::budget::Budget,
+    pub(crate) client: aws_sdk_ecs::Client,
+    pub(crate) budget: crate::budget::Budget,
 }
 
 impl SdkEcs {
@@ -273,7 +286,7 @@ impl SdkEcs {
     }
 }
 
-fn convert_service(s: &aws_sdk_ecs::types::Service) -> EcsService {
+pub(crate) fn convert_service(s: &aws_sdk_ecs::types::Service) -> EcsService {
     EcsService {
         arn: s.service_arn().unwrap_or_default().to_owned(),
         name: s.service_name().unwrap_or_default().to_owned(),
@@ -295,8 +308,15 @@ fn convert_service(s: &aws_sdk_ecs::types::Service) -> EcsService {
                 }),
                 desired_count: d.desired_count(),
                 running_count: d.running_count(),
+                task_definition: d.task_definition().map(str::to_owned),
+                rollout_state_reason: d.rollout_state_reason().map(str::to_owned),
+                failed_tasks: d.failed_tasks(),
             })
             .collect(),
+        task_definition: s.task_definition().map(str::to_owned),
+        deployment_controller: s
+            .deployment_controller()
+            .map(|c| c.r#type().as_str().to_owned()),
     }
 }
 
@@ -435,6 +455,8 @@ mod tests {
             running_count: running,
             pending_count: (desired - running).max(0),
             deployments,
+            task_definition: None,
+            deployment_controller: None,
         }
     }
 
@@ -445,6 +467,9 @@ mod tests {
             rollout_state: rollout.map(str::to_owned),
             desired_count: desired,
             running_count: running,
+            task_definition: None,
+            rollout_state_reason: None,
+            failed_tasks: 0,
         }
     }
 

@@ -14,7 +14,9 @@ pub mod autoscaling;
 pub mod budget;
 pub mod clients;
 pub mod cloudwatch;
+pub mod ecr;
 pub mod ecs;
+pub mod ecs_deploy;
 pub mod secrets_manager;
 
 use std::time::Duration;

@@ -92,6 +92,41 @@ pub fn watch_connections<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    watch_connections_by(
+        rt,
+        controller,
+        move |o| connection_of(o).is_some(),
+        move |o, name| connection_of(o).is_some_and(|r| r.name == name),
+    )
+}
+
+/// [`watch_connections`] for objects that name several connections (a Pipeline's own
+/// and its Deploy stages').
+pub fn watch_connections_of<K>(
+    rt: &Runtime,
+    controller: Controller<K>,
+    connections_of: fn(&K) -> Vec<&ConnectionRef>,
+) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watch_connections_by(
+        rt,
+        controller,
+        move |o| !connections_of(o).is_empty(),
+        move |o, name| connections_of(o).iter().any(|r| r.name == name),
+    )
+}
+
+fn watch_connections_by<K>(
+    rt: &Runtime,
+    controller: Controller<K>,
+    names_any: impl Fn(&K) -> bool + Send + Sync + 'static,
+    names: impl Fn(&K, &str) -> bool + Send + Sync + 'static,
+) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let store = controller.store();
     let by_connection = store.clone();
     let connections: Api<ClusterConnection> = Api::all(rt.client.clone());
@@ -103,7 +138,7 @@ where
             by_connection
                 .state()
                 .into_iter()
-                .filter(|o: &Arc<K>| connection_of(o).is_some_and(|r| r.name == name))
+                .filter(|o: &Arc<K>| names(o, &name))
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
         })
@@ -113,7 +148,7 @@ where
                 .state()
                 .into_iter()
                 .filter(|o: &Arc<K>| {
-                    o.namespace().as_deref() == Some(name.as_str()) && connection_of(o).is_some()
+                    o.namespace().as_deref() == Some(name.as_str()) && names_any(o)
                 })
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()

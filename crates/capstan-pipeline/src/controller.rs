@@ -8,25 +8,35 @@
 //! again, until the scheduler says wait. Stage transitions come from watch events on
 //! the Pipeline's Jobs (the controller owns them), not from polling.
 //!
-//! Job stages run. Deploy stages (ECS), and what depends on them (smoke tests after a
-//! deploy, approvals, rollbacks), are not in this build: a Pipeline with a Deploy stage
-//! gets `Ready=Unknown, NotImplemented` naming that, and nothing starts.
+//! Deploy stages and rollbacks act on ECS ([`crate::deploy`]); ECS has no watch, so
+//! while a deployment the run follows is in progress the object is requeued every
+//! [`DEPLOY_POLL`]. Every connection a Pipeline names (its own and its Deploy
+//! stages') passes the gate, with the services it deploys, before any stage starts.
 //!
 //! Crash points (tests; [`capstan_core::failpoints`]): `pipeline::after-start-run`
 //! (the run's claim written), `pipeline::after-claim-stage` (a stage claimed, its Job
-//! not created), `pipeline::after-create-job` (the Job created, nothing recorded).
+//! not created or its deploy not started), `pipeline::after-create-job` (the Job
+//! created, nothing recorded), `pipeline::after-register` (a task definition
+//! registered, not recorded), `pipeline::after-update-service` (the service updated,
+//! its deployment not recorded), `pipeline::after-rollback-update` (the service put
+//! back, not recorded).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use capstan_aws::ClientOptions;
+use capstan_aws::clients::{ClientCache, ClientError};
 use capstan_core::conditions::{self, Desired, READY, Status};
-use capstan_core::connection::ConnectionKind;
+use capstan_core::connection::{ClusterConnection, ConnectionKind, ConnectionRef};
 use capstan_core::events::{EventType, Publisher, ready_turned_false};
 use capstan_core::failpoints::{self, crash_point};
-use capstan_core::gate::{Gate, INVALID_SPEC, NOT_IMPLEMENTED, connection_gate, watch_connections};
+use capstan_core::gate::{
+    CONNECTION_ALLOWED, CONNECTION_READY, Gate, INVALID_SPEC, connection_gate, watch_connections_of,
+};
 use capstan_core::metrics::ControllerMetrics;
 use capstan_core::runtime::{Runtime, run_controller};
+use capstan_core::scope::ScopedResource;
 use capstan_core::ssa::{replace_status_conditioned, update_status};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
@@ -38,9 +48,11 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::{
-    ConcurrencyPolicy, Pipeline, PipelinePhase, PipelineStatus, RunSummary, StageAction,
-    StagePhase, StageType, condition_types as ct, reasons,
+    ConcurrencyPolicy, DeployStage, Pipeline, PipelinePhase, PipelineSpec, PipelineStatus,
+    RollbackPhase, RollbackStatus, RunSummary, StageAction, StagePhase, condition_types as ct,
+    reasons,
 };
+use crate::deploy::{self, Clients, DeployError};
 use crate::jobs;
 use crate::scheduler::{self, Next};
 
@@ -62,7 +74,20 @@ pub mod events {
     pub const RUN_SUCCEEDED: &str = "RunSucceeded";
     /// A newer revision stopped the active run (`concurrencyPolicy: Supersede`).
     pub const RUN_SUPERSEDED: &str = "RunSuperseded";
+    /// A Deploy stage registered its task definition and updated its service.
+    pub const DEPLOY_STARTED: &str = "DeployStarted";
+    /// A Deploy stage's deployment completed.
+    pub const DEPLOY_SUCCEEDED: &str = "DeploySucceeded";
+    /// A service the failed run changed is being put back.
+    pub const ROLLBACK_STARTED: &str = "RollbackStarted";
+    /// Every service the failed run changed was put back.
+    pub const RUN_ROLLED_BACK: &str = "RunRolledBack";
+    /// A service could not be put back; needs a person.
+    pub const ROLLBACK_FAILED: &str = "RollbackFailed";
 }
+
+/// How often a deployment the run follows is read from ECS while it is in progress.
+pub const DEPLOY_POLL: Duration = Duration::from_secs(2);
 
 /// The most actions one reconcile performs before it requeues (a run of Job stages
 /// needs two per stage: record the last, claim the next).
@@ -87,6 +112,7 @@ struct Ctx {
     rt: Runtime,
     metrics: ControllerMetrics,
     events: Publisher,
+    clients: ClientCache<Clients>,
 }
 
 /// Why a reconcile failed.
@@ -95,74 +121,138 @@ pub enum Error {
     /// A Kubernetes call failed.
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
+    /// An AWS call failed (retried).
+    #[error(transparent)]
+    Aws(#[from] DeployError),
+    /// A connection's clients could not be built.
+    #[error(transparent)]
+    Clients(#[from] ClientError),
+}
+
+impl From<capstan_aws::ecs::EcsError> for Error {
+    fn from(e: capstan_aws::ecs::EcsError) -> Self {
+        Error::Aws(DeployError::Ecs(e))
+    }
 }
 
 impl capstan_core::error::Categorized for Error {
     fn category(&self) -> &'static str {
         match self {
             Error::Kube(e) => e.category(),
+            Error::Aws(DeployError::Ecs(e)) => e.category(),
+            Error::Aws(DeployError::Ecr(e)) => e.category(),
+            Error::Aws(DeployError::Refused(_)) => "refused",
+            Error::Clients(_) => "aws_clients",
         }
     }
 }
 
-/// `Ready` when the spec cannot run: `InvalidSpec` with the validation's message, or
-/// `NotImplemented` for Deploy stages. `None`: it runs.
+/// `Ready=False, InvalidSpec` with the validation's message when the spec cannot run.
 fn cannot_run(obj: &Pipeline) -> Option<Desired<'static>> {
     // FieldError paths already start at `spec.`.
-    if let Err(errors) = crate::validation::validate(&obj.spec) {
-        return Some(Desired::new(
+    crate::validation::validate(&obj.spec).err().map(|errors| {
+        Desired::new(
             READY,
             false,
             INVALID_SPEC,
             crate::validation::summarize(&errors),
-        ));
-    }
-    let deploys: Vec<&str> = obj
-        .spec
-        .stages
-        .iter()
-        .filter(|s| s.type_ == StageType::Deploy)
-        .map(|s| s.name.as_str())
-        .collect();
-    (!deploys.is_empty()).then(|| {
-        Desired::new(
-            READY,
-            Status::Unknown,
-            NOT_IMPLEMENTED,
-            format!(
-                "the spec is valid and its connection allowed; Deploy stages ({}) are not part of this Capstan build yet, so no run starts (Job-only pipelines run)",
-                deploys.join(", ")
-            ),
         )
     })
+}
+
+/// Every connection the Pipeline names: its own and its Deploy stages'.
+fn connections_of(obj: &Pipeline) -> Vec<&ConnectionRef> {
+    let mut refs: Vec<&ConnectionRef> = obj.spec.connection_ref.iter().collect();
+    for s in &obj.spec.stages {
+        if let Some(r) = s.deploy.as_ref().and_then(|d| d.connection_ref.as_ref())
+            && !refs.iter().any(|x| x.name == r.name)
+        {
+            refs.push(r);
+        }
+    }
+    refs
+}
+
+/// The connection a Deploy stage acts through: its own, or the Pipeline's.
+fn stage_connection<'a>(spec: &'a PipelineSpec, deploy: &'a DeployStage) -> Option<&'a str> {
+    deploy
+        .connection_ref
+        .as_ref()
+        .or(spec.connection_ref.as_ref())
+        .map(|c| c.name.as_str())
+}
+
+/// Passes every connection the Pipeline names through the gate, each with the ECS
+/// services its Deploy stages deploy through it. `Err`: the refusal's conditions.
+async fn gate_all(
+    ctx: &Ctx,
+    obj: &Pipeline,
+    ns: &str,
+) -> Result<
+    Result<(BTreeMap<String, ClusterConnection>, Vec<Desired<'static>>), Vec<Desired<'static>>>,
+    kube::Error,
+> {
+    let mut allowed = BTreeMap::new();
+    for r in connections_of(obj) {
+        let resources: Vec<ScopedResource> = obj
+            .spec
+            .stages
+            .iter()
+            .filter_map(|s| match s.action() {
+                Some(StageAction::Deploy(d))
+                    if stage_connection(&obj.spec, d) == Some(r.name.as_str()) =>
+                {
+                    Some(ScopedResource::EcsService {
+                        cluster: d.cluster.clone(),
+                        service: d.service.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        match connection_gate(&ctx.rt, ns, Some(r), ConnectionKind::Aws, &resources).await? {
+            Gate::Refused(conditions) => return Ok(Err(conditions)),
+            Gate::Proceed(Some(conn), _) => {
+                allowed.insert(r.name.clone(), *conn);
+            }
+            Gate::Proceed(None, _) => {}
+        }
+    }
+    let mut conditions = Vec::new();
+    if !allowed.is_empty() {
+        let names: Vec<&str> = allowed.keys().map(String::as_str).collect();
+        conditions.push(Desired::new(
+            CONNECTION_READY,
+            true,
+            CONNECTION_ALLOWED,
+            format!(
+                "ClusterConnection{} {} allow{} namespace {ns:?} and the services its Deploy stages name",
+                if names.len() > 1 { "s" } else { "" },
+                names.join(", "),
+                if names.len() > 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    Ok(Ok((allowed, conditions)))
 }
 
 async fn reconcile(obj: Arc<Pipeline>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start();
     let ns = obj.namespace().unwrap_or_default();
-    let gate = connection_gate(
-        &ctx.rt,
-        &ns,
-        obj.spec.connection_ref.as_ref(),
-        ConnectionKind::Aws,
-        &[],
-    )
-    .await?;
-    let refusal = match gate {
-        Gate::Refused(conditions) => Some(conditions),
-        Gate::Proceed(_, mut conditions) => cannot_run(&obj).map(|d| {
-            conditions.push(d);
-            conditions
-        }),
+    let (connections, mut conditions) = match gate_all(&ctx, &obj, &ns).await? {
+        Ok(allowed) => allowed,
+        Err(conditions) => return refuse(&ctx, &obj, conditions).await.map_err(Error::from),
     };
-    if let Some(conditions) = refusal {
+    if let Some(invalid) = cannot_run(&obj) {
+        conditions.push(invalid);
         return refuse(&ctx, &obj, conditions).await.map_err(Error::from);
     }
     let mut w = Writer {
         api: Api::namespaced(ctx.rt.client.clone(), &ns),
         obj: (*obj).clone(),
+        connection_ready: conditions,
     };
-    match run_steps(&ctx, &mut w).await {
+    match run_steps(&ctx, &mut w, &connections).await {
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
             // Someone wrote first (an edit, another Capstan): take the newer view.
             tracing::debug!(object = %key_of(&obj), "status claim lost; taking the newer view next");
@@ -209,8 +299,76 @@ fn key_of(obj: &Pipeline) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+/// The Deploy section of the stage named `name` in the spec, if it is a Deploy stage.
+fn deploy_of<'a>(spec: &'a PipelineSpec, name: &str) -> Option<&'a DeployStage> {
+    spec.stages
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| match s.action() {
+            Some(StageAction::Deploy(d)) => Some(d),
+            _ => None,
+        })
+}
+
+/// The clients of the connection Deploy stage `d` acts through.
+async fn clients_for(
+    ctx: &Ctx,
+    connections: &BTreeMap<String, ClusterConnection>,
+    spec: &PipelineSpec,
+    d: &DeployStage,
+) -> Result<Clients, Error> {
+    let conn = stage_connection(spec, d)
+        .and_then(|n| connections.get(n))
+        .ok_or_else(|| {
+            DeployError::Refused("the stage's ClusterConnection did not pass the gate".into())
+        })?;
+    Ok(ctx.clients.get(conn).await?)
+}
+
+/// Reads every deployment the run follows from ECS; records the failed tasks of the
+/// stages' own deployments in `st`.
+async fn observe_deployments(
+    ctx: &Ctx,
+    connections: &BTreeMap<String, ClusterConnection>,
+    spec: &PipelineSpec,
+    st: &mut PipelineStatus,
+) -> Result<BTreeMap<String, scheduler::DeployState>, Error> {
+    let mut deploys = BTreeMap::new();
+    for (index, id, rollback) in scheduler::followed_deployments(st) {
+        let stage = &st.stages[index];
+        let Some(d) = deploy_of(spec, &stage.name) else {
+            continue;
+        };
+        let ours = if rollback {
+            stage.previous_task_definition.clone()
+        } else {
+            stage.task_definition.clone()
+        }
+        .unwrap_or_default();
+        let clients = clients_for(ctx, connections, spec, d).await?;
+        let (state, failed) = deploy::observe(
+            &clients.ecs,
+            &d.cluster,
+            &d.service,
+            &id,
+            &ours,
+            d.max_failed_tasks,
+        )
+        .await?;
+        if !rollback && !failed.is_empty() {
+            st.stages[index].failed_tasks = failed;
+        }
+        deploys.insert(id, state);
+    }
+    Ok(deploys)
+}
+
 /// Asks the scheduler, claims, performs, records, until it says wait.
-async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
+async fn run_steps(
+    ctx: &Ctx,
+    w: &mut Writer,
+    connections: &BTreeMap<String, ClusterConnection>,
+) -> Result<Action, Error> {
     let ns = w.obj.namespace().unwrap_or_default();
     let uid = w.obj.uid().unwrap_or_default();
     let job_api: Api<Job> = Api::namespaced(ctx.rt.client.clone(), &ns);
@@ -229,6 +387,7 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
         } else {
             BTreeMap::new()
         };
+        let deploys = observe_deployments(ctx, connections, &spec, &mut st).await?;
         let now = ctx.rt.clock.now();
         if scheduler::run_active(&st)
             && st.current_revision.as_deref() != Some(spec.revision.as_str())
@@ -236,15 +395,19 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
         {
             st.queue(&spec.revision);
         }
-        let next = scheduler::next(&spec, &st, &observed);
+        let next = scheduler::next(&spec, &st, &observed, &deploys, now);
         tracing::debug!(object = %key_of(&w.obj), ?next, "next");
         match next {
             Next::Wait => {
-                set_conditions(&mut st, &w.obj, now);
+                w.set_conditions(&mut st, now);
                 if st != w.status() {
                     w.write(&st).await?;
                 }
-                return Ok(Action::await_change());
+                return Ok(if scheduler::followed_deployments(&st).is_empty() {
+                    Action::await_change()
+                } else {
+                    Action::requeue(DEPLOY_POLL)
+                });
             }
             Next::StartRun => {
                 st.start_run(&spec);
@@ -252,7 +415,7 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
                 st.run_id = Some(format!("{}-{}", w.obj.name_any(), st.run_number));
                 st.run_started = Some(now);
                 st.phase = Some(PipelinePhase::Running);
-                set_conditions(&mut st, &w.obj, now);
+                w.set_conditions(&mut st, now);
                 w.write(&st).await?;
                 crash_point("pipeline::after-start-run");
                 let note = format!(
@@ -270,59 +433,82 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
                 let Some(stage) = st.stages.get_mut(index) else {
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 };
+                let is_deploy = deploy_of(&spec, &stage.name).is_some();
                 stage.phase = StagePhase::Running;
                 stage.attempt = 1;
                 stage.started = Some(now);
-                stage.job_name = Some(scheduler::job_name(&name, run_number, &stage.name, 1));
+                if !is_deploy {
+                    stage.job_name = Some(scheduler::job_name(&name, run_number, &stage.name, 1));
+                }
                 st.current_stage = Some(stage.name.clone());
-                set_conditions(&mut st, &w.obj, now);
-                // The claim, then the Job.
+                w.set_conditions(&mut st, now);
+                // The claim, then the Job or the deploy.
                 w.write(&st).await?;
                 crash_point("pipeline::after-claim-stage");
-                create_job(ctx, w, &job_api, index).await?;
+                if is_deploy {
+                    deploy_stage(ctx, w, connections, &job_api, index).await?;
+                } else {
+                    create_job(ctx, w, &job_api, index).await?;
+                }
             }
             Next::CreateJob { index } => create_job(ctx, w, &job_api, index).await?,
+            Next::Deploy { index } => deploy_stage(ctx, w, connections, &job_api, index).await?,
+            Next::FollowDeployment {
+                index,
+                id,
+                rollback,
+            } => {
+                if let Some(stage) = st.stages.get_mut(index) {
+                    match stage.rollback.as_mut() {
+                        Some(rb) if rollback => rb.deployment_id = Some(id.clone()),
+                        _ => {
+                            stage.deployment_id = Some(id.clone());
+                            stage.set_message(&format!(
+                                "following deployment {id}: a forced redeploy of the same task definition"
+                            ));
+                        }
+                    }
+                }
+                w.set_conditions(&mut st, now);
+                w.write(&st).await?;
+            }
             Next::StageSucceeded { index, results } => {
+                let mut deployed = None;
                 if let Some(stage) = st.stages.get_mut(index) {
                     stage.phase = StagePhase::Succeeded;
                     stage.finished = Some(now);
                     stage.results = results;
-                    stage.set_message("the Job completed");
+                    if stage.job_name.is_some() {
+                        stage.set_message("the Job completed");
+                    } else {
+                        let note = format!(
+                            "deployment {} completed: the service runs {}",
+                            stage.deployment_id.as_deref().unwrap_or_default(),
+                            stage.task_definition.as_deref().unwrap_or_default()
+                        );
+                        stage.set_message(&note);
+                        deployed = Some(format!("stage {}: {note}", stage.name));
+                    }
                 }
-                set_conditions(&mut st, &w.obj, now);
+                w.set_conditions(&mut st, now);
                 w.write(&st).await?;
+                if let Some(note) = deployed {
+                    ctx.events
+                        .publish(
+                            &w.obj,
+                            EventType::Normal,
+                            events::DEPLOY_SUCCEEDED,
+                            "Deploy",
+                            note,
+                        )
+                        .await;
+                }
             }
             Next::StageFailed {
                 index,
                 message,
                 running,
-            } => {
-                // Stages running side by side stop with the run: their Jobs first (a
-                // crash after this finds the run failed again and deletes nothing more).
-                for name in &running {
-                    jobs::delete(&job_api, name).await?;
-                }
-                end_run(&mut st, now, Some((index, &message)));
-                set_conditions(&mut st, &w.obj, now);
-                w.write(&st).await?;
-                let note = format!(
-                    "run {}: stage {} failed: {message}",
-                    st.run_id.as_deref().unwrap_or_default(),
-                    st.stages
-                        .get(index)
-                        .map(|s| s.name.as_str())
-                        .unwrap_or_default()
-                );
-                ctx.events
-                    .publish(
-                        &w.obj,
-                        EventType::Warning,
-                        events::STAGE_FAILED,
-                        "Run",
-                        note,
-                    )
-                    .await;
-            }
+            } => fail_run(ctx, w, &job_api, st, index, &message, &running).await?,
             Next::Supersede { running } => {
                 // The Jobs first: a crash after this finds the run active and deletes
                 // (nothing) again; the other way round would leave a Job running.
@@ -344,16 +530,24 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
                     }
                 }
                 let run = st.run_id.clone().unwrap_or_default();
-                record_end(&mut st, now, PipelinePhase::Superseded, None);
-                set_conditions(&mut st, &w.obj, now);
+                let rolling_back = mark_rollbacks(&mut st, &spec);
+                if !rolling_back {
+                    record_end(&mut st, now, PipelinePhase::Superseded, None);
+                }
+                w.set_conditions(&mut st, now);
                 w.write(&st).await?;
                 let note = format!(
-                    "run {run} stopped for revision {} (concurrencyPolicy Supersede); Jobs deleted: {}",
+                    "run {run} stopped for revision {} (concurrencyPolicy Supersede); Jobs deleted: {}{}",
                     spec.revision,
                     if running.is_empty() {
                         "none".to_owned()
                     } else {
                         running.join(", ")
+                    },
+                    if rolling_back {
+                        "; the services it changed are being put back"
+                    } else {
+                        ""
                     }
                 );
                 ctx.events
@@ -366,9 +560,94 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
                     )
                     .await;
             }
+            Next::StartRollback { index } => start_rollback(ctx, w, connections, st, index).await?,
+            Next::RollbackEnded { index, outcome } => {
+                let mut failure = None;
+                if let Some(stage) = st.stages.get_mut(index) {
+                    let rb = stage.rollback.get_or_insert_with(RollbackStatus::pending);
+                    rb.finished = Some(now);
+                    match outcome {
+                        Ok(()) => {
+                            rb.phase = RollbackPhase::Succeeded;
+                            rb.message = Some(format!(
+                                "the service runs {} again",
+                                stage
+                                    .previous_task_definition
+                                    .as_deref()
+                                    .unwrap_or_default()
+                            ));
+                            // The failed stage stays Failed (its rollback says it was
+                            // put back); the others were deployed, then rolled back.
+                            if stage.phase != StagePhase::Failed {
+                                stage.phase = StagePhase::RolledBack;
+                            }
+                        }
+                        Err(why) => {
+                            rb.phase = RollbackPhase::Failed;
+                            rb.message = Some(cut(&why));
+                            failure = Some(format!("stage {}: {why}", stage.name));
+                        }
+                    }
+                }
+                w.set_conditions(&mut st, now);
+                w.write(&st).await?;
+                if let Some(note) = failure {
+                    ctx.events
+                        .publish(
+                            &w.obj,
+                            EventType::Warning,
+                            events::ROLLBACK_FAILED,
+                            "Rollback",
+                            note,
+                        )
+                        .await;
+                }
+            }
+            Next::FinishRollback => {
+                let failed = st.stages.iter().any(|s| {
+                    s.rollback
+                        .as_ref()
+                        .is_some_and(|r| r.phase == RollbackPhase::Failed)
+                });
+                let failed_stage = st
+                    .stages
+                    .iter()
+                    .find(|s| s.phase == StagePhase::Failed)
+                    .map(|s| s.name.clone());
+                let outcome = if failed {
+                    PipelinePhase::RollbackFailed
+                } else {
+                    PipelinePhase::RolledBack
+                };
+                st.rollbacks += 1;
+                record_end(&mut st, now, outcome, failed_stage);
+                w.set_conditions(&mut st, now);
+                w.write(&st).await?;
+                let run = st.run_id.as_deref().unwrap_or_default();
+                let (kind, reason, note) = if failed {
+                    (
+                        EventType::Warning,
+                        events::ROLLBACK_FAILED,
+                        format!(
+                            "run {run}: a service could not be put back; see status.stages[].rollback"
+                        ),
+                    )
+                } else {
+                    (
+                        EventType::Normal,
+                        events::RUN_ROLLED_BACK,
+                        format!(
+                            "run {run}: every service it changed runs its previous task definition again"
+                        ),
+                    )
+                };
+                ctx.events
+                    .publish(&w.obj, kind, reason, "Rollback", note)
+                    .await;
+            }
             Next::FinishRun => {
                 end_run(&mut st, now, None);
-                set_conditions(&mut st, &w.obj, now);
+                w.set_conditions(&mut st, now);
                 w.write(&st).await?;
                 let note = format!(
                     "run {}: revision {} went through every stage",
@@ -388,6 +667,287 @@ async fn run_steps(ctx: &Ctx, w: &mut Writer) -> Result<Action, Error> {
         }
     }
     Ok(Action::requeue(Duration::from_millis(200)))
+}
+
+/// `message` cut to the status's limit.
+fn cut(message: &str) -> String {
+    let mut s = crate::crd::StageStatus::pending("");
+    s.set_message(message);
+    s.message.unwrap_or_default()
+}
+
+/// Stage `index` failed: the Jobs still running stop, the stages not started are
+/// skipped, and the run either rolls back what it deployed or ends `Failed`.
+async fn fail_run(
+    ctx: &Ctx,
+    w: &mut Writer,
+    job_api: &Api<Job>,
+    mut st: PipelineStatus,
+    index: usize,
+    message: &str,
+    running: &[String],
+) -> Result<(), Error> {
+    // Stages running side by side stop with the run: their Jobs first (a crash after
+    // this finds the run failed again and deletes nothing more).
+    for name in running {
+        jobs::delete(job_api, name).await?;
+    }
+    let now = ctx.rt.clock.now();
+    let spec = w.obj.spec.clone();
+    end_run(&mut st, now, Some((index, message)));
+    let rolling_back = mark_rollbacks(&mut st, &spec);
+    if rolling_back {
+        // end_run recorded a Failed run; the rollback records the outcome instead.
+        st.history.remove(0);
+        st.phase = Some(PipelinePhase::RollingBack);
+    }
+    w.set_conditions(&mut st, now);
+    w.write(&st).await?;
+    let note = format!(
+        "run {}: stage {} failed: {message}{}",
+        st.run_id.as_deref().unwrap_or_default(),
+        st.stages
+            .get(index)
+            .map(|s| s.name.as_str())
+            .unwrap_or_default(),
+        if rolling_back {
+            "; rolling back the services it changed"
+        } else {
+            ""
+        }
+    );
+    ctx.events
+        .publish(
+            &w.obj,
+            EventType::Warning,
+            events::STAGE_FAILED,
+            "Run",
+            note,
+        )
+        .await;
+    Ok(())
+}
+
+/// Gives every Deploy stage of the run that may have changed its service (a task
+/// definition registered) and has `rollbackOnFailure` a pending rollback; returns
+/// whether there is any (the run is then `RollingBack`).
+fn mark_rollbacks(st: &mut PipelineStatus, spec: &PipelineSpec) -> bool {
+    let mut any = false;
+    for s in &mut st.stages {
+        let wanted = deploy_of(spec, &s.name).is_some_and(|d| d.rollback_on_failure);
+        if wanted && s.task_definition.is_some() && s.rollback.is_none() {
+            s.rollback = Some(RollbackStatus::pending());
+        }
+        any |= s
+            .rollback
+            .as_ref()
+            .is_some_and(|r| matches!(r.phase, RollbackPhase::Pending | RollbackPhase::Running));
+    }
+    if any {
+        st.phase = Some(PipelinePhase::RollingBack);
+    }
+    any
+}
+
+/// The claimed Deploy stage `index`: pins its images (recorded), finds or registers its
+/// task definition (recorded with the one it replaces), updates the service unless it
+/// runs it already, and records the deployment to follow. A step that cannot succeed
+/// (an image not in ECR, a container the task definition lacks, a service that is not
+/// ECS-deployed) fails the stage with the reason; AWS errors are retried.
+async fn deploy_stage(
+    ctx: &Ctx,
+    w: &mut Writer,
+    connections: &BTreeMap<String, ClusterConnection>,
+    job_api: &Api<Job>,
+    index: usize,
+) -> Result<(), Error> {
+    let spec = w.obj.spec.clone();
+    let mut st = w.status();
+    let Some(name) = st.stages.get(index).map(|s| s.name.clone()) else {
+        return Ok(());
+    };
+    let Some(d) = deploy_of(&spec, &name) else {
+        let why = "the stage is no longer a Deploy stage of the spec";
+        return fail_run(ctx, w, job_api, st, index, why, &[]).await;
+    };
+    let clients = clients_for(ctx, connections, &spec, d).await?;
+    let run_id = st.run_id.clone().unwrap_or_default();
+    let refused = |e: DeployError| match e {
+        DeployError::Refused(why) => Ok(why),
+        other => Err(Error::Aws(other)),
+    };
+
+    // 1. The images, pinned by digest (the run's pins first).
+    let mut pins = st.images.clone();
+    let mut images = BTreeMap::new();
+    for c in &d.containers {
+        let rendered = match jobs::render(&st, &c.image) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("the image of container {} cannot be rendered: {e}", c.name);
+                return fail_run(ctx, w, job_api, st, index, &why, &[]).await;
+            }
+        };
+        match deploy::pin_image(&clients.ecr, &rendered, &mut pins).await {
+            Ok(pinned) => {
+                images.insert(c.name.clone(), pinned);
+            }
+            Err(e) => {
+                let why = refused(e)?;
+                return fail_run(ctx, w, job_api, st, index, &why, &[]).await;
+            }
+        }
+    }
+    if pins != st.images {
+        st.images = pins;
+        w.write(&st).await?;
+    }
+
+    // 2. The task definition, registered once per run and stage.
+    if st.stages[index].task_definition.is_none() {
+        let previous = st.stages[index].previous_task_definition.clone();
+        match deploy::register(
+            &clients.ecs,
+            &d.cluster,
+            &d.service,
+            &run_id,
+            &name,
+            &images,
+            previous.as_deref(),
+        )
+        .await
+        {
+            Ok(done) => {
+                if done.registered {
+                    crash_point("pipeline::after-register");
+                }
+                let stage = &mut st.stages[index];
+                stage.task_definition = Some(done.task_definition.clone());
+                stage.previous_task_definition = Some(done.previous.clone());
+                stage.set_message(&format!(
+                    "registered {} (replacing {}); updating the service",
+                    done.task_definition, done.previous
+                ));
+                w.write(&st).await?;
+            }
+            Err(e) => {
+                let why = refused(e)?;
+                return fail_run(ctx, w, job_api, st, index, &why, &[]).await;
+            }
+        }
+    }
+
+    // 3. The service, unless it runs the task definition already.
+    let ours = st.stages[index].task_definition.clone().unwrap_or_default();
+    match deploy::update(&clients.ecs, &d.cluster, &d.service, &ours).await {
+        Ok((id, updated)) => {
+            if updated {
+                crash_point("pipeline::after-update-service");
+            }
+            let stage = &mut st.stages[index];
+            stage.deployment_id = Some(id.clone());
+            stage.set_message(&format!("deployment {id} of {ours} in progress"));
+            let now = ctx.rt.clock.now();
+            w.set_conditions(&mut st, now);
+            w.write(&st).await?;
+            let images: Vec<String> = images
+                .into_iter()
+                .map(|(c, i)| format!("{c}={i}"))
+                .collect();
+            let note = format!(
+                "stage {name}: service {} of cluster {} updated to {ours} ({}), deployment {id}",
+                d.service,
+                d.cluster,
+                images.join(", ")
+            );
+            ctx.events
+                .publish(
+                    &w.obj,
+                    EventType::Normal,
+                    events::DEPLOY_STARTED,
+                    "Deploy",
+                    note,
+                )
+                .await;
+            Ok(())
+        }
+        Err(e) => {
+            let why = refused(e)?;
+            fail_run(ctx, w, job_api, st, index, &why, &[]).await
+        }
+    }
+}
+
+/// Puts the service of Deploy stage `index` back on the task definition it replaced,
+/// while it still runs the run's; records the deployment to follow, or the refusal.
+async fn start_rollback(
+    ctx: &Ctx,
+    w: &mut Writer,
+    connections: &BTreeMap<String, ClusterConnection>,
+    mut st: PipelineStatus,
+    index: usize,
+) -> Result<(), Error> {
+    let spec = w.obj.spec.clone();
+    let now = ctx.rt.clock.now();
+    let Some(stage) = st.stages.get(index) else {
+        return Ok(());
+    };
+    let name = stage.name.clone();
+    let ours = stage.task_definition.clone().unwrap_or_default();
+    let previous = stage.previous_task_definition.clone().unwrap_or_default();
+    let outcome = match deploy_of(&spec, &name) {
+        None => Err(format!(
+            "stage {name} is no longer a Deploy stage of the spec; put its service back by hand on {previous}"
+        )),
+        Some(d) => {
+            let clients = clients_for(ctx, connections, &spec, d).await?;
+            match deploy::roll_back(&clients.ecs, &d.cluster, &d.service, &ours, &previous).await {
+                Ok((id, updated)) => {
+                    if updated {
+                        crash_point("pipeline::after-rollback-update");
+                    }
+                    Ok((id, d.service.clone()))
+                }
+                Err(DeployError::Refused(why)) => Err(why),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let stage = &mut st.stages[index];
+    let rb = stage.rollback.get_or_insert_with(RollbackStatus::pending);
+    let (kind, reason, note) = match outcome {
+        Ok((id, service)) => {
+            rb.phase = RollbackPhase::Running;
+            rb.started = Some(now);
+            rb.deployment_id = Some(id.clone());
+            rb.message = Some(format!("deployment {id} of {previous} in progress"));
+            (
+                EventType::Normal,
+                events::ROLLBACK_STARTED,
+                format!(
+                    "stage {name}: putting service {service} back on {previous} (deployment {id})"
+                ),
+            )
+        }
+        Err(why) => {
+            rb.phase = RollbackPhase::Failed;
+            rb.started = Some(now);
+            rb.finished = Some(now);
+            rb.message = Some(cut(&why));
+            (
+                EventType::Warning,
+                events::ROLLBACK_FAILED,
+                format!("stage {name}: {why}"),
+            )
+        }
+    };
+    st.current_stage = Some(name);
+    w.set_conditions(&mut st, now);
+    w.write(&st).await?;
+    ctx.events
+        .publish(&w.obj, kind, reason, "Rollback", note)
+        .await;
+    Ok(())
 }
 
 /// Creates the Job the claimed stage `index` names. A stage whose templates no longer
@@ -436,19 +996,19 @@ async fn create_job(ctx: &Ctx, w: &mut Writer, api: &Api<Job>, index: usize) -> 
         }
         _ => "the stage is no longer a Job stage of the spec".to_owned(),
     };
-    let mut st = st;
-    let now = ctx.rt.clock.now();
-    end_run(&mut st, now, Some((index, &failure)));
-    set_conditions(&mut st, &w.obj, now);
-    w.write(&st).await?;
-    Ok(())
+    fail_run(ctx, w, api, st, index, &failure, &[]).await
 }
 
-/// Ends the run in `st`: failed at stage `index` (the stages after it skipped), or
-/// succeeded; recorded in the history.
+/// Ends the run in `st`: failed at stage `index` (the stages after it skipped, those
+/// running cancelled), or succeeded; recorded in the history.
 fn end_run(st: &mut PipelineStatus, now: DateTime<Utc>, failed: Option<(usize, &str)>) {
     let mut failed_stage = None;
     if let Some((index, message)) = failed {
+        let failed_name = st
+            .stages
+            .get(index)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
         for (i, s) in st.stages.iter_mut().enumerate() {
             if i == index {
                 s.phase = StagePhase::Failed;
@@ -458,7 +1018,7 @@ fn end_run(st: &mut PipelineStatus, now: DateTime<Utc>, failed: Option<(usize, &
             } else if s.phase == StagePhase::Running {
                 s.phase = StagePhase::Cancelled;
                 s.finished = Some(now);
-                s.set_message("cancelled: another stage of the run failed");
+                s.set_message(&format!("cancelled: stage {failed_name} of the run failed"));
             } else if s.phase == StagePhase::Pending {
                 s.phase = StagePhase::Skipped;
             }
@@ -489,22 +1049,35 @@ fn record_end(
         started: st.run_started.unwrap_or(now),
         finished: now,
         failed_stage,
+        images: st.images.clone(),
     });
 }
 
-/// `Ready` (did the spec's revision go through every stage) and `Progressing` (is a
-/// run under way), from the status.
+/// `Ready` (did the spec's revision go through every stage), `Progressing` (is a run
+/// under way) and `RolledBack` (did the last run put services back), from the status.
 fn set_conditions(st: &mut PipelineStatus, obj: &Pipeline, now: DateTime<Utc>) {
     let generation = obj.meta().generation;
     let revision = obj.spec.revision.as_str();
     let last = st.history.first().cloned();
-    let ready = match last {
+    let ready = match &last {
         Some(r) if r.revision == revision && r.outcome == PipelinePhase::Succeeded => Desired::new(
             ct::READY,
             true,
             reasons::SUCCEEDED,
             format!("run {}: revision {revision} went through every stage", r.id),
         ),
+        Some(r) if r.revision == revision && r.outcome == PipelinePhase::RollbackFailed => {
+            Desired::new(
+                ct::READY,
+                false,
+                reasons::ROLLBACK_FAILED,
+                format!(
+                    "run {}: stage {} failed and a service could not be put back; see status.stages[].rollback",
+                    r.id,
+                    r.failed_stage.as_deref().unwrap_or("-")
+                ),
+            )
+        }
         Some(r) if r.revision == revision => Desired::new(
             ct::READY,
             false,
@@ -522,7 +1095,17 @@ fn set_conditions(st: &mut PipelineStatus, obj: &Pipeline, now: DateTime<Utc>) {
             format!("revision {revision} has not been through every stage yet"),
         ),
     };
-    let progressing = if scheduler::run_active(st) {
+    let progressing = if st.phase == Some(PipelinePhase::RollingBack) {
+        Desired::new(
+            ct::PROGRESSING,
+            true,
+            reasons::ROLLING_BACK,
+            format!(
+                "run {}: putting back the services it changed",
+                st.run_id.as_deref().unwrap_or_default()
+            ),
+        )
+    } else if scheduler::run_active(st) {
         let stage = st
             .current_stage
             .as_deref()
@@ -556,8 +1139,34 @@ fn set_conditions(st: &mut PipelineStatus, obj: &Pipeline, now: DateTime<Utc>) {
             "no run in progress",
         )
     };
+    let rolled_back = match &last {
+        Some(r) if r.outcome == PipelinePhase::RolledBack => Desired::new(
+            ct::ROLLED_BACK,
+            true,
+            reasons::ROLLBACK_SUCCEEDED,
+            format!(
+                "run {}: every service it changed runs its previous task definition again",
+                r.id
+            ),
+        ),
+        Some(r) if r.outcome == PipelinePhase::RollbackFailed => Desired::new(
+            ct::ROLLED_BACK,
+            false,
+            reasons::ROLLBACK_FAILED,
+            format!(
+                "run {}: a service could not be put back; see status.stages[].rollback",
+                r.id
+            ),
+        ),
+        _ => Desired::new(
+            ct::ROLLED_BACK,
+            false,
+            reasons::NOTHING_TO_ROLL_BACK,
+            "the last run put no service back",
+        ),
+    };
     st.observed_generation = generation;
-    for d in [ready, progressing] {
+    for d in [ready, progressing, rolled_back] {
         conditions::set(&mut st.conditions, d, generation, now);
     }
 }
@@ -567,6 +1176,8 @@ fn set_conditions(st: &mut PipelineStatus, obj: &Pipeline, now: DateTime<Utc>) {
 struct Writer {
     api: Api<Pipeline>,
     obj: Pipeline,
+    /// `ConnectionReady`, from the gate.
+    connection_ready: Vec<Desired<'static>>,
 }
 
 impl Writer {
@@ -580,18 +1191,35 @@ impl Writer {
     fn status(&self) -> PipelineStatus {
         self.obj.status.clone().unwrap_or_default()
     }
+
+    /// The conditions of `st`: the gate's, and those the run implies.
+    fn set_conditions(&self, st: &mut PipelineStatus, now: DateTime<Utc>) {
+        let generation = self.obj.meta().generation;
+        for d in &self.connection_ready {
+            conditions::set(&mut st.conditions, d.clone(), generation, now);
+        }
+        set_conditions(st, &self.obj, now);
+    }
 }
 
 /// Runs the controller until `shutdown`.
 pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
     failpoints::from_env();
+    let options = ClientOptions::from_settings(&rt.aws, &rt.instance);
     let ctx = Arc::new(Ctx {
         events: Publisher::new(rt.client.clone(), FIELD_MANAGER, &rt.instance),
+        clients: deploy::client_cache(
+            rt.client.clone(),
+            rt.own_namespace.clone(),
+            options,
+            rt.aws.budgets.clone(),
+        ),
         rt: rt.clone(),
         metrics: metrics.controller,
     });
-    let error_policy = |_obj: Arc<Pipeline>, err: &Error, ctx: Arc<Ctx>| {
+    let error_policy = |obj: Arc<Pipeline>, err: &Error, ctx: Arc<Ctx>| {
         ctx.metrics.failure(err);
+        tracing::warn!(object = %key_of(&obj), "reconcile failed: {err}");
         Action::requeue(Duration::from_secs(5))
     };
     let client = rt.client.clone();
@@ -606,7 +1234,7 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
             };
-            watch_connections(&rt, c, |o: &Pipeline| o.spec.connection_ref.as_ref()).owns(
+            watch_connections_of(&rt, c, connections_of).owns(
                 jobs,
                 watcher::Config::default().labels(jobs::PIPELINE_UID_LABEL),
             )

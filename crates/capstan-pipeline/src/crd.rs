@@ -1,15 +1,14 @@
 //! The `Pipeline` custom resource (`capstan.dev/v1alpha1`, short name `pl`).
 //!
-//! A Pipeline moves one revision (an image tag or digest, or a git sha) through an ordered
-//! list of stages: `Test` and `Build` (Kubernetes Jobs), `Deploy` (an ECS service gets a
-//! new task definition revision with the revision's image) and `SmokeTest` (a Job run
-//! against what was just deployed). When a stage fails, every Deploy stage of the run
-//! that already changed its service and has `rollbackOnFailure` is rolled back to the
-//! task definition it replaced, newest first. With `promotion: Manual`, the run waits
-//! before each `production` Deploy stage until the `capstan.dev/promote` annotation
-//! names the revision.
+//! A Pipeline moves one revision (an image tag or digest, or a git sha) through stages:
+//! `Test`, `Build` and `SmokeTest` (Kubernetes Jobs) and `Deploy` (an ECS service gets a
+//! new revision of its task definition with the run's images, pinned by digest). When a
+//! stage fails, every ECS service the run changed (with `rollbackOnFailure`) is put back
+//! on the task definition it replaced, newest first, and the run ends `RolledBack` (or
+//! `RollbackFailed`, for a person).
 //!
-//! Changing `spec.revision` starts a new run; the stage order is the list order.
+//! Changing `spec.revision` starts a new run; stages run in list order unless
+//! `dependsOn` says otherwise.
 //!
 //! Validation that a schema can express is in the schema and its CEL rules; the rest is
 //! [`crate::validation::validate`], reported by the controller as a condition.
@@ -23,11 +22,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Annotation that approves a `production` Deploy stage under `promotion: Manual`: its
-/// value must equal `spec.revision`, so an approval never carries over to a newer
-/// revision.
-pub const PROMOTE_ANNOTATION: &str = "capstan.dev/promote";
-
 /// Most stages a Pipeline may have (bounds the CEL uniqueness check).
 pub const MAX_STAGES: usize = 16;
 
@@ -38,9 +32,10 @@ pub const STAGE_MESSAGE_MAX_LEN: usize = 1024;
 pub mod condition_types {
     /// `spec.revision` went through every stage (or the last run of it did).
     pub const READY: &str = "Ready";
-    /// A run is in progress (including waiting for promotion).
+    /// A run is in progress.
     pub const PROGRESSING: &str = "Progressing";
-    /// The last run failed and its deployments were rolled back.
+    /// The last run failed and the services it changed were put back (True), or the
+    /// rollback itself failed (False, `RollbackFailed`).
     pub const ROLLED_BACK: &str = "RolledBack";
 }
 
@@ -59,8 +54,6 @@ pub mod reasons {
     pub const CONNECTION_NOT_READY: &str = "ConnectionNotReady";
     /// Progressing=True: a stage is running.
     pub const STAGE_RUNNING: &str = "StageRunning";
-    /// Progressing=True: waiting for the `capstan.dev/promote` annotation.
-    pub const WAITING_FOR_PROMOTION: &str = "WaitingForPromotion";
     /// Progressing=True: rolling back deployments after a failure.
     pub const ROLLING_BACK: &str = "RollingBack";
     /// Progressing=False: the run finished.
@@ -69,8 +62,11 @@ pub mod reasons {
     pub const SUSPENDED: &str = "Suspended";
     /// RolledBack=True: deployments of the failed run were restored.
     pub const ROLLBACK_SUCCEEDED: &str = "RollbackSucceeded";
-    /// RolledBack=True with Ready=False: a rollback itself failed; needs a human.
+    /// RolledBack=False with Ready=False: a rollback itself failed (or someone deployed
+    /// something newer meanwhile, which Capstan does not overwrite); needs a person.
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+    /// RolledBack=False: the last run changed no service that needed putting back.
+    pub const NOTHING_TO_ROLL_BACK: &str = "NothingToRollBack";
 }
 
 // Patterns (RE2 syntax: the API server evaluates them with Go's regexp).
@@ -103,8 +99,8 @@ pub const HISTORY_LIMIT: usize = 10;
 
 pub(crate) const RULE_UNIQUE_STAGE_NAMES: &str =
     "self.all(s, self.exists_one(t, t.name == s.name))";
-pub(crate) const RULE_DEPLOY_NEEDS_CONNECTION: &str =
-    "!self.stages.exists(s, s.type == 'Deploy') || has(self.connectionRef)";
+pub(crate) const RULE_DEPLOY_NEEDS_CONNECTION: &str = "has(self.connectionRef) || !self.stages.exists(s, s.type == 'Deploy' && (!has(s.deploy) || !has(s.deploy.connectionRef)))";
+
 pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.deploy) && !has(self.job)) : (has(self.job) && !has(self.deploy))";
 
 /// Moves a revision through test, build, deploy and smoke-test stages on ECS, rolling
@@ -173,12 +169,14 @@ pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.dep
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(RULE_DEPLOY_NEEDS_CONNECTION)
-    .message("connectionRef is required when a stage has type Deploy")
+    .message("connectionRef is required when a Deploy stage names no connectionRef of its own")
     .field_path(".connectionRef")
     .reason(Reason::FieldValueRequired))]
 pub struct PipelineSpec {
     /// The cluster-scoped ClusterConnection (an AWS account) through which Deploy stages
-    /// reach ECS. Required when a stage has type `Deploy`.
+    /// reach ECS and ECR, unless a stage names its own. Required when a Deploy stage
+    /// names none. Every connection a Pipeline names must allow its namespace (and the
+    /// services its stages deploy) before any stage starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_ref: Option<ConnectionRef>,
 
@@ -194,11 +192,6 @@ pub struct PipelineSpec {
     // value" and drops the message.
     #[x_kube(validation = Rule::new(RULE_UNIQUE_STAGE_NAMES).message("stage names must be unique"))]
     pub stages: Vec<Stage>,
-
-    /// `Manual`: the run waits before each `production` Deploy stage until the
-    /// `capstan.dev/promote` annotation equals `spec.revision`. `Auto`: no waiting.
-    #[serde(default)]
-    pub promotion: Promotion,
 
     /// Stops starting stages. A stage already running finishes (a Job is not killed, a
     /// deployment is watched to the end) and a rollback in progress completes.
@@ -222,16 +215,6 @@ pub enum ConcurrencyPolicy {
     Queue,
     /// The active run stops; the new revision runs.
     Supersede,
-}
-
-/// When production deploys may start.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Promotion {
-    /// Wait for the `capstan.dev/promote` annotation before each `production` Deploy.
-    #[default]
-    Manual,
-    /// Deploy to production as soon as the stages before it succeed.
-    Auto,
 }
 
 /// One step of a run.
@@ -376,36 +359,73 @@ pub struct JobStage {
     pub results: Vec<String>,
 }
 
-/// A deployment of the revision to an ECS service: a new revision of the service's task
-/// definition with `containerName`'s image replaced, then `UpdateService`, then waiting
-/// for the deployment to complete.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+/// A deployment of the run's images to an ECS service: a new revision of the service's
+/// current task definition, copied field for field with only the named containers'
+/// images replaced (each pinned to the digest the run resolved for it), then
+/// `UpdateService` with that task definition (never `desiredCount`), then waiting for
+/// the new deployment's `rolloutState`, failing fast on failed tasks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployStage {
+    /// The ClusterConnection (AWS account) of this stage's service and registry, when
+    /// it differs from `spec.connectionRef` (staging and production often live in
+    /// different accounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_ref: Option<ConnectionRef>,
     /// Name or ARN of the ECS cluster.
     #[schemars(length(min = 1, max = 2048), regex(pattern = AWS_ID_PATTERN))]
     pub cluster: String,
     /// Name or ARN of the ECS service.
     #[schemars(length(min = 1, max = 2048), regex(pattern = AWS_ID_PATTERN))]
     pub service: String,
-    /// Container of the task definition whose image is replaced.
-    #[schemars(length(min = 1, max = 255), regex(pattern = CONTAINER_NAME_PATTERN))]
-    pub container_name: String,
-    /// Image to deploy; `{{ revision }}` is replaced by `spec.revision`, e.g.
-    /// `123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop:{{ revision }}`.
-    #[schemars(length(min = 1, max = 512), regex(pattern = IMAGE_TEMPLATE_PATTERN))]
-    pub image: String,
-    /// Restore the previous task definition when this deployment or a later stage fails.
+    /// The containers of the task definition whose image is replaced; every other
+    /// container and field is kept as it is. A list-map keyed by `name`: the API server
+    /// refuses a name given twice.
+    #[schemars(length(min = 1, max = 10), schema_with = "containers_schema")]
+    pub containers: Vec<ContainerImage>,
+    /// Put the service back on the task definition it ran before when this deployment
+    /// or a later stage of the run fails.
     #[serde(default = "default_true")]
     pub rollback_on_failure: bool,
-    /// How long the deployment may take to reach a steady state before it counts as
-    /// failed: 1s to 24h.
+    /// How long the deployment may take to complete before the stage fails: 1s to 24h.
     #[serde(default = "default_deploy_timeout")]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": rule_min_duration(), "message": min_duration_message("timeout")}]))]
     pub timeout: DurationString,
-    /// A production deploy: with `promotion: Manual` it waits for approval.
-    #[serde(default)]
-    pub production: bool,
+    /// Tasks of the new deployment that may fail (exit non-zero, fail a health check or
+    /// not start) before the stage fails, without waiting for ECS's circuit breaker
+    /// (which needs at least 3, and ignores tasks that ran and then exited).
+    #[serde(default = "default_max_failed_tasks")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_failed_tasks: i32,
+}
+
+/// `deploy.containers`: a list-map keyed by `name` (names unique), 1 to 10 entries.
+fn containers_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut s = generator.subschema_for::<Vec<ContainerImage>>();
+    s.insert("minItems".into(), 1.into());
+    s.insert("maxItems".into(), 10.into());
+    s.insert("x-kubernetes-list-type".into(), "map".into());
+    s.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["name"]),
+    );
+    s
+}
+
+/// One container's new image.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerImage {
+    /// The container's name in the task definition.
+    #[schemars(length(min = 1, max = 255), regex(pattern = CONTAINER_NAME_PATTERN))]
+    pub name: String,
+    /// The image; `{{ revision }}` and `{{ stages.<name>.results.<key> }}` are
+    /// replaced, e.g. `123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop:{{ revision }}`.
+    /// An ECR image is resolved to its digest when the first Deploy of the run that
+    /// uses it starts, and every later Deploy of the run uses that digest; another
+    /// registry's image must name its digest (`...@sha256:...`).
+    #[schemars(length(min = 1, max = 512), regex(pattern = IMAGE_TEMPLATE_PATTERN))]
+    pub image: String,
 }
 
 // Literals that capstan-core's own tests show `DurationString::new` accepts; no user input.
@@ -419,6 +439,10 @@ fn default_deploy_timeout() -> DurationString {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_max_failed_tasks() -> i32 {
+    2
 }
 
 /// Observed state of a Pipeline.
@@ -438,7 +462,7 @@ pub struct PipelineStatus {
     /// The revision the current (or last) run is moving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,
-    /// The stage running, waiting for promotion or rolling back.
+    /// The stage running or rolling back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_stage: Option<String>,
     /// The last revision that went through every stage.
@@ -473,6 +497,12 @@ pub struct PipelineStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub skipped_revisions: Vec<String>,
+    /// The images the current (or last) run pinned: each image reference its Deploy
+    /// stages named (after substitution) → the reference by digest they deployed. Every
+    /// Deploy of the run uses the digest pinned first.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 160))]
+    pub images: std::collections::BTreeMap<String, String>,
 }
 
 /// One finished run, in `status.history`.
@@ -483,7 +513,8 @@ pub struct RunSummary {
     pub id: String,
     /// The revision it moved.
     pub revision: String,
-    /// How it ended: `Succeeded` or `Failed`.
+    /// How it ended: `Succeeded`, `Failed`, `RolledBack`, `RollbackFailed` or
+    /// `Superseded`.
     pub outcome: PipelinePhase,
     /// When it started.
     pub started: DateTime<Utc>,
@@ -492,6 +523,10 @@ pub struct RunSummary {
     /// The stage that failed, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_stage: Option<String>,
+    /// The images the run pinned (reference → reference by digest).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 160))]
+    pub images: std::collections::BTreeMap<String, String>,
 }
 
 /// `status.stages`: a list-map keyed by `name`, so each stage's entry merges by name.
@@ -522,14 +557,17 @@ pub enum PipelinePhase {
     Pending,
     /// A stage is running.
     Running,
-    /// Waiting for `capstan.dev/promote` before a production deploy.
-    WaitingForPromotion,
-    /// Rolling deployments back after a failure.
+    /// A stage failed; the ECS services the run changed are being put back.
     RollingBack,
     /// Every stage succeeded.
     Succeeded,
-    /// A stage failed; deployments were rolled back where configured.
+    /// A stage failed; the run had changed no service that needed putting back.
     Failed,
+    /// A stage failed (or a newer revision superseded the run) and every service the
+    /// run changed was put back.
+    RolledBack,
+    /// A stage failed and putting a service back failed too; needs a person.
+    RollbackFailed,
     /// `spec.suspend` is true.
     Suspended,
     /// Stopped for a newer revision (`concurrencyPolicy: Supersede`).
@@ -556,12 +594,22 @@ pub struct StageStatus {
     /// The Job this stage created (Test, Build, SmokeTest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
-    /// The task definition ARN this stage deployed (Deploy).
+    /// The task definition ARN this stage registered and deployed (Deploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_definition: Option<String>,
     /// The task definition ARN the service ran before, restored by a rollback (Deploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_task_definition: Option<String>,
+    /// The ECS deployment this stage started and follows (Deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// Tasks of the deployment that failed, and why (Deploy; at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(max = 512)))]
+    pub failed_tasks: Vec<String>,
+    /// Putting the service back after the run failed (Deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
     /// Which attempt of the stage this is (1 for the first; 0 before it starts).
     #[serde(default)]
     pub attempt: i32,
@@ -582,6 +630,9 @@ impl StageStatus {
             job_name: None,
             task_definition: None,
             previous_task_definition: None,
+            deployment_id: None,
+            failed_tasks: Vec::new(),
+            rollback: None,
             attempt: 0,
             results: std::collections::BTreeMap::new(),
         }
@@ -598,13 +649,58 @@ impl StageStatus {
     }
 }
 
+/// The rollback of one Deploy stage.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// Where it is.
+    pub phase: RollbackPhase,
+    /// When it started (the UpdateService back to the previous task definition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    /// The ECS deployment of the previous task definition it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// What happened, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+}
+
+impl RollbackStatus {
+    /// A rollback waiting its turn (newest deploy first).
+    pub fn pending() -> Self {
+        Self {
+            phase: RollbackPhase::Pending,
+            started: None,
+            finished: None,
+            deployment_id: None,
+            message: None,
+        }
+    }
+}
+
+/// Where a rollback is.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RollbackPhase {
+    /// Waiting its turn, or for the stage's own deployment to end.
+    Pending,
+    /// The service is deploying the previous task definition.
+    Running,
+    /// The service runs the previous task definition again.
+    Succeeded,
+    /// It could not be put back; the message says why.
+    Failed,
+}
+
 /// Where a stage is.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StagePhase {
     /// Not started.
     Pending,
-    /// Waiting for `capstan.dev/promote`.
-    WaitingForPromotion,
     /// Running.
     Running,
     /// Finished successfully.
@@ -615,7 +711,8 @@ pub enum StagePhase {
     Skipped,
     /// Deployed, then rolled back after a failure.
     RolledBack,
-    /// Stopped while running: its run was superseded (its Job deleted).
+    /// Stopped while running: another stage failed or a newer revision superseded the
+    /// run (a Job is deleted; a deployment in flight is left to end, then rolled back).
     Cancelled,
 }
 
@@ -628,6 +725,7 @@ impl PipelineStatus {
         self.queued_revision = None;
         self.current_revision = Some(spec.revision.clone());
         self.current_stage = None;
+        self.images.clear();
         self.stages = spec
             .stages
             .iter()

@@ -25,6 +25,19 @@ pub const STAGE_LABEL: &str = "capstan.dev/stage";
 /// The one container of a stage's Pod.
 pub const CONTAINER: &str = "stage";
 
+/// `text` with the run's revision and the results its stages reported substituted.
+pub fn render(status: &PipelineStatus, text: &str) -> Result<String, TemplateError> {
+    let revision = status.current_revision.as_deref().unwrap_or_default();
+    template::render_with(text, revision, |stage, key| {
+        status
+            .stages
+            .iter()
+            .find(|s| s.name == stage)
+            .and_then(|s| s.results.get(key))
+            .map(String::as_str)
+    })
+}
+
 /// The Job of attempt `attempt` of a Job stage, named `name`, for the current run in
 /// `status`: owned by the Pipeline (the garbage collector removes it with the
 /// Pipeline), labelled with the Pipeline's uid, the run and the stage.
@@ -35,20 +48,7 @@ pub fn build(
     job: &JobStage,
     name: &str,
 ) -> Result<Job, TemplateError> {
-    let revision = status.current_revision.as_deref().unwrap_or_default();
-    let results: BTreeMap<&str, &BTreeMap<String, String>> = status
-        .stages
-        .iter()
-        .map(|s| (s.name.as_str(), &s.results))
-        .collect();
-    let render = |text: &str| {
-        template::render_with(text, revision, |stage, key| {
-            results
-                .get(stage)
-                .and_then(|r| r.get(key))
-                .map(String::as_str)
-        })
-    };
+    let render = |text: &str| render(status, text);
     let image = render(&job.image)?;
     let command = job
         .command
@@ -225,7 +225,7 @@ async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{PipelineSpec, Promotion, Stage, StageType};
+    use crate::crd::{PipelineSpec, Stage, StageType};
     use capstan_core::schedule::DurationString;
     use k8s_openapi::api::core::v1::EnvVar;
 
@@ -259,7 +259,6 @@ mod tests {
                     deploy: None,
                     depends_on: None,
                 }],
-                promotion: Promotion::Auto,
                 suspend: false,
                 concurrency_policy: crate::crd::ConcurrencyPolicy::Queue,
             },

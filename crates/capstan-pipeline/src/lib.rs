@@ -1,21 +1,23 @@
 //! Capstan's pipeline resource.
 //!
 //! - [`crd`]: the `Pipeline` custom resource (`capstan.dev/v1alpha1`), its status,
-//!   condition types and reasons, and the promotion annotation.
+//!   condition types and reasons.
 //! - [`validation`]: what the CRD's schema and CEL rules cannot check, reported by the
 //!   controller as a condition.
 //! - [`template`]: `{{ revision }}` and `{{ stages.<name>.results.<key> }}` substitution.
-//! - [`scheduler`]: the next action of a run, a pure function of the spec, the status
-//!   and the observed Jobs.
+//! - [`scheduler`]: the next action of a run, a pure function of the spec, the status,
+//!   the observed Jobs and the followed ECS deployments.
 //! - [`jobs`]: the Kubernetes Job of a Job stage, and what Capstan observes of it.
-//! - [`controller`]: claims that action in status, performs it (a Job), records it.
+//! - [`deploy`]: the ECS and ECR side of Deploy stages and rollbacks.
+//! - [`controller`]: claims that action in status, performs it, records it.
 //!
-//! Job stages (Test, Build) run on Kubernetes Jobs. Deploy stages (ECS), smoke tests
-//! after them, approvals and rollbacks are not in this build: a Pipeline with a Deploy
-//! stage says so (`Ready=Unknown`, `NotImplemented`) and starts nothing.
+//! Job stages (Test, Build, SmokeTest) run on Kubernetes Jobs; Deploy stages deploy to
+//! ECS by digest and are rolled back when the run fails. Not in this build: approvals
+//! and HTTP smoke checks.
 
 pub mod controller;
 pub mod crd;
+pub mod deploy;
 pub mod jobs;
 pub mod scheduler;
 pub mod template;

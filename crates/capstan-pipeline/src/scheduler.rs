@@ -17,13 +17,54 @@
 //! already there (a crash between the two, a second Capstan) is found again by name,
 //! never created twice. The Job's end comes as a watch event: `Complete` with the
 //! results its container wrote to its termination message, or `Failed`.
+//!
+//! Deploy stages: the stage is claimed, then [`Next::Deploy`] pins the images, registers
+//! the task definition and updates the service (each recorded, each found again after
+//! a crash); then the stage follows its own deployment ([`DeployState`], read from ECS
+//! by the controller) to `COMPLETED`, a failure (the rollout `FAILED`, `maxFailedTasks`
+//! failed tasks, the timeout), a forced redeploy of the same task definition (followed),
+//! or someone else's deployment (a failure: the run does not fight it).
+//!
+//! Rollback: when a stage fails, every Deploy stage of the run that changed its service
+//! (with `rollbackOnFailure`) gets a pending rollback, and the run is `RollingBack`:
+//! newest first, one at a time, each waits for its own deployment to end, then puts the
+//! service back on the previous task definition and follows that deployment. The run
+//! ends `RolledBack`, or `RollbackFailed` when one could not be put back.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use crate::crd::{
-    ConcurrencyPolicy, MAX_RESULTS_BYTES, PipelinePhase, PipelineSpec, PipelineStatus, Stage,
-    StageAction, StagePhase,
+    ConcurrencyPolicy, MAX_RESULTS_BYTES, PipelinePhase, PipelineSpec, PipelineStatus,
+    RollbackPhase, Stage, StageAction, StagePhase,
 };
+
+/// What Capstan sees of an ECS deployment it follows (by id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeployState {
+    /// Rolling out; `failed` tasks failed so far (fewer than `maxFailedTasks`).
+    InProgress,
+    /// `rolloutState` COMPLETED.
+    Completed,
+    /// `rolloutState` FAILED, or `maxFailedTasks` tasks failed: why, for a person.
+    Failed {
+        /// Why.
+        message: String,
+    },
+    /// The deployment is no longer the service's newest, and the newest runs the same
+    /// task definition (a forced redeploy, e.g. SecretRotation's): follow it.
+    Replaced {
+        /// The newest deployment's id.
+        by: String,
+    },
+    /// The service's newest deployment runs another task definition: someone else
+    /// deployed meanwhile.
+    Overtaken {
+        /// The task definition it runs now.
+        task_definition: String,
+    },
+}
 
 /// What Capstan sees of a stage's Job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,27 +121,176 @@ pub enum Next {
     /// Every stage succeeded: the run ends.
     FinishRun,
     /// A newer revision supersedes the active run: delete these running Jobs, end the
-    /// run `Superseded`.
+    /// run `Superseded` (or roll back what it deployed first).
     Supersede {
         /// The run's Jobs that have not finished.
         running: Vec<String>,
     },
+    /// Pin the images, register the task definition and update the service of the
+    /// claimed Deploy stage `index` (each step skipped when already done).
+    Deploy {
+        /// The stage.
+        index: usize,
+    },
+    /// Record that Deploy stage `index` (or its rollback) now follows deployment `id`,
+    /// a forced redeploy of the same task definition.
+    FollowDeployment {
+        /// The stage.
+        index: usize,
+        /// The deployment to follow.
+        id: String,
+        /// Whether it is the stage's rollback that follows it.
+        rollback: bool,
+    },
+    /// Put the service of Deploy stage `index` back on its previous task definition.
+    StartRollback {
+        /// The stage.
+        index: usize,
+    },
+    /// The rollback of stage `index` ended: `Ok` or why it failed.
+    RollbackEnded {
+        /// The stage.
+        index: usize,
+        /// `Err` with the reason when the service could not be put back.
+        outcome: Result<(), String>,
+    },
+    /// Every rollback ended: the run ends `RolledBack` or `RollbackFailed`.
+    FinishRollback,
 }
 
 /// Whether a run is under way (started, not ended).
 pub fn run_active(status: &PipelineStatus) -> bool {
     matches!(
         status.phase,
-        Some(PipelinePhase::Pending | PipelinePhase::Running)
+        Some(PipelinePhase::Pending | PipelinePhase::Running | PipelinePhase::RollingBack)
     ) && status.run_number > 0
 }
 
-/// The next action, from the spec (validated, Job stages only), the status and the Jobs
-/// of the current run by name.
+/// The deployments the scheduler needs to see now: (stage index, deployment id,
+/// whether it is the stage's rollback). The controller reads each from ECS.
+pub fn followed_deployments(status: &PipelineStatus) -> Vec<(usize, String, bool)> {
+    let mut out = Vec::new();
+    if !run_active(status) {
+        return out;
+    }
+    for (i, st) in status.stages.iter().enumerate() {
+        match st
+            .rollback
+            .as_ref()
+            .map(|r| (r.phase, r.deployment_id.as_ref()))
+        {
+            Some((RollbackPhase::Running, Some(id))) => out.push((i, id.clone(), true)),
+            Some((RollbackPhase::Pending, _)) => {
+                if let Some(id) = &st.deployment_id {
+                    out.push((i, id.clone(), false));
+                }
+            }
+            None if st.phase == StagePhase::Running => {
+                if let Some(id) = &st.deployment_id {
+                    out.push((i, id.clone(), false));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether `started + timeout` is before `now`.
+fn timed_out(
+    started: Option<DateTime<Utc>>,
+    timeout: Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> bool {
+    match (
+        started,
+        timeout.and_then(|t| chrono::Duration::from_std(t).ok()),
+    ) {
+        (Some(s), Some(t)) => now > s + t,
+        _ => false,
+    }
+}
+
+/// The timeout of the Deploy stage named `name` in `spec`.
+fn deploy_timeout(spec: &PipelineSpec, name: &str) -> Option<std::time::Duration> {
+    spec.stages
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| match s.action() {
+            Some(StageAction::Deploy(d)) => d.timeout.duration().ok(),
+            _ => None,
+        })
+}
+
+/// The rollback's next action: newest stage first, one at a time.
+fn next_rollback(
+    spec: &PipelineSpec,
+    status: &PipelineStatus,
+    deploys: &BTreeMap<String, DeployState>,
+    now: DateTime<Utc>,
+) -> Next {
+    for (index, st) in status.stages.iter().enumerate().rev() {
+        let Some(rb) = &st.rollback else { continue };
+        let timeout = deploy_timeout(spec, &st.name);
+        match rb.phase {
+            RollbackPhase::Succeeded | RollbackPhase::Failed => continue,
+            RollbackPhase::Pending => {
+                // A deployment in flight is left to end (or time out) first.
+                let own = st.deployment_id.as_ref().and_then(|id| deploys.get(id));
+                if own == Some(&DeployState::InProgress) && !timed_out(st.started, timeout, now) {
+                    return Next::Wait;
+                }
+                return Next::StartRollback { index };
+            }
+            RollbackPhase::Running => {
+                let Some(id) = &rb.deployment_id else {
+                    return Next::StartRollback { index };
+                };
+                return match deploys.get(id) {
+                    None => Next::Wait,
+                    Some(DeployState::InProgress) if timed_out(rb.started, timeout, now) => {
+                        Next::RollbackEnded {
+                            index,
+                            outcome: Err(format!(
+                                "the rollback deployment {id} did not complete within the stage's timeout"
+                            )),
+                        }
+                    }
+                    Some(DeployState::InProgress) => Next::Wait,
+                    Some(DeployState::Completed) => Next::RollbackEnded {
+                        index,
+                        outcome: Ok(()),
+                    },
+                    Some(DeployState::Failed { message }) => Next::RollbackEnded {
+                        index,
+                        outcome: Err(format!("the rollback deployment {id} failed: {message}")),
+                    },
+                    Some(DeployState::Replaced { by }) => Next::FollowDeployment {
+                        index,
+                        id: by.clone(),
+                        rollback: true,
+                    },
+                    Some(DeployState::Overtaken { task_definition }) => Next::RollbackEnded {
+                        index,
+                        outcome: Err(format!(
+                            "someone deployed {task_definition} during the rollback; Capstan leaves it as it is"
+                        )),
+                    },
+                };
+            }
+        }
+    }
+    Next::FinishRollback
+}
+
+/// The next action, from the spec (validated), the status, the Jobs of the current run
+/// by name, the deployments it follows by id ([`followed_deployments`]) and the time.
 pub fn next(
     spec: &PipelineSpec,
     status: &PipelineStatus,
     jobs: &BTreeMap<String, JobState>,
+    deploys: &BTreeMap<String, DeployState>,
+    now: DateTime<Utc>,
 ) -> Next {
     if !run_active(status) {
         let new_revision = status.current_revision.as_deref() != Some(spec.revision.as_str())
@@ -110,6 +300,9 @@ pub fn next(
         } else {
             Next::Wait
         };
+    }
+    if status.phase == Some(PipelinePhase::RollingBack) {
+        return next_rollback(spec, status, deploys, now);
     }
     if spec.concurrency_policy == ConcurrencyPolicy::Supersede
         && status.current_revision.as_deref() != Some(spec.revision.as_str())
@@ -148,9 +341,52 @@ pub fn next(
                     running: active.clone(),
                 };
             }
-            StagePhase::Pending | StagePhase::WaitingForPromotion => {
+            StagePhase::Pending => {
                 if start.is_none() && !spec.suspend && dependencies_met(spec, status, index) {
                     start = Some(index);
+                }
+            }
+            StagePhase::Running if st.job_name.is_none() && is_deploy(spec, &st.name) => {
+                let Some(id) = &st.deployment_id else {
+                    create.get_or_insert(index);
+                    continue;
+                };
+                let failed = |message: String| Next::StageFailed {
+                    index,
+                    message,
+                    running: active.clone(),
+                };
+                match deploys.get(id) {
+                    None => {}
+                    Some(DeployState::InProgress)
+                        if timed_out(st.started, deploy_timeout(spec, &st.name), now) =>
+                    {
+                        return failed(format!(
+                            "deployment {id} did not complete within the stage's timeout"
+                        ));
+                    }
+                    Some(DeployState::InProgress) => {}
+                    Some(DeployState::Completed) => {
+                        return Next::StageSucceeded {
+                            index,
+                            results: BTreeMap::new(),
+                        };
+                    }
+                    Some(DeployState::Failed { message }) => {
+                        return failed(format!("deployment {id} failed: {message}"));
+                    }
+                    Some(DeployState::Replaced { by }) => {
+                        return Next::FollowDeployment {
+                            index,
+                            id: by.clone(),
+                            rollback: false,
+                        };
+                    }
+                    Some(DeployState::Overtaken { task_definition }) => {
+                        return failed(format!(
+                            "someone else deployed {task_definition} to the service during deployment {id}"
+                        ));
+                    }
                 }
             }
             StagePhase::Running => {
@@ -194,7 +430,11 @@ pub fn next(
         }
     }
     if let Some(index) = create {
-        return Next::CreateJob { index };
+        return if is_deploy(spec, &status.stages[index].name) {
+            Next::Deploy { index }
+        } else {
+            Next::CreateJob { index }
+        };
     }
     if let Some(index) = start {
         return Next::StartStage { index };
@@ -204,6 +444,13 @@ pub fn next(
         .iter()
         .all(|s| matches!(s.phase, StagePhase::Succeeded | StagePhase::Skipped));
     if done { Next::FinishRun } else { Next::Wait }
+}
+
+/// Whether the stage named `name` is a Deploy stage of `spec`.
+fn is_deploy(spec: &PipelineSpec, name: &str) -> bool {
+    spec.stages
+        .iter()
+        .any(|s| s.name == name && matches!(s.action(), Some(StageAction::Deploy(_))))
 }
 
 /// Whether every stage that stage `index` of the run waits for has succeeded: its

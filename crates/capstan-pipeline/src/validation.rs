@@ -38,6 +38,7 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
     let mut declared: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut deployed_services = BTreeSet::new();
     let mut seen_deploy = false;
+    let mut needs_connection = false;
     // Per stage, the stages that finish before it starts (its dependencies, theirs...).
     let mut ancestors: Vec<BTreeSet<usize>> = Vec::new();
     for (i, stage) in spec.stages.iter().enumerate() {
@@ -110,9 +111,35 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
             }
             Some(StageAction::Deploy(deploy)) => {
                 seen_deploy = true;
-                check_tpl(&format!("{path}.deploy.image"), &deploy.image, &mut errors);
+                needs_connection |= deploy.connection_ref.is_none();
+                let mut containers = BTreeSet::new();
+                for (c, ci) in deploy.containers.iter().enumerate() {
+                    let cpath = format!("{path}.deploy.containers[{c}]");
+                    check_tpl(&format!("{cpath}.image"), &ci.image, &mut errors);
+                    if !containers.insert(ci.name.as_str()) {
+                        errors.push(FieldError::new(
+                            format!("{cpath}.name"),
+                            format!("container `{}` is named twice", ci.name),
+                        ));
+                    }
+                }
+                if deploy.containers.is_empty() {
+                    errors.push(FieldError::new(
+                        format!("{path}.deploy.containers"),
+                        "name at least one container",
+                    ));
+                }
                 check_timeout(&format!("{path}.deploy.timeout"), &deploy.timeout, &mut errors);
-                if !deployed_services.insert((deploy.cluster.as_str(), deploy.service.as_str())) {
+                let connection = deploy
+                    .connection_ref
+                    .as_ref()
+                    .or(spec.connection_ref.as_ref())
+                    .map(|c| c.name.as_str());
+                if !deployed_services.insert((
+                    connection,
+                    deploy.cluster.as_str(),
+                    deploy.service.as_str(),
+                )) {
                     errors.push(FieldError::new(
                         format!("{path}.deploy.service"),
                         "an earlier Deploy stage already deploys this service; rollbacks would undo each other",
@@ -127,10 +154,10 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
             ));
         }
     }
-    if seen_deploy && spec.connection_ref.is_none() {
+    if needs_connection && spec.connection_ref.is_none() {
         errors.push(FieldError::new(
             "spec.connectionRef",
-            "required when a stage has type Deploy",
+            "required when a Deploy stage names no connectionRef of its own",
         ));
     }
     if errors.is_empty() {
@@ -264,10 +291,10 @@ mod tests {
                 "unknown template variable",
                 |s| {
                     if let Some(d) = s.stages[2].deploy.as_mut() {
-                        d.image = "repo/app:{{ tag }}".into();
+                        d.containers[0].image = "repo/app:{{ tag }}".into();
                     }
                 },
-                "spec.stages[2].deploy.image",
+                "spec.stages[2].deploy.containers[0].image",
             ),
             (
                 "unclosed template in args",
@@ -331,10 +358,10 @@ mod tests {
                 "an undeclared result",
                 |s| {
                     if let Some(d) = s.stages[2].deploy.as_mut() {
-                        d.image = "repo/app@{{ stages.build.results.nope }}".into();
+                        d.containers[0].image = "repo/app@{{ stages.build.results.nope }}".into();
                     }
                 },
-                "spec.stages[2].deploy.image",
+                "spec.stages[2].deploy.containers[0].image",
             ),
             (
                 "dependsOn a later stage",
@@ -354,10 +381,11 @@ mod tests {
                     s.stages[1].depends_on = Some(vec![]);
                     s.stages[2].depends_on = Some(vec!["unit-tests".into()]);
                     if let Some(d) = s.stages[2].deploy.as_mut() {
-                        d.image = "repo/app@{{ stages.build.results.imageDigest }}".into();
+                        d.containers[0].image =
+                            "repo/app@{{ stages.build.results.imageDigest }}".into();
                     }
                 },
-                "spec.stages[2].deploy.image",
+                "spec.stages[2].deploy.containers[0].image",
             ),
             (
                 "a result key declared twice",
@@ -389,7 +417,7 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(
             summarize(&errors),
-            "spec.revision: must be a tag, digest or sha without spaces; spec.connectionRef: required when a stage has type Deploy"
+            "spec.revision: must be a tag, digest or sha without spaces; spec.connectionRef: required when a Deploy stage names no connectionRef of its own"
         );
     }
 

@@ -28,15 +28,18 @@ fn job(image: &str, command: &[&str], args: &[&str], timeout: &str) -> Option<Jo
     })
 }
 
-fn deploy(cluster: &str, timeout: &str, production: bool) -> Option<DeployStage> {
+pub(crate) fn deploy(cluster: &str, timeout: &str) -> Option<DeployStage> {
     Some(DeployStage {
+        connection_ref: None,
         cluster: cluster.into(),
         service: "shop".into(),
-        container_name: "app".into(),
-        image: "123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop:{{ revision }}".into(),
+        containers: vec![crate::crd::ContainerImage {
+            name: "app".into(),
+            image: "123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop:{{ revision }}".into(),
+        }],
         rollback_on_failure: true,
         timeout: dur(timeout),
-        production,
+        max_failed_tasks: 2,
     })
 }
 
@@ -101,12 +104,7 @@ pub(crate) fn example_spec() -> PipelineSpec {
                 None,
             ),
             stage("build", StageType::Build, build, None),
-            stage(
-                "staging",
-                StageType::Deploy,
-                None,
-                deploy("staging", "15m", false),
-            ),
+            stage("staging", StageType::Deploy, None, deploy("staging", "15m")),
             stage(
                 "smoke-staging",
                 StageType::SmokeTest,
@@ -125,7 +123,7 @@ pub(crate) fn example_spec() -> PipelineSpec {
                 "production",
                 StageType::Deploy,
                 None,
-                deploy("production", "20m", true),
+                deploy("production", "20m"),
             ),
             stage(
                 "smoke-production",
@@ -142,7 +140,6 @@ pub(crate) fn example_spec() -> PipelineSpec {
                 None,
             ),
         ],
-        promotion: Promotion::Manual,
         suspend: false,
         concurrency_policy: crate::crd::ConcurrencyPolicy::Queue,
     }
@@ -263,7 +260,7 @@ fn conditions_and_stage_statuses_are_list_maps() {
 
 #[test]
 fn defaults_are_in_the_schema() {
-    assert_eq!(node("spec.promotion")["default"], "Manual");
+    assert_eq!(node("spec.stages.[].deploy.maxFailedTasks")["default"], 2);
     assert_eq!(
         node("spec.stages.[].deploy.rollbackOnFailure")["default"],
         true
@@ -323,7 +320,10 @@ stages:
     job: { image: "busybox" }
 "#,
     );
-    assert_eq!(spec.promotion, Promotion::Manual);
+    assert_eq!(
+        spec.concurrency_policy,
+        crate::crd::ConcurrencyPolicy::Queue
+    );
     assert!(!spec.suspend);
     let Some(StageAction::Job(job)) = spec.stages[0].action() else {
         panic!("a job stage")
@@ -356,7 +356,7 @@ fn cel_rules_refuse_bad_specs() {
                     .expect("spec")
                     .remove("connectionRef");
             },
-            "connectionRef is required when a stage has type Deploy",
+            "connectionRef is required when a Deploy stage names no connectionRef of its own",
         ),
         (
             "deploy stage without deploy",
@@ -464,8 +464,12 @@ fn a_new_run_resets_stage_statuses() {
 fn stage_actions_follow_the_type() {
     let spec = example_spec();
     assert!(matches!(spec.stages[0].action(), Some(StageAction::Job(_))));
-    assert!(matches!(spec.stages[2].action(), Some(StageAction::Deploy(d)) if !d.production));
-    assert!(matches!(spec.stages[4].action(), Some(StageAction::Deploy(d)) if d.production));
+    assert!(
+        matches!(spec.stages[2].action(), Some(StageAction::Deploy(d)) if d.cluster == "staging")
+    );
+    assert!(
+        matches!(spec.stages[4].action(), Some(StageAction::Deploy(d)) if d.cluster == "production" && d.max_failed_tasks == 2)
+    );
     let mut broken = spec.stages[0].clone();
     broken.type_ = StageType::Deploy;
     assert_eq!(broken.action(), None);

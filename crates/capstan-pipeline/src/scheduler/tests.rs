@@ -3,7 +3,20 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::crd::{ConcurrencyPolicy, PipelineStatus, Promotion, Stage, StageStatus, StageType};
+use crate::crd::{
+    ConcurrencyPolicy, PipelineStatus, RollbackStatus, Stage, StageStatus, StageType,
+};
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .expect("a time")
+        .with_timezone(&Utc)
+}
+
+/// The scheduler with no deployment followed, at [`t0`].
+fn next(spec: &PipelineSpec, status: &PipelineStatus, jobs: &BTreeMap<String, JobState>) -> Next {
+    super::next(spec, status, jobs, &BTreeMap::new(), t0())
+}
 
 fn job_stage(name: &str, results: &[&str]) -> Stage {
     crate::crd::tests::job_stage(name, StageType::Test, results)
@@ -14,7 +27,6 @@ fn spec(revision: &str) -> PipelineSpec {
         connection_ref: None,
         revision: revision.into(),
         stages: vec![job_stage("test", &[]), job_stage("build", &["imageDigest"])],
-        promotion: Promotion::Auto,
         suspend: false,
         concurrency_policy: crate::crd::ConcurrencyPolicy::Queue,
     }
@@ -325,4 +337,258 @@ fn job_names_derive_from_run_stage_and_attempt_and_fit_a_label() {
 fn a_status_entry_defaults_to_no_attempt() {
     let s = StageStatus::pending("x");
     assert_eq!((s.attempt, s.results.is_empty()), (0, true));
+}
+
+// Deploy stages and rollbacks.
+
+fn deploy_stage(name: &str, cluster: &str) -> Stage {
+    Stage {
+        name: name.into(),
+        type_: StageType::Deploy,
+        job: None,
+        deploy: crate::crd::tests::deploy(cluster, "15m"),
+        depends_on: None,
+    }
+}
+
+/// test, staging (Deploy), smoke, production (Deploy).
+fn deploy_spec() -> PipelineSpec {
+    PipelineSpec {
+        stages: vec![
+            job_stage("test", &[]),
+            deploy_stage("staging", "staging"),
+            crate::crd::tests::job_stage("smoke", StageType::SmokeTest, &[]),
+            deploy_stage("production", "production"),
+        ],
+        ..spec("1")
+    }
+}
+
+/// A run of [`deploy_spec`] with the stages in these phases; a Running Deploy stage
+/// has started at [`t0`] and follows deployment `d-<stage>` when `deployed`.
+fn deploying(phases: &[StagePhase], deployed: bool) -> PipelineStatus {
+    let mut st = PipelineStatus::default();
+    st.start_run(&deploy_spec());
+    st.run_number = 1;
+    st.phase = Some(PipelinePhase::Running);
+    for (s, phase) in st.stages.iter_mut().zip(phases) {
+        s.phase = *phase;
+        if *phase != StagePhase::Pending {
+            s.attempt = 1;
+            s.started = Some(t0());
+        }
+        let is_deploy = s.name == "staging" || s.name == "production";
+        if is_deploy && *phase != StagePhase::Pending && deployed {
+            s.task_definition = Some(format!("td-{}:2", s.name));
+            s.previous_task_definition = Some(format!("td-{}:1", s.name));
+            s.deployment_id = Some(format!("d-{}", s.name));
+        } else if *phase == StagePhase::Running && !is_deploy {
+            s.job_name = Some(job_name("shop", 1, &s.name, 1));
+        }
+    }
+    st
+}
+
+fn deployments(entries: &[(&str, DeployState)]) -> BTreeMap<String, DeployState> {
+    entries
+        .iter()
+        .map(|(n, s)| ((*n).to_owned(), s.clone()))
+        .collect()
+}
+
+#[test]
+fn a_deploy_stage_follows_its_own_deployment() {
+    use StagePhase::*;
+    let spec = deploy_spec();
+    let none: BTreeMap<String, JobState> = BTreeMap::new();
+    let no_deploys: BTreeMap<String, DeployState> = BTreeMap::new();
+    let later = |minutes| t0() + chrono::Duration::minutes(minutes);
+    // Claimed, not deployed yet (or a crash before the deployment was recorded).
+    let claimed = deploying(&[Succeeded, Running, Pending, Pending], false);
+    assert_eq!(
+        super::next(&spec, &claimed, &none, &no_deploys, t0()),
+        Next::Deploy { index: 1 }
+    );
+    let st = deploying(&[Succeeded, Running, Pending, Pending], true);
+    assert_eq!(
+        followed_deployments(&st),
+        vec![(1, "d-staging".to_owned(), false)]
+    );
+    let cases = [
+        (DeployState::InProgress, 1, Next::Wait),
+        (
+            DeployState::Completed,
+            1,
+            Next::StageSucceeded {
+                index: 1,
+                results: BTreeMap::new(),
+            },
+        ),
+        (
+            DeployState::Replaced { by: "d-2".into() },
+            1,
+            Next::FollowDeployment {
+                index: 1,
+                id: "d-2".into(),
+                rollback: false,
+            },
+        ),
+    ];
+    for (state, minutes, want) in cases {
+        let d = deployments(&[("d-staging", state.clone())]);
+        assert_eq!(
+            super::next(&spec, &st, &none, &d, later(minutes)),
+            want,
+            "{state:?}"
+        );
+    }
+    let failed = |state: DeployState, minutes| {
+        let d = deployments(&[("d-staging", state)]);
+        match super::next(&spec, &st, &none, &d, later(minutes)) {
+            Next::StageFailed {
+                index: 1, message, ..
+            } => message,
+            other => panic!("expected the stage to fail, got {other:?}"),
+        }
+    };
+    // The stage's 15m timeout.
+    assert!(failed(DeployState::InProgress, 16).contains("timeout"));
+    assert!(
+        failed(
+            DeployState::Failed {
+                message: "2 of its tasks failed".into()
+            },
+            1
+        )
+        .contains("2 of its tasks failed")
+    );
+    assert!(
+        failed(
+            DeployState::Overtaken {
+                task_definition: "td-other:9".into()
+            },
+            1
+        )
+        .contains("td-other:9")
+    );
+    // No observation (ECS not read): nothing to decide.
+    assert_eq!(
+        super::next(&spec, &st, &none, &no_deploys, later(1)),
+        Next::Wait
+    );
+}
+
+#[test]
+fn rollbacks_run_newest_first_one_at_a_time() {
+    use StagePhase::*;
+    let spec = deploy_spec();
+    let none: BTreeMap<String, JobState> = BTreeMap::new();
+    let no_deploys: BTreeMap<String, DeployState> = BTreeMap::new();
+    let mut st = deploying(&[Succeeded, Succeeded, Succeeded, Failed], true);
+    st.phase = Some(PipelinePhase::RollingBack);
+    for i in [1, 3] {
+        st.stages[i].rollback = Some(RollbackStatus::pending());
+    }
+    // Production (the newest) first; its failed deployment is not in progress.
+    let d = deployments(&[(
+        "d-production",
+        DeployState::Failed {
+            message: "x".into(),
+        },
+    )]);
+    assert_eq!(
+        followed_deployments(&st),
+        vec![
+            (1, "d-staging".to_owned(), false),
+            (3, "d-production".to_owned(), false)
+        ]
+    );
+    assert_eq!(
+        super::next(&spec, &st, &none, &d, t0()),
+        Next::StartRollback { index: 3 }
+    );
+    // Production's rollback runs: staging waits for it.
+    let rb = st.stages[3].rollback.as_mut().expect("rollback");
+    rb.phase = RollbackPhase::Running;
+    rb.started = Some(t0());
+    rb.deployment_id = Some("rb-production".into());
+    assert!(followed_deployments(&st).contains(&(3, "rb-production".to_owned(), true)));
+    let cases = [
+        (DeployState::InProgress, Next::Wait),
+        (
+            DeployState::Completed,
+            Next::RollbackEnded {
+                index: 3,
+                outcome: Ok(()),
+            },
+        ),
+        (
+            DeployState::Replaced { by: "rb-2".into() },
+            Next::FollowDeployment {
+                index: 3,
+                id: "rb-2".into(),
+                rollback: true,
+            },
+        ),
+    ];
+    for (state, want) in cases {
+        let d = deployments(&[("rb-production", state.clone())]);
+        assert_eq!(super::next(&spec, &st, &none, &d, t0()), want, "{state:?}");
+    }
+    for state in [
+        DeployState::Failed {
+            message: "x".into(),
+        },
+        DeployState::Overtaken {
+            task_definition: "td-other:9".into(),
+        },
+    ] {
+        let d = deployments(&[("rb-production", state.clone())]);
+        assert!(
+            matches!(
+                super::next(&spec, &st, &none, &d, t0()),
+                Next::RollbackEnded {
+                    index: 3,
+                    outcome: Err(_)
+                }
+            ),
+            "{state:?}"
+        );
+    }
+    // Production put back: staging next, then the run ends.
+    let rb = st.stages[3].rollback.as_mut().expect("rollback");
+    rb.phase = RollbackPhase::Succeeded;
+    assert_eq!(
+        super::next(&spec, &st, &none, &no_deploys, t0()),
+        Next::StartRollback { index: 1 }
+    );
+    st.stages[1].rollback.as_mut().expect("rollback").phase = RollbackPhase::Failed;
+    assert_eq!(
+        super::next(&spec, &st, &none, &no_deploys, t0()),
+        Next::FinishRollback
+    );
+}
+
+#[test]
+fn a_deploy_in_flight_ends_before_it_is_rolled_back() {
+    use StagePhase::*;
+    let spec = deploy_spec();
+    let none: BTreeMap<String, JobState> = BTreeMap::new();
+    // Staging was deploying when a stage beside it failed.
+    let mut st = deploying(&[Failed, Cancelled, Skipped, Skipped], true);
+    st.phase = Some(PipelinePhase::RollingBack);
+    st.stages[1].rollback = Some(RollbackStatus::pending());
+    let in_flight = deployments(&[("d-staging", DeployState::InProgress)]);
+    assert_eq!(super::next(&spec, &st, &none, &in_flight, t0()), Next::Wait);
+    // Past the stage's timeout it is rolled back anyway.
+    let late = t0() + chrono::Duration::minutes(16);
+    assert_eq!(
+        super::next(&spec, &st, &none, &in_flight, late),
+        Next::StartRollback { index: 1 }
+    );
+    let ended = deployments(&[("d-staging", DeployState::Completed)]);
+    assert_eq!(
+        super::next(&spec, &st, &none, &ended, t0()),
+        Next::StartRollback { index: 1 }
+    );
 }

@@ -335,7 +335,7 @@ pub async fn secret_data(
 }
 
 /// The emulator's credentials as Secret `aws-creds` in Capstan's namespace `own`, where
-/// AWS ClusterConnections read them.
+/// AWS ClusterConnections read them (kept when a connection before created it).
 #[allow(dead_code)]
 pub async fn aws_creds_secret(client: &kube::Client, own: &str) {
     let creds: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
@@ -346,10 +346,15 @@ pub async fn aws_creds_secret(client: &kube::Client, own: &str) {
         }
     }))
     .expect("secret");
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), own)
+    match kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), own)
         .create(&kube::api::PostParams::default(), &creds)
         .await
-        .expect("creds");
+    {
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        other => {
+            other.expect("creds");
+        }
+    }
 }
 
 /// [`aws_creds_secret`] in `own`, and the AWS ClusterConnection `name` to the emulator

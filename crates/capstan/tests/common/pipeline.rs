@@ -48,6 +48,20 @@ impl Setup {
         }
     }
 
+    /// The reasons of the Events about object `name`, oldest first.
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        self.ns
+            .api::<k8s_openapi::api::events::v1::Event>(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| e.reason.unwrap_or_default())
+            .collect()
+    }
+
     /// Plays the kubelet in the namespace with `outcome` until this is dropped.
     pub fn play(&self, outcome: Outcome) {
         play_kubelet(
@@ -139,7 +153,7 @@ pub fn pipeline(name: &str, revision: &str, stages: Vec<Value>) -> Value {
     json!({
         "apiVersion": "capstan.dev/v1alpha1", "kind": "Pipeline",
         "metadata": { "name": name },
-        "spec": { "revision": revision, "promotion": "Auto", "stages": stages }
+        "spec": { "revision": revision, "stages": stages }
     })
 }
 
@@ -185,4 +199,241 @@ pub async fn jobs_of(api: &Api<Job>) -> BTreeMap<String, Job> {
         .into_iter()
         .map(|j| (j.metadata.name.clone().unwrap_or_default(), j))
         .collect()
+}
+
+/// What Deploy stage tests add to a [`Setup`]: a ClusterConnection allowing the
+/// namespace (credentials in the namespace itself, which the manager takes as its own),
+/// an ECS cluster and an ECR repository in the emulator, named after the namespace.
+pub struct Aws {
+    pub connection: String,
+    pub cluster: String,
+    pub repository: String,
+    pub registry: String,
+    pub ecs: capstan_aws::ecs::sdk::Client,
+    pub ecr: aws_sdk_ecr::Client,
+}
+
+/// The emulator's tags that model a service's tasks (tests/env/moto_ext).
+pub const START_TAG: &str = "capstan.dev/moto-task-start-seconds";
+pub const FAIL_TAG: &str = "capstan.dev/moto-task-fail-seconds";
+pub const BREAKER_TAG: &str = "capstan.dev/moto-circuit-breaker";
+
+impl Aws {
+    pub async fn new(t: &Setup) -> Self {
+        let aws = TestEnv::get().aws().await.expect("aws");
+        let ns = t.ns.name();
+        let connection = format!("aws-{ns}");
+        super::aws_connection(&t.client, aws, ns, &connection, &[ns]).await;
+        let config = aws.sdk_config().await;
+        let ecs = capstan_aws::ecs::sdk::Client::new(&config);
+        let ecr = aws_sdk_ecr::Client::new(&config);
+        ecs.create_cluster()
+            .cluster_name(ns)
+            .send()
+            .await
+            .expect("cluster");
+        let uri = ecr
+            .create_repository()
+            .repository_name(ns)
+            .send()
+            .await
+            .expect("repository")
+            .repository
+            .and_then(|r| r.repository_uri)
+            .expect("uri");
+        let registry = uri.split('/').next().unwrap_or_default().to_owned();
+        Self {
+            connection,
+            cluster: ns.to_owned(),
+            repository: ns.to_owned(),
+            registry,
+            ecs,
+            ecr,
+        }
+    }
+
+    /// The image reference of `tag` in the repository.
+    pub fn image(&self, tag: &str) -> String {
+        format!("{}/{}:{tag}", self.registry, self.repository)
+    }
+
+    /// Pushes an image tagged `tag` (moving the tag if it exists); `behaviour` is the
+    /// emulator's failure marker (`exit-1`, `unhealthy`). Returns its digest.
+    pub async fn push(&self, tag: &str, behaviour: Option<&str>) -> String {
+        let layer = format!("sha256:{:064x}", rand_u128());
+        let mut manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "layers": [{ "digest": layer }],
+        });
+        if let Some(b) = behaviour {
+            manifest["annotations"] = json!({ "capstan.dev/moto-behaviour": b });
+        }
+        self.ecr
+            .put_image()
+            .repository_name(&self.repository)
+            .image_tag(tag)
+            .image_manifest(manifest.to_string())
+            .send()
+            .await
+            .expect("push")
+            .image
+            .and_then(|i| i.image_id)
+            .and_then(|i| i.image_digest)
+            .expect("digest")
+    }
+
+    /// Registers task definition family `name` (container `app` with environment,
+    /// secrets, ports, health check and logging, and an `envoy` sidecar) and creates
+    /// service `name` running it with `desired` tasks, whose tasks start in
+    /// `start_seconds` and (for a failing image) fail one per second.
+    pub async fn create_service(&self, name: &str, desired: i32, start_seconds: f64) -> String {
+        use capstan_aws::ecs::sdk::types::{
+            ContainerDefinition, HealthCheck, KeyValuePair, LogConfiguration, LogDriver,
+            PortMapping, Secret, Tag,
+        };
+        let app = ContainerDefinition::builder()
+            .name("app")
+            .image(format!("{}/{}:initial", self.registry, self.repository))
+            .memory(256)
+            .environment(KeyValuePair::builder().name("MODE").value("live").build())
+            .secrets(
+                Secret::builder()
+                    .name("DATABASE_URL")
+                    .value_from("arn:aws:secretsmanager:us-east-1:123456789012:secret:db")
+                    .build()
+                    .expect("secret"),
+            )
+            .port_mappings(PortMapping::builder().container_port(8080).build())
+            .health_check(
+                HealthCheck::builder()
+                    .command("CMD-SHELL")
+                    .command("curl -f http://localhost:8080/health")
+                    .interval(10)
+                    .build()
+                    .expect("health check"),
+            )
+            .log_configuration(
+                LogConfiguration::builder()
+                    .log_driver(LogDriver::Awslogs)
+                    .options("awslogs-group", name)
+                    .build()
+                    .expect("log configuration"),
+            )
+            .build();
+        let envoy = ContainerDefinition::builder()
+            .name("envoy")
+            .image("envoyproxy/envoy:v1.30")
+            .memory(64)
+            .build();
+        let arn = self
+            .ecs
+            .register_task_definition()
+            .family(name)
+            .container_definitions(app)
+            .container_definitions(envoy)
+            .tags(Tag::builder().key("team").value("shop").build())
+            .send()
+            .await
+            .expect("task definition")
+            .task_definition
+            .and_then(|t| t.task_definition_arn)
+            .expect("arn");
+        self.ecs
+            .create_service()
+            .cluster(&self.cluster)
+            .service_name(name)
+            .task_definition(&arn)
+            .desired_count(desired)
+            .tags(
+                Tag::builder()
+                    .key(START_TAG)
+                    .value(start_seconds.to_string())
+                    .build(),
+            )
+            .tags(Tag::builder().key(FAIL_TAG).value("1").build())
+            .tags(Tag::builder().key(BREAKER_TAG).value("true").build())
+            .send()
+            .await
+            .expect("service");
+        arn
+    }
+
+    pub async fn service(&self, name: &str) -> capstan_aws::ecs::sdk::types::Service {
+        self.ecs
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(name)
+            .send()
+            .await
+            .expect("describe")
+            .services()
+            .first()
+            .cloned()
+            .expect("service")
+    }
+
+    pub async fn task_definition(
+        &self,
+        arn: &str,
+    ) -> (
+        capstan_aws::ecs::sdk::types::TaskDefinition,
+        Vec<capstan_aws::ecs::sdk::types::Tag>,
+    ) {
+        let out = self
+            .ecs
+            .describe_task_definition()
+            .task_definition(arn)
+            .include(capstan_aws::ecs::sdk::types::TaskDefinitionField::Tags)
+            .send()
+            .await
+            .expect("task definition");
+        (
+            out.task_definition.expect("td"),
+            out.tags.unwrap_or_default(),
+        )
+    }
+
+    /// Every revision of family `name`.
+    pub async fn revisions(&self, name: &str) -> Vec<String> {
+        self.ecs
+            .list_task_definitions()
+            .family_prefix(name)
+            .send()
+            .await
+            .expect("list")
+            .task_definition_arns()
+            .to_vec()
+    }
+
+    /// A Deploy stage of `service`'s container `app` to `image`.
+    pub fn deploy_stage(&self, name: &str, service: &str, image: &str) -> Value {
+        json!({
+            "name": name, "type": "Deploy",
+            "deploy": {
+                "cluster": self.cluster, "service": service,
+                "containers": [{ "name": "app", "image": image }],
+                "timeout": "60s"
+            }
+        })
+    }
+
+    /// A Pipeline through this connection.
+    pub fn pipeline(&self, name: &str, revision: &str, stages: Vec<Value>) -> Value {
+        let mut p = pipeline(name, revision, stages);
+        p["spec"]["connectionRef"] = json!({ "name": self.connection });
+        p
+    }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    (u128::from(h.finish()) << 64) | u128::from(h.finish().rotate_left(17))
 }
