@@ -15,8 +15,11 @@
 #    rotated; the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
 #    DATABASE_URL that logs in, the api Deployment restarted for it; the ECS service
 #    scaled up on a CPU spike; a tenant refused by a connection that does not list it,
-#    and one refused a Vault path outside its connection's scope;
-#    the Pipeline honestly not implemented.
+#    and one refused a Vault path outside its connection's scope; the shop's Pipeline
+#    takes revision 1.4.2 through tests, build, staging, smoke test and production (by
+#    the digest staging pinned), then revision 1.4.3 fails its smoke test and staging
+#    is rolled back while production keeps 1.4.2; the demo shows the run history, the
+#    stage table and the Events.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci=false
@@ -82,6 +85,36 @@ cw.put_metric_data(Namespace="AWS/ECS", MetricData=[
 ])
 PY
 
+echo "==> the shop's staging and production ECS services and its ECR repository (images 1.4.2, 1.4.3)"
+# Pipeline shop/shop deploys ECS service shop of clusters staging and production. The
+# emulator's ECS model (tests/env/moto_ext) starts each deployment's tasks in 1 s.
+"${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import json, os, uuid
+import boto3
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+ecs, ecr = boto3.client("ecs", **kw), boto3.client("ecr", **kw)
+ecr.create_repository(repositoryName="shop")
+def push(tag):
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "layers": [{"digest": "sha256:" + uuid.uuid4().hex * 2}]}
+    return ecr.put_image(repositoryName="shop", imageTag=tag, imageManifest=json.dumps(manifest))
+for tag in ("1.4.2", "1.4.3"):
+    push(tag)
+registry = ecr.describe_repositories(repositoryNames=["shop"])["repositories"][0]["repositoryUri"]
+for cluster in ("staging", "production"):
+    ecs.create_cluster(clusterName=cluster)
+    td = ecs.register_task_definition(family=f"shop-{cluster}", containerDefinitions=[{
+        "name": "app", "image": f"{registry}:1.4.1", "memory": 512,
+        "environment": [{"name": "SHOP_ENV", "value": cluster}],
+        "portMappings": [{"containerPort": 8080}],
+        "healthCheck": {"command": ["CMD-SHELL", "curl -f http://localhost:8080/health"]},
+        "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": f"shop-{cluster}"}},
+    }])["taskDefinition"]["taskDefinitionArn"]
+    ecs.create_service(cluster=cluster, serviceName="shop", taskDefinition=td, desiredCount=2,
+                       tags=[{"key": "capstan.dev/moto-task-start-seconds", "value": "1"}])
+PY
+k -n shop create serviceaccount image-builder --dry-run=client -o yaml | k apply -f - >/dev/null
+
 echo "==> starting capstan as the chart installs it (ServiceAccount $(cat "$state/capstan.user"))"
 mapfile -t capstan_args < "$state/capstan.args"
 echo "    capstan ${capstan_args[*]}"
@@ -105,6 +138,9 @@ echo "    orders database example is pointed at the local PostgreSQL without TLS
 for f in manifests/examples/*.yaml; do
   case "$f" in
     *00-connections.yaml) continue ;;
+    *30-pipeline-shop.yaml)
+      # The example's registry is in eu-west-1; the local emulator's is in $AWS_REGION.
+      sed -e "s|dkr.ecr.eu-west-1.amazonaws.com|dkr.ecr.$AWS_REGION.amazonaws.com|g" "$f" | k apply -f - ;;
     *11-secretrotation-postgres-secretsmanager.yaml)
       sed -e "s|host: orders.cluster-abc.eu-west-1.rds.amazonaws.com|host: $PGHOST|" \
         -e "s|port: 5432|port: $PGPORT|" -e "s|sslMode: verifyFull|sslMode: disable|" \
@@ -124,6 +160,35 @@ play_deployment_controller() {
   done
 }
 play_deployment_controller &
+pids+=($!)
+
+# No kubelet either: the demo plays it for the Pipeline's Job stages. Each stage's Pod
+# (created by the real Job controller) is moved to Succeeded, the build writing its
+# result to the termination message; the smoke tests of revision 1.4.3 fail.
+play_kubelet() {
+  while true; do
+    k -n shop get pods -l capstan.dev/stage -o json 2>/dev/null | python3 -c '
+import json, sys
+for pod in json.load(sys.stdin)["items"]:
+    if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+        continue
+    stage = pod["metadata"]["labels"]["capstan.dev/stage"]
+    args = " ".join(pod["spec"]["containers"][0].get("args", []))
+    code, message = 0, ""
+    if stage.startswith("smoke") and "--expect-version=1.4.3" in args:
+        code, message = 1, "smoke test: /health answered 500"
+    if stage == "build":
+        message = json.dumps({"imageDigest": "sha256:" + "ab" * 32})
+    print(pod["metadata"]["name"], code, json.dumps(message))
+' | while read -r name code message; do
+      now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+      phase=$([ "$code" = 0 ] && echo Succeeded || echo Failed)
+      k -n shop patch pod "$name" --subresource=status --type=merge -p "{\"status\":{\"phase\":\"$phase\",\"containerStatuses\":[{\"name\":\"stage\",\"ready\":false,\"restartCount\":0,\"image\":\"\",\"imageID\":\"\",\"state\":{\"terminated\":{\"exitCode\":$code,\"message\":$message,\"startedAt\":\"$now\",\"finishedAt\":\"$now\"}}}]}}" >/dev/null 2>&1 || true
+    done
+    sleep 1
+  done
+}
+play_kubelet &
 pids+=($!)
 
 show() {
@@ -172,7 +237,48 @@ PY
 )
 if [ "$scaled" -gt 3 ]; then echo "    ok: ECS service shop/web scaled up from 3 to $scaled tasks on 150% CPU"
 else echo "    FAIL: ECS service shop/web still has $scaled tasks" >&2; ok=false; fi
-verdict pipeline shop shop NotImplemented
+verdict pipeline shop shop Succeeded
+pinned=$(k -n shop get pipeline shop -o jsonpath='{.status.images}')
+prod_image=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import os
+import boto3
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+ecs = boto3.client("ecs", **kw)
+td = ecs.describe_services(cluster="production", services=["shop"])["services"][0]["taskDefinition"]
+print(ecs.describe_task_definition(taskDefinition=td)["taskDefinition"]["containerDefinitions"][0]["image"])
+PY
+)
+case "$prod_image" in
+  *@sha256:*) echo "    ok: production runs $prod_image, the digest staging tested (pins: $pinned)" ;;
+  *) echo "    FAIL: production runs $prod_image, not a digest" >&2; ok=false ;;
+esac
+echo "    revision 1.4.3: its smoke test fails"
+k -n shop patch pipeline shop --type=merge -p '{"spec":{"revision":"1.4.3"}}' >/dev/null
+rolled=""
+for _ in $(seq 1 90); do
+  rolled=$(k -n shop get pipeline shop -o jsonpath='{.status.conditions[?(@.type=="RolledBack")].reason}')
+  [ "$rolled" = RollbackSucceeded ] && break
+  sleep 1
+done
+if [ "$rolled" = RollbackSucceeded ]; then echo "    ok: run shop-2 failed its staging smoke test and staging was rolled back"
+else echo "    FAIL: pipeline shop/shop RolledBack is '$rolled'" >&2; ok=false; fi
+prod_after=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import os
+import boto3
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+ecs = boto3.client("ecs", **kw)
+td = ecs.describe_services(cluster="production", services=["shop"])["services"][0]["taskDefinition"]
+print(ecs.describe_task_definition(taskDefinition=td)["taskDefinition"]["containerDefinitions"][0]["image"])
+PY
+)
+if [ "$prod_after" = "$prod_image" ]; then echo "    ok: production untouched by the failed run"
+else echo "    FAIL: production changed to $prod_after" >&2; ok=false; fi
+echo
+echo "    the run history, the stage table and the Events a person would look at:"
+k -n shop get pipeline shop -o jsonpath='{range .status.history[*]}    {.id}  {.revision}  {.outcome}  {.failedStage}{"\n"}{end}'
+k -n shop get pipeline shop -o jsonpath='{range .status.stages[*]}    {.name}  {.phase}  {.message}{"\n"}{end}'
+k -n shop get events --field-selector involvedObject.name=shop --sort-by=.metadata.creationTimestamp \
+  -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message | sed 's/^/    /' | tail -15
 verdict secretrotation shop sneaky-card-key ConnectionNotAllowed
 verdict secretrotation payments platform-signing-key ResourceNotAllowed
 show

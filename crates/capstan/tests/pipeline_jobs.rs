@@ -10,8 +10,7 @@
 //! - a reference to a result no earlier stage declares is refused with its field path
 //!   (by the controller: arguments are free text at admission), and nothing runs.
 //!
-//! A Pipeline with a Deploy stage says NotImplemented and starts nothing: the demo's
-//! verdict checks that, with a real connection.
+//! Deploy stages: pipeline_deploy.rs.
 
 mod common;
 
