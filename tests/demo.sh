@@ -16,8 +16,9 @@
 #    DATABASE_URL that logs in, the api Deployment restarted for it; the ECS service
 #    scaled up on a CPU spike; a tenant refused by a connection that does not list it,
 #    and one refused a Vault path outside its connection's scope; the shop's Pipeline
-#    takes revision 1.4.2 through tests, build, staging, smoke test and production (by
-#    the digest staging pinned), then revision 1.4.3 fails its smoke test and staging
+#    takes revision 1.4.2 through tests, build, staging, smoke test, an approval by
+#    alice (impersonated; bob's in her name is refused) and production (by the digest
+#    staging pinned), then revision 1.4.3 fails its smoke test and staging
 #    is rolled back while production keeps 1.4.2; the demo shows the run history, the
 #    stage table and the Events.
 set -euo pipefail
@@ -237,7 +238,48 @@ PY
 )
 if [ "$scaled" -gt 3 ]; then echo "    ok: ECS service shop/web scaled up from 3 to $scaled tasks on 150% CPU"
 else echo "    FAIL: ECS service shop/web still has $scaled tasks" >&2; ok=false; fi
+# Run shop-1 waits before production for a release manager: alice, bound to the chart's
+# approver ClusterRole in namespace shop, approves it in her own name; bob, bound to it
+# too, tries to approve in alice's name and the chart's ValidatingAdmissionPolicy
+# refuses him (the approver must be the requester).
+policy=$(grep -o -- '--approval-policy=[^ ]*' "$state/capstan.args" | cut -d= -f2)
+k -n shop create rolebinding release-managers --clusterrole="${policy%-approvals}-approver" \
+  --user=alice --user=bob --dry-run=client -o yaml | k apply -f - >/dev/null
+awaiting=""
+for _ in $(seq 1 90); do
+  awaiting=$(k -n shop get pipeline shop -o jsonpath='{.status.conditions[?(@.type=="AwaitingApproval")].reason}')
+  [ "$awaiting" = WaitingForApproval ] && break
+  sleep 1
+done
+echo "    run shop-1 awaits approval ($awaiting); alice (group release-managers) approves it"
+k --as=alice --as-group=release-managers -n shop create -f - <<'YAML' >/dev/null
+apiVersion: capstan.dev/v1alpha1
+kind: Approval
+metadata:
+  name: shop-1-production
+spec:
+  pipeline: shop
+  runId: shop-1
+  stage: approve-production
+  decision: Approve
+  approver:
+    username: alice
+    groups: [release-managers]
+  comment: staging smoke test passed; dashboards green
+YAML
+if k --as=bob -n shop create -f - >/dev/null 2>"$state/forged.err" <<'YAML'
+apiVersion: capstan.dev/v1alpha1
+kind: Approval
+metadata:
+  name: forged
+spec: { pipeline: shop, runId: shop-1, stage: approve-production, decision: Approve, approver: { username: alice } }
+YAML
+then echo "    FAIL: bob approved in alice's name" >&2; ok=false
+else echo "    ok: bob's approval in alice's name was refused: $(tail -1 "$state/forged.err" | cut -c1-160)"; fi
 verdict pipeline shop shop Succeeded
+approver=$(k -n shop get pipeline shop -o jsonpath='{.status.stages[?(@.name=="approve-production")].approval.username}')
+if [ "$approver" = alice ]; then echo "    ok: run shop-1's approval is recorded as alice's"
+else echo "    FAIL: the approval recorded '$approver'" >&2; ok=false; fi
 pinned=$(k -n shop get pipeline shop -o jsonpath='{.status.images}')
 prod_image=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
 import os

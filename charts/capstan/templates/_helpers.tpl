@@ -68,7 +68,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $kinds := list }}
 {{- if has "secret-rotation" .Values.controllers }}{{ $kinds = append $kinds "secretrotations" }}{{ end }}
 {{- if has "service-scaling" .Values.controllers }}{{ $kinds = append $kinds "servicescalings" }}{{ end }}
-{{- if has "pipeline" .Values.controllers }}{{ $kinds = append $kinds "pipelines" }}{{ end }}
+{{- if has "pipeline" .Values.controllers }}{{ $kinds = append $kinds "pipelines" }}{{ $kinds = append $kinds "approvals" }}{{ end }}
 {{- toJson $kinds }}
 {{- end }}
 
@@ -82,7 +82,8 @@ is set. Each rule says why it exists.
 {{- $kinds := include "capstan.namespacedKinds" . | fromJsonArray }}
 {{- if $kinds }}
 # The namespaced Capstan kinds, watched by their controllers (SecretRotations as
-# metadata only, read whole with get when reconciled).
+# metadata only, read whole with get when reconciled; the Pipeline controller watches
+# Approvals and marks each Honoured or Void in its status).
 - apiGroups: ["capstan.dev"]
   resources: {{ toJson $kinds }}
   verbs: ["get", "list", "watch"]
@@ -165,4 +166,9 @@ is set. Each rule says why it exists.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{/* The ValidatingAdmissionPolicy (and binding) that verifies Approvals' approvers. */}}
+{{- define "capstan.approvalPolicyName" -}}
+{{- default (printf "%s-approvals" (include "capstan.fullname" .)) .Values.approvals.policy.name }}
 {{- end }}

@@ -47,6 +47,8 @@ use kube::{Api, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::approval::{self, Approval, ApprovalPhase, Verdict};
+use crate::crd::ApprovalRecord;
 use crate::crd::{
     ConcurrencyPolicy, DeployStage, Pipeline, PipelinePhase, PipelineSpec, PipelineStatus,
     RollbackPhase, RollbackStatus, RunSummary, StageAction, StagePhase, condition_types as ct,
@@ -84,10 +86,23 @@ pub mod events {
     pub const RUN_ROLLED_BACK: &str = "RunRolledBack";
     /// A service could not be put back; needs a person.
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+    /// A run waits at an Approval stage.
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+    /// An Approval let the run go on.
+    pub const APPROVED: &str = "Approved";
+    /// An Approval rejected the run.
+    pub const REJECTED: &str = "Rejected";
 }
+
+/// The `tracing` target of the approval audit line (as SecretRotation's steps').
+pub const AUDIT_TARGET: &str = "capstan::audit";
 
 /// How often a deployment the run follows is read from ECS while it is in progress.
 pub const DEPLOY_POLL: Duration = Duration::from_secs(2);
+
+/// How often a run waiting for approval is looked at without an Approval event (its
+/// timeout; the admission policy coming back).
+pub const APPROVAL_RECHECK: Duration = Duration::from_secs(30);
 
 /// The most actions one reconcile performs before it requeues (a run of Job stages
 /// needs two per stage: record the last, claim the next).
@@ -113,6 +128,15 @@ struct Ctx {
     metrics: ControllerMetrics,
     events: Publisher,
     clients: ClientCache<Clients>,
+    settings: Settings,
+}
+
+/// What the Pipeline controller takes beyond the [`Runtime`].
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The ValidatingAdmissionPolicy (and binding of the same name) that verifies who
+    /// creates an Approval (`--approval-policy`); `None`: no Approval is honoured.
+    pub approval_policy: Option<String>,
 }
 
 /// Why a reconcile failed.
@@ -251,7 +275,9 @@ async fn reconcile(obj: Arc<Pipeline>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         api: Api::namespaced(ctx.rt.client.clone(), &ns),
         obj: (*obj).clone(),
         connection_ready: conditions,
+        approval_problem: None,
     };
+    process_approvals(&ctx, &mut w).await?;
     match run_steps(&ctx, &mut w, &connections).await {
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
             // Someone wrote first (an edit, another Capstan): take the newer view.
@@ -403,10 +429,14 @@ async fn run_steps(
                 if st != w.status() {
                     w.write(&st).await?;
                 }
-                return Ok(if scheduler::followed_deployments(&st).is_empty() {
-                    Action::await_change()
-                } else {
+                return Ok(if !scheduler::followed_deployments(&st).is_empty() {
                     Action::requeue(DEPLOY_POLL)
+                } else if scheduler::waiting_for_approval(&spec, &st).is_some() {
+                    // Approvals wake it through their watch; this catches the timeout
+                    // and a policy that comes back.
+                    Action::requeue(APPROVAL_RECHECK)
+                } else {
+                    Action::await_change()
                 });
             }
             Next::StartRun => {
@@ -434,9 +464,46 @@ async fn run_steps(
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 };
                 let is_deploy = deploy_of(&spec, &stage.name).is_some();
+                let approvers = spec
+                    .stages
+                    .iter()
+                    .find(|s| s.name == stage.name)
+                    .and_then(|s| match s.action() {
+                        Some(StageAction::Approval(a)) => Some(a.approvers.clone()),
+                        _ => None,
+                    });
                 stage.phase = StagePhase::Running;
                 stage.attempt = 1;
                 stage.started = Some(now);
+                if let Some(approvers) = approvers {
+                    let stage_name = stage.name.clone();
+                    st.current_stage = Some(stage_name.clone());
+                    w.set_conditions(&mut st, now);
+                    w.write(&st).await?;
+                    let who = if approvers.users.is_empty() && approvers.groups.is_empty() {
+                        "anyone allowed to create Approvals".to_owned()
+                    } else {
+                        format!(
+                            "users [{}] or groups [{}]",
+                            approvers.users.join(", "),
+                            approvers.groups.join(", ")
+                        )
+                    };
+                    let note = format!(
+                        "run {} waits at stage {stage_name} for an Approval by {who}",
+                        st.run_id.as_deref().unwrap_or_default()
+                    );
+                    ctx.events
+                        .publish(
+                            &w.obj,
+                            EventType::Normal,
+                            events::AWAITING_APPROVAL,
+                            "Approval",
+                            note,
+                        )
+                        .await;
+                    continue;
+                }
                 if !is_deploy {
                     stage.job_name = Some(scheduler::job_name(&name, run_number, &stage.name, 1));
                 }
@@ -480,6 +547,11 @@ async fn run_steps(
                     stage.results = results;
                     if stage.job_name.is_some() {
                         stage.set_message("the Job completed");
+                    } else if let Some(a) = stage.approval.clone() {
+                        stage.set_message(&format!(
+                            "approved by {} (Approval {})",
+                            a.username, a.name
+                        ));
                     } else {
                         let note = format!(
                             "deployment {} completed: the service runs {}",
@@ -747,6 +819,150 @@ fn mark_rollbacks(st: &mut PipelineStatus, spec: &PipelineSpec) -> bool {
         st.phase = Some(PipelinePhase::RollingBack);
     }
     any
+}
+
+/// Decides the Approvals that name this Pipeline and have no phase yet: the one that
+/// decides the stage waiting (verified by the admission policy, created after it, for
+/// this run and stage, by a listed approver) is recorded in the stage's status (the
+/// claim), then marked `Honoured`, with an Event and an audit line; the others are
+/// marked `Void` with the reason. While the policy is missing nothing is honoured and
+/// `approval_problem` says why (AwaitingApproval, `ApprovalPolicyMissing`).
+async fn process_approvals(ctx: &Ctx, w: &mut Writer) -> Result<(), Error> {
+    let spec = w.obj.spec.clone();
+    let has_approvals = spec
+        .stages
+        .iter()
+        .any(|s| matches!(s.action(), Some(StageAction::Approval(_))));
+    if !has_approvals {
+        return Ok(());
+    }
+    let ns = w.obj.namespace().unwrap_or_default();
+    let name = w.obj.name_any();
+    let api: Api<Approval> = Api::namespaced(ctx.rt.client.clone(), &ns);
+    let since =
+        approval::policy_since(&ctx.rt.client, ctx.settings.approval_policy.as_deref()).await?;
+    w.approval_problem = since.clone().err();
+    let mut pending: Vec<Approval> = api
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|a| a.spec.pipeline == name && a.status.as_ref().and_then(|s| s.phase).is_none())
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let created = |a: &Approval| {
+        a.metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
+    };
+    pending.sort_by_key(|a| (created(a), a.name_any()));
+    let mut st = w.status();
+    let waiting = scheduler::waiting_for_approval(&spec, &st).map(|(i, n)| (i, n.to_owned()));
+    let rules = waiting.as_ref().and_then(|(_, n)| {
+        spec.stages
+            .iter()
+            .find(|s| &s.name == n)
+            .and_then(|s| match s.action() {
+                Some(StageAction::Approval(a)) => Some(a.clone()),
+                _ => None,
+            })
+    });
+    let run = st.run_id.clone().unwrap_or_default();
+    let now = ctx.rt.clock.now();
+    let mut marks: Vec<(String, ApprovalPhase, String)> = Vec::new();
+    let mut honoured: Option<Approval> = None;
+    for a in &pending {
+        let aname = a.name_any();
+        if let Some(s) = st
+            .stages
+            .iter()
+            .find(|s| s.approval.as_ref().is_some_and(|r| r.name == aname))
+        {
+            // Recorded before a crash; only the mark is missing.
+            marks.push((
+                aname,
+                ApprovalPhase::Honoured,
+                format!("recorded by run {run}, stage {}", s.name),
+            ));
+            continue;
+        }
+        let target = match (&waiting, &rules) {
+            (Some((_, stage)), Some(r)) => Some((run.as_str(), stage.as_str(), r)),
+            _ => None,
+        };
+        match approval::judge(
+            a,
+            created(a),
+            target,
+            since.clone().ok(),
+            honoured.is_some(),
+        ) {
+            Verdict::Hold => {}
+            Verdict::Void(why) => marks.push((aname, ApprovalPhase::Void, why)),
+            Verdict::Honour => {
+                if let Some((i, stage)) = &waiting
+                    && let Some(s) = st.stages.get_mut(*i)
+                {
+                    s.approval = Some(ApprovalRecord {
+                        name: aname.clone(),
+                        decision: a.spec.decision,
+                        username: a.spec.approver.username.clone(),
+                        groups: a.spec.approver.groups.clone(),
+                        at: now,
+                    });
+                    marks.push((
+                        aname,
+                        ApprovalPhase::Honoured,
+                        format!("run {run}, stage {stage}: {:?}", a.spec.decision),
+                    ));
+                    honoured = Some(a.clone());
+                }
+            }
+        }
+    }
+    if let (Some(a), Some((_, stage))) = (&honoured, &waiting) {
+        // The claim first: a crash after it finds the record and only marks.
+        w.set_conditions(&mut st, now);
+        w.write(&st).await?;
+        let approve = a.spec.decision == crate::crd::Decision::Approve;
+        tracing::info!(
+            target: AUDIT_TARGET,
+            object = %key_of(&w.obj),
+            run = %run,
+            stage = %stage,
+            approval = %a.name_any(),
+            decision = if approve { "Approve" } else { "Reject" },
+            approver = %a.spec.approver.username,
+            groups = %a.spec.approver.groups.join(","),
+            instance = %ctx.rt.instance,
+            "approval"
+        );
+        let note = format!(
+            "run {run}, stage {stage}: {} by {} (groups: {}; Approval {})",
+            if approve { "approved" } else { "rejected" },
+            a.spec.approver.username,
+            a.spec.approver.groups.join(", "),
+            a.name_any()
+        );
+        let (kind, reason) = if approve {
+            (EventType::Normal, events::APPROVED)
+        } else {
+            (EventType::Warning, events::REJECTED)
+        };
+        ctx.events
+            .publish(&w.obj, kind, reason, "Approval", note)
+            .await;
+    }
+    for (n, phase, message) in marks {
+        match approval::mark(&api, &n, phase, &cut(&message)).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// The claimed Deploy stage `index`: pins its images (recorded), finds or registers its
@@ -1178,6 +1394,8 @@ struct Writer {
     obj: Pipeline,
     /// `ConnectionReady`, from the gate.
     connection_ready: Vec<Desired<'static>>,
+    /// Why no Approval can be honoured now (the admission policy), if so.
+    approval_problem: Option<String>,
 }
 
 impl Writer {
@@ -1199,11 +1417,51 @@ impl Writer {
             conditions::set(&mut st.conditions, d.clone(), generation, now);
         }
         set_conditions(st, &self.obj, now);
+        let awaiting = match scheduler::waiting_for_approval(&self.obj.spec, st) {
+            Some((_, stage)) => {
+                let run = st.run_id.as_deref().unwrap_or_default();
+                match &self.approval_problem {
+                    Some(why) => Desired::new(
+                        ct::AWAITING_APPROVAL,
+                        true,
+                        reasons::APPROVAL_POLICY_MISSING,
+                        format!(
+                            "run {run} waits at stage {stage}, but no Approval can be honoured: {why}"
+                        ),
+                    ),
+                    None => Desired::new(
+                        ct::AWAITING_APPROVAL,
+                        true,
+                        reasons::WAITING_FOR_APPROVAL,
+                        format!(
+                            "run {run} waits at stage {stage} for an Approval (spec.runId {run}, spec.stage {stage})"
+                        ),
+                    ),
+                }
+            }
+            None => Desired::new(
+                ct::AWAITING_APPROVAL,
+                false,
+                reasons::NOT_WAITING,
+                "no run waits for approval",
+            ),
+        };
+        conditions::set(&mut st.conditions, awaiting, generation, now);
     }
 }
 
-/// Runs the controller until `shutdown`.
+/// Runs the controller with the default [`Settings`] until `shutdown`.
 pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
+    run_with(rt, metrics, Settings::default(), shutdown).await;
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn run_with(
+    rt: Runtime,
+    metrics: Metrics,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
     failpoints::from_env();
     let options = ClientOptions::from_settings(&rt.aws, &rt.instance);
     let ctx = Arc::new(Ctx {
@@ -1216,6 +1474,7 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
         ),
         rt: rt.clone(),
         metrics: metrics.controller,
+        settings,
     });
     let error_policy = |obj: Arc<Pipeline>, err: &Error, ctx: Arc<Ctx>| {
         ctx.metrics.failure(err);
@@ -1234,10 +1493,20 @@ pub async fn run(rt: Runtime, metrics: Metrics, shutdown: CancellationToken) {
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
             };
-            watch_connections_of(&rt, c, connections_of).owns(
-                jobs,
-                watcher::Config::default().labels(jobs::PIPELINE_UID_LABEL),
-            )
+            let approvals: Api<Approval> = match ns {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            watch_connections_of(&rt, c, connections_of)
+                .owns(
+                    jobs,
+                    watcher::Config::default().labels(jobs::PIPELINE_UID_LABEL),
+                )
+                .watches(approvals, watcher::Config::default(), |a: Approval| {
+                    a.namespace().map(|ns| {
+                        kube::runtime::reflector::ObjectRef::new(&a.spec.pipeline).within(&ns)
+                    })
+                })
         },
         shutdown,
     )

@@ -13,6 +13,7 @@
 //! Validation that a schema can express is in the schema and its CEL rules; the rest is
 //! [`crate::validation::validate`], reported by the controller as a condition.
 
+pub use crate::approval::{ApprovalStage, Approvers, Decision};
 use capstan_core::connection::ConnectionRef;
 use capstan_core::schedule::{DurationString, min_duration_message, rule_min_duration};
 use chrono::{DateTime, Utc};
@@ -34,6 +35,8 @@ pub mod condition_types {
     pub const READY: &str = "Ready";
     /// A run is in progress.
     pub const PROGRESSING: &str = "Progressing";
+    /// A run waits for a person's Approval (True), or for nothing (False).
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
     /// The last run failed and the services it changed were put back (True), or the
     /// rollback itself failed (False, `RollbackFailed`).
     pub const ROLLED_BACK: &str = "RolledBack";
@@ -67,6 +70,13 @@ pub mod reasons {
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     /// RolledBack=False: the last run changed no service that needed putting back.
     pub const NOTHING_TO_ROLL_BACK: &str = "NothingToRollBack";
+    /// AwaitingApproval=True: a run waits at an Approval stage.
+    pub const WAITING_FOR_APPROVAL: &str = "WaitingForApproval";
+    /// AwaitingApproval=True: a run waits, and no Approval can be honoured: the
+    /// admission policy that verifies approvers (or its binding) is missing or altered.
+    pub const APPROVAL_POLICY_MISSING: &str = "ApprovalPolicyMissing";
+    /// AwaitingApproval=False: no run waits for approval.
+    pub const NOT_WAITING: &str = "NotWaiting";
 }
 
 // Patterns (RE2 syntax: the API server evaluates them with Go's regexp).
@@ -101,7 +111,7 @@ pub(crate) const RULE_UNIQUE_STAGE_NAMES: &str =
     "self.all(s, self.exists_one(t, t.name == s.name))";
 pub(crate) const RULE_DEPLOY_NEEDS_CONNECTION: &str = "has(self.connectionRef) || !self.stages.exists(s, s.type == 'Deploy' && (!has(s.deploy) || !has(s.deploy.connectionRef)))";
 
-pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.deploy) && !has(self.job)) : (has(self.job) && !has(self.deploy))";
+pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.deploy) && !has(self.job) && !has(self.approval)) : self.type == 'Approval' ? (has(self.approval) && !has(self.job) && !has(self.deploy)) : (has(self.job) && !has(self.deploy) && !has(self.approval))";
 
 /// Moves a revision through test, build, deploy and smoke-test stages on ECS, rolling
 /// deployments back when a stage fails.
@@ -221,14 +231,14 @@ pub enum ConcurrencyPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(RULE_STAGE_SHAPE)
-    .message("a Deploy stage needs deploy (and no job); Test, Build and SmokeTest stages need job (and no deploy)"))]
+    .message("a Deploy stage needs deploy, an Approval stage approval, and Test, Build and SmokeTest stages job (and none of the others)"))]
 pub struct Stage {
     /// Name of the stage, unique in the Pipeline; part of the names of its Jobs.
     #[schemars(length(min = 1, max = 40), regex(pattern = DNS_LABEL_PATTERN))]
     pub name: String,
     /// What the stage does. `Test`, `Build` and `SmokeTest` run `job`; `Deploy` runs
-    /// `deploy`. A failing `SmokeTest` (or any stage after a Deploy) rolls deployments
-    /// back.
+    /// `deploy`; `Approval` waits for a person's Approval. A stage that fails after a
+    /// Deploy rolls the run's deployments back.
     #[serde(rename = "type")]
     pub type_: StageType,
     /// The Kubernetes Job of a `Test`, `Build` or `SmokeTest` stage.
@@ -237,6 +247,9 @@ pub struct Stage {
     /// The ECS deployment of a `Deploy` stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployStage>,
+    /// Who may approve an `Approval` stage, and how long it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalStage>,
     /// The stages that must succeed before this one starts, each listed before it
     /// (checked by the controller: an unknown or later name is `InvalidSpec` with its
     /// field path; CEL would need list positions). Unset: the stage before it in the
@@ -276,6 +289,9 @@ pub enum StageType {
     Deploy,
     /// Check a deployment in a Job; failure rolls deployments back.
     SmokeTest,
+    /// Wait until a person approves the run (an `Approval` object); a rejection fails
+    /// the stage.
+    Approval,
 }
 
 impl StageType {
@@ -286,12 +302,13 @@ impl StageType {
             Self::Build => "Build",
             Self::Deploy => "Deploy",
             Self::SmokeTest => "SmokeTest",
+            Self::Approval => "Approval",
         }
     }
 
-    /// Whether the stage runs a Job (as opposed to deploying).
+    /// Whether the stage runs a Job (as opposed to deploying or waiting for approval).
     pub fn runs_job(self) -> bool {
-        !matches!(self, Self::Deploy)
+        matches!(self, Self::Test | Self::Build | Self::SmokeTest)
     }
 }
 
@@ -302,15 +319,18 @@ pub enum StageAction<'a> {
     Job(&'a JobStage),
     /// Deploy to ECS.
     Deploy(&'a DeployStage),
+    /// Wait for a person's approval.
+    Approval(&'a ApprovalStage),
 }
 
 impl Stage {
     /// The stage's action, or `None` when `type` and the sections disagree (refused at
     /// admission; reported by validation).
     pub fn action(&self) -> Option<StageAction<'_>> {
-        match (self.type_, &self.job, &self.deploy) {
-            (StageType::Deploy, None, Some(d)) => Some(StageAction::Deploy(d)),
-            (t, Some(j), None) if t.runs_job() => Some(StageAction::Job(j)),
+        match (self.type_, &self.job, &self.deploy, &self.approval) {
+            (StageType::Deploy, None, Some(d), None) => Some(StageAction::Deploy(d)),
+            (StageType::Approval, None, None, Some(a)) => Some(StageAction::Approval(a)),
+            (t, Some(j), None, None) if t.runs_job() => Some(StageAction::Job(j)),
             _ => None,
         }
     }
@@ -610,6 +630,10 @@ pub struct StageStatus {
     /// Putting the service back after the run failed (Deploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
+    /// The decision that ended an Approval stage: who, in which groups, when, by which
+    /// Approval object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRecord>,
     /// Which attempt of the stage this is (1 for the first; 0 before it starts).
     #[serde(default)]
     pub attempt: i32,
@@ -633,6 +657,7 @@ impl StageStatus {
             deployment_id: None,
             failed_tasks: Vec::new(),
             rollback: None,
+            approval: None,
             attempt: 0,
             results: std::collections::BTreeMap::new(),
         }
@@ -647,6 +672,24 @@ impl StageStatus {
         }
         self.message = Some(message[..cut].to_owned());
     }
+}
+
+/// A decision recorded in an Approval stage's status.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// The Approval object.
+    pub name: String,
+    /// `Approve` or `Reject`.
+    pub decision: Decision,
+    /// The approver's username, as the admission policy verified it.
+    pub username: String,
+    /// The groups the approver claimed, as the admission policy verified them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub groups: Vec<String>,
+    /// When Capstan honoured it.
+    pub at: DateTime<Utc>,
 }
 
 /// The rollback of one Deploy stage.

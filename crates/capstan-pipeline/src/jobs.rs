@@ -257,6 +257,7 @@ mod tests {
                     type_: StageType::Test,
                     job: Some(stage_job()),
                     deploy: None,
+                    approval: None,
                     depends_on: None,
                 }],
                 suspend: false,

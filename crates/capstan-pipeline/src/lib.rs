@@ -1,5 +1,6 @@
 //! Capstan's pipeline resource.
 //!
+//! - [`approval`]: the `Approval` custom resource and when one is honoured.
 //! - [`crd`]: the `Pipeline` custom resource (`capstan.dev/v1alpha1`), its status,
 //!   condition types and reasons.
 //! - [`validation`]: what the CRD's schema and CEL rules cannot check, reported by the
@@ -12,9 +13,10 @@
 //! - [`controller`]: claims that action in status, performs it, records it.
 //!
 //! Job stages (Test, Build, SmokeTest) run on Kubernetes Jobs; Deploy stages deploy to
-//! ECS by digest and are rolled back when the run fails. Not in this build: approvals
-//! and HTTP smoke checks.
+//! ECS by digest and are rolled back when the run fails; Approval stages wait for a
+//! person's verified Approval. Not in this build: HTTP smoke checks.
 
+pub mod approval;
 pub mod controller;
 pub mod crd;
 pub mod deploy;

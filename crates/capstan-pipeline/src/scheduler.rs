@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::crd::{
-    ConcurrencyPolicy, MAX_RESULTS_BYTES, PipelinePhase, PipelineSpec, PipelineStatus,
+    ConcurrencyPolicy, Decision, MAX_RESULTS_BYTES, PipelinePhase, PipelineSpec, PipelineStatus,
     RollbackPhase, Stage, StageAction, StagePhase,
 };
 
@@ -346,6 +346,31 @@ pub fn next(
                     start = Some(index);
                 }
             }
+            StagePhase::Running if st.job_name.is_none() && is_approval(spec, &st.name) => {
+                match &st.approval {
+                    Some(a) if a.decision == Decision::Approve => {
+                        return Next::StageSucceeded {
+                            index,
+                            results: BTreeMap::new(),
+                        };
+                    }
+                    Some(a) => {
+                        return Next::StageFailed {
+                            index,
+                            message: format!("rejected by {} (Approval {})", a.username, a.name),
+                            running: active.clone(),
+                        };
+                    }
+                    None if timed_out(st.started, approval_timeout(spec, &st.name), now) => {
+                        return Next::StageFailed {
+                            index,
+                            message: "no Approval was honoured within the stage's timeout".into(),
+                            running: active.clone(),
+                        };
+                    }
+                    None => {}
+                }
+            }
             StagePhase::Running if st.job_name.is_none() && is_deploy(spec, &st.name) => {
                 let Some(id) = &st.deployment_id else {
                     create.get_or_insert(index);
@@ -444,6 +469,38 @@ pub fn next(
         .iter()
         .all(|s| matches!(s.phase, StagePhase::Succeeded | StagePhase::Skipped));
     if done { Next::FinishRun } else { Next::Wait }
+}
+
+/// Whether the stage named `name` is an Approval stage of `spec`.
+fn is_approval(spec: &PipelineSpec, name: &str) -> bool {
+    spec.stages
+        .iter()
+        .any(|s| s.name == name && matches!(s.action(), Some(StageAction::Approval(_))))
+}
+
+/// The timeout of the Approval stage named `name` in `spec`.
+fn approval_timeout(spec: &PipelineSpec, name: &str) -> Option<std::time::Duration> {
+    spec.stages
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| match s.action() {
+            Some(StageAction::Approval(a)) => a.timeout.duration().ok(),
+            _ => None,
+        })
+}
+
+/// The Approval stage of the run that waits for a decision, if any: (index, name).
+pub fn waiting_for_approval<'a>(
+    spec: &PipelineSpec,
+    status: &'a PipelineStatus,
+) -> Option<(usize, &'a str)> {
+    if !run_active(status) || status.phase == Some(PipelinePhase::RollingBack) {
+        return None;
+    }
+    status.stages.iter().enumerate().find_map(|(i, s)| {
+        (s.phase == StagePhase::Running && s.approval.is_none() && is_approval(spec, &s.name))
+            .then_some((i, s.name.as_str()))
+    })
 }
 
 /// Whether the stage named `name` is a Deploy stage of `spec`.

@@ -73,8 +73,21 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
         match stage.action() {
             None => errors.push(FieldError::new(
                 path.clone(),
-                "a Deploy stage needs deploy (and no job); Test, Build and SmokeTest stages need job (and no deploy)",
+                "a Deploy stage needs deploy, an Approval stage approval, and Test, Build and SmokeTest stages job (and none of the others)",
             )),
+            Some(StageAction::Approval(a)) => match a.timeout.duration() {
+                Ok(d)
+                    if d >= Duration::from_secs(1)
+                        && d <= crate::approval::MAX_APPROVAL_TIMEOUT => {}
+                Ok(_) => errors.push(FieldError::new(
+                    format!("{path}.approval.timeout"),
+                    "must be between 1s and 7 days",
+                )),
+                Err(e) => errors.push(FieldError::new(
+                    format!("{path}.approval.timeout"),
+                    e.to_string(),
+                )),
+            },
             Some(StageAction::Job(job)) => {
                 let check = |field: String, text: &str, errors: &mut Vec<FieldError>| {
                     check_tpl(&field, text, errors);
@@ -338,7 +351,7 @@ mod tests {
                     again.name = "again".into();
                     s.stages.push(again);
                 },
-                "spec.stages[6].deploy.service",
+                "spec.stages[7].deploy.service",
             ),
             (
                 "revision with a space",

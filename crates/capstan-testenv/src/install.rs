@@ -42,6 +42,8 @@ const APPLIED_KINDS: &[&str] = &[
     "ClusterRoleBinding",
     "Role",
     "RoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 ];
 
 /// What to install: the chart values a test's `capstan run` arguments imply.

@@ -149,6 +149,13 @@ pub struct RunArgs {
     )]
     pub rotation_stuck_after: u64,
 
+    /// The ValidatingAdmissionPolicy (and binding, of the same name) that verifies who
+    /// creates a Pipeline Approval; the chart installs it as `<fullname>-approvals`.
+    /// Approvals are honoured only while both exist and hold Capstan's rules; unset,
+    /// none is (AwaitingApproval, reason ApprovalPolicyMissing).
+    #[arg(long, env = "CAPSTAN_APPROVAL_POLICY")]
+    pub approval_policy: Option<String>,
+
     /// Turn off the AWS SDK's retries (tests against an emulator that answers
     /// unimplemented calls with a retryable 500). Never needed in production.
     #[arg(

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use capstan_core::connection::ClusterConnection;
+use capstan_pipeline::approval::Approval;
 use capstan_pipeline::crd::Pipeline;
 use capstan_secret_rotation::crd::SecretRotation;
 use capstan_service_scaling::crd::ServiceScaling;
@@ -20,6 +21,7 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("secretrotations", tidy(SecretRotation::crd())),
         ("servicescalings", tidy(ServiceScaling::crd())),
         ("pipelines", tidy(Pipeline::crd())),
+        ("approvals", tidy(Approval::crd())),
     ]
 }
 
@@ -94,7 +96,10 @@ pub fn needed(controllers: &[ControllerName]) -> Vec<String> {
             ControllerName::Connection => continue,
             ControllerName::SecretRotation => SecretRotation::crd_name(),
             ControllerName::ServiceScaling => ServiceScaling::crd_name(),
-            ControllerName::Pipeline => Pipeline::crd_name(),
+            ControllerName::Pipeline => {
+                names.push(Approval::crd_name().to_owned());
+                Pipeline::crd_name()
+            }
         };
         names.push(name.to_owned());
     }

@@ -120,6 +120,7 @@ struct Controllers {
     pipeline: Option<capstan_pipeline::controller::Metrics>,
     service_scaling_settings: capstan_service_scaling::cleanup::Settings,
     secret_rotation_settings: capstan_secret_rotation::controller::Settings,
+    pipeline_settings: capstan_pipeline::controller::Settings,
 }
 
 impl Controllers {
@@ -139,6 +140,9 @@ impl Controllers {
             },
             secret_rotation_settings: capstan_secret_rotation::controller::Settings {
                 stuck_after: Duration::from_secs(args.rotation_stuck_after),
+            },
+            pipeline_settings: capstan_pipeline::controller::Settings {
+                approval_policy: args.approval_policy.clone().filter(|p| !p.is_empty()),
             },
         }
     }
@@ -174,7 +178,13 @@ impl Controllers {
         };
         let pipeline = async {
             if let Some(m) = self.pipeline {
-                capstan_pipeline::controller::run(rt.clone(), m, token.clone()).await;
+                capstan_pipeline::controller::run_with(
+                    rt.clone(),
+                    m,
+                    self.pipeline_settings,
+                    token.clone(),
+                )
+                .await;
             }
         };
         tokio::join!(connection, secret_rotation, service_scaling, pipeline);

@@ -54,6 +54,7 @@ fn stage(
         type_,
         job,
         deploy,
+        approval: None,
         depends_on: None,
     }
 }
@@ -119,6 +120,16 @@ pub(crate) fn example_spec() -> PipelineSpec {
                 ),
                 None,
             ),
+            Stage {
+                approval: Some(crate::approval::ApprovalStage {
+                    approvers: crate::approval::Approvers {
+                        users: vec![],
+                        groups: vec!["release-managers".into()],
+                    },
+                    timeout: dur("24h"),
+                }),
+                ..stage("approve-production", StageType::Approval, None, None)
+            },
             stage(
                 "production",
                 StageType::Deploy,
@@ -207,7 +218,7 @@ fn every_cel_rule_sits_where_it_applies() {
         .into_iter()
         .map(|(p, r)| (p, r["rule"].as_str().unwrap_or_default().to_owned()))
         .collect();
-    // Both timeouts carry the shared 1 s floor of tenant durations.
+    // Every timeout carries the shared 1 s floor of tenant durations.
     let floor = capstan_core::schedule::rule_min_duration();
     let want = [
         (".spec", RULE_DEPLOY_NEEDS_CONNECTION),
@@ -215,6 +226,7 @@ fn every_cel_rule_sits_where_it_applies() {
         (".spec.stages.[]", RULE_STAGE_SHAPE),
         (".spec.stages.[].job.timeout", floor.as_str()),
         (".spec.stages.[].deploy.timeout", floor.as_str()),
+        (".spec.stages.[].approval.timeout", floor.as_str()),
     ];
     for (path, rule) in want {
         assert!(
@@ -239,7 +251,7 @@ fn stage_list_is_bounded_for_the_uniqueness_rule() {
     assert_eq!(node("spec.stages.[].name")["maxLength"], 40);
     assert_eq!(
         node("spec.stages.[].type")["enum"],
-        json!(["Test", "Build", "Deploy", "SmokeTest"])
+        json!(["Test", "Build", "Deploy", "SmokeTest", "Approval"])
     );
 }
 
@@ -445,7 +457,7 @@ fn a_new_run_resets_stage_statuses() {
     status.start_run(&spec);
     assert_eq!(status.phase, Some(PipelinePhase::Pending));
     assert_eq!(status.current_revision.as_deref(), Some("1.4.2"));
-    assert_eq!(status.stages.len(), 6);
+    assert_eq!(status.stages.len(), 7);
     assert!(status.stages.iter().all(|s| s.phase == StagePhase::Pending));
     assert_eq!(status.last_successful_revision.as_deref(), Some("1.4.1"));
     assert_eq!(status.rollbacks, 2);
@@ -468,7 +480,7 @@ fn stage_actions_follow_the_type() {
         matches!(spec.stages[2].action(), Some(StageAction::Deploy(d)) if d.cluster == "staging")
     );
     assert!(
-        matches!(spec.stages[4].action(), Some(StageAction::Deploy(d)) if d.cluster == "production" && d.max_failed_tasks == 2)
+        matches!(spec.stages[5].action(), Some(StageAction::Deploy(d)) if d.cluster == "production" && d.max_failed_tasks == 2)
     );
     let mut broken = spec.stages[0].clone();
     broken.type_ = StageType::Deploy;

@@ -347,6 +347,7 @@ fn deploy_stage(name: &str, cluster: &str) -> Stage {
         type_: StageType::Deploy,
         job: None,
         deploy: crate::crd::tests::deploy(cluster, "15m"),
+        approval: None,
         depends_on: None,
     }
 }
