@@ -40,6 +40,8 @@ pub const POLICY_VALIDATIONS: [(&str, &str); 3] = [
 pub(crate) const RULE_IMMUTABLE: &str = "self == oldSelf";
 
 /// A person's decision on one run of a Pipeline at one Approval stage.
+// Printer columns repeat `type_ = "string"`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "capstan.dev",
@@ -255,84 +257,6 @@ pub fn judge(
     Verdict::Honour
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn approval(run: &str, stage: &str, user: &str, groups: &[&str]) -> Approval {
-        Approval::new(
-            "a",
-            ApprovalSpec {
-                pipeline: "shop".into(),
-                run_id: run.into(),
-                stage: stage.into(),
-                decision: Decision::Approve,
-                approver: Approver {
-                    username: user.into(),
-                    groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-                },
-                comment: None,
-            },
-        )
-    }
-
-    fn at(s: i64) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp(1_800_000_000 + s, 0)
-    }
-
-    #[test]
-    fn approvals_are_honoured_only_under_the_policy_for_the_waiting_stage() {
-        let stage = ApprovalStage {
-            approvers: Approvers {
-                users: vec!["alice".into()],
-                groups: vec!["release-managers".into()],
-            },
-            timeout: default_approval_timeout(),
-        };
-        let waiting = Some(("shop-3", "approve", &stage));
-        let alice = approval("shop-3", "approve", "alice", &[]);
-        let carol = approval("shop-3", "approve", "carol", &["release-managers"]);
-        let dave = approval("shop-3", "approve", "dave", &["developers"]);
-        assert_eq!(
-            judge(&alice, at(10), waiting, at(0), false),
-            Verdict::Honour
-        );
-        assert_eq!(
-            judge(&carol, at(10), waiting, at(0), false),
-            Verdict::Honour
-        );
-        let void = |v: Verdict| match v {
-            Verdict::Void(why) => why,
-            other => panic!("expected void, got {other:?}"),
-        };
-        assert!(void(judge(&dave, at(10), waiting, at(0), false)).contains("not among"));
-        // No policy: held, neither honoured nor voided.
-        assert_eq!(judge(&alice, at(10), waiting, None, false), Verdict::Hold);
-        // Created before (or in the same second as) the policy: void.
-        assert!(void(judge(&alice, at(0), waiting, at(0), false)).contains("before"));
-        // Another run, another stage, nothing waiting, already decided.
-        let old = approval("shop-2", "approve", "alice", &[]);
-        assert!(void(judge(&old, at(10), waiting, at(0), false)).contains("shop-2"));
-        assert!(void(judge(&alice, at(10), None, at(0), false)).contains("not waiting"));
-        assert!(void(judge(&alice, at(10), waiting, at(0), true)).contains("already decided"));
-        // A stage without approvers: anyone RBAC lets create one.
-        let open = ApprovalStage {
-            approvers: Approvers::default(),
-            timeout: default_approval_timeout(),
-        };
-        assert_eq!(
-            judge(
-                &dave,
-                at(10),
-                Some(("shop-3", "approve", &open)),
-                at(0),
-                false
-            ),
-            Verdict::Honour
-        );
-    }
-}
-
 /// Since when the admission policy `name` and its binding (of the same name) have been
 /// in force (the later creation time), or why no Approval can be honoured: either is
 /// missing, the binding does not deny or names another policy, or the policy lacks one
@@ -434,4 +358,82 @@ pub async fn mark(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(run: &str, stage: &str, user: &str, groups: &[&str]) -> Approval {
+        Approval::new(
+            "a",
+            ApprovalSpec {
+                pipeline: "shop".into(),
+                run_id: run.into(),
+                stage: stage.into(),
+                decision: Decision::Approve,
+                approver: Approver {
+                    username: user.into(),
+                    groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                },
+                comment: None,
+            },
+        )
+    }
+
+    fn at(s: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0)
+    }
+
+    #[test]
+    fn approvals_are_honoured_only_under_the_policy_for_the_waiting_stage() {
+        let stage = ApprovalStage {
+            approvers: Approvers {
+                users: vec!["alice".into()],
+                groups: vec!["release-managers".into()],
+            },
+            timeout: default_approval_timeout(),
+        };
+        let waiting = Some(("shop-3", "approve", &stage));
+        let alice = approval("shop-3", "approve", "alice", &[]);
+        let carol = approval("shop-3", "approve", "carol", &["release-managers"]);
+        let dave = approval("shop-3", "approve", "dave", &["developers"]);
+        assert_eq!(
+            judge(&alice, at(10), waiting, at(0), false),
+            Verdict::Honour
+        );
+        assert_eq!(
+            judge(&carol, at(10), waiting, at(0), false),
+            Verdict::Honour
+        );
+        let void = |v: Verdict| match v {
+            Verdict::Void(why) => why,
+            other => panic!("expected void, got {other:?}"),
+        };
+        assert!(void(judge(&dave, at(10), waiting, at(0), false)).contains("not among"));
+        // No policy: held, neither honoured nor voided.
+        assert_eq!(judge(&alice, at(10), waiting, None, false), Verdict::Hold);
+        // Created before (or in the same second as) the policy: void.
+        assert!(void(judge(&alice, at(0), waiting, at(0), false)).contains("before"));
+        // Another run, another stage, nothing waiting, already decided.
+        let old = approval("shop-2", "approve", "alice", &[]);
+        assert!(void(judge(&old, at(10), waiting, at(0), false)).contains("shop-2"));
+        assert!(void(judge(&alice, at(10), None, at(0), false)).contains("not waiting"));
+        assert!(void(judge(&alice, at(10), waiting, at(0), true)).contains("already decided"));
+        // A stage without approvers: anyone RBAC lets create one.
+        let open = ApprovalStage {
+            approvers: Approvers::default(),
+            timeout: default_approval_timeout(),
+        };
+        assert_eq!(
+            judge(
+                &dave,
+                at(10),
+                Some(("shop-3", "approve", &open)),
+                at(0),
+                false
+            ),
+            Verdict::Honour
+        );
+    }
 }

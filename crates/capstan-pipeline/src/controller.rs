@@ -137,6 +137,8 @@ pub struct Settings {
     /// The ValidatingAdmissionPolicy (and binding of the same name) that verifies who
     /// creates an Approval (`--approval-policy`); `None`: no Approval is honoured.
     pub approval_policy: Option<String>,
+    /// What SmokeTest HTTP checks may reach (`--http-check-allow`); empty: nothing.
+    pub http_allow: crate::http_check::AllowList,
 }
 
 /// Why a reconcile failed.
@@ -431,6 +433,8 @@ async fn run_steps(
                 }
                 return Ok(if !scheduler::followed_deployments(&st).is_empty() {
                     Action::requeue(DEPLOY_POLL)
+                } else if checks_pending(&spec, &st) {
+                    Action::requeue(Duration::from_secs(1))
                 } else if scheduler::waiting_for_approval(&spec, &st).is_some() {
                     // Approvals wake it through their watch; this catches the timeout
                     // and a policy that comes back.
@@ -464,6 +468,10 @@ async fn run_steps(
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 };
                 let is_deploy = deploy_of(&spec, &stage.name).is_some();
+                let checks_first = spec
+                    .stages
+                    .iter()
+                    .any(|s| s.name == stage.name && !s.checks().is_empty());
                 let approvers = spec
                     .stages
                     .iter()
@@ -504,7 +512,8 @@ async fn run_steps(
                         .await;
                     continue;
                 }
-                if !is_deploy {
+                // A SmokeTest with HTTP checks claims its Job once they pass.
+                if !is_deploy && !checks_first {
                     stage.job_name = Some(scheduler::job_name(&name, run_number, &stage.name, 1));
                 }
                 st.current_stage = Some(stage.name.clone());
@@ -514,7 +523,7 @@ async fn run_steps(
                 crash_point("pipeline::after-claim-stage");
                 if is_deploy {
                     deploy_stage(ctx, w, connections, &job_api, index).await?;
-                } else {
+                } else if !checks_first {
                     create_job(ctx, w, &job_api, index).await?;
                 }
             }
@@ -633,6 +642,9 @@ async fn run_steps(
                     .await;
             }
             Next::StartRollback { index } => start_rollback(ctx, w, connections, st, index).await?,
+            Next::RunCheck { index, request } => {
+                run_check(ctx, w, &job_api, st, index, request).await?;
+            }
             Next::RollbackEnded { index, outcome } => {
                 let mut failure = None;
                 if let Some(stage) = st.stages.get_mut(index) {
@@ -739,6 +751,91 @@ async fn run_steps(
         }
     }
     Ok(Action::requeue(Duration::from_millis(200)))
+}
+
+/// Whether a stage of the run has HTTP checks left to make.
+fn checks_pending(spec: &PipelineSpec, st: &PipelineStatus) -> bool {
+    scheduler::run_active(st)
+        && st.stages.iter().any(|s| {
+            s.phase == StagePhase::Running
+                && s.job_name.is_none()
+                && spec.stages.iter().any(|x| {
+                    x.name == s.name && scheduler::check_of(x.checks(), s.checks_passed).is_some()
+                })
+        })
+}
+
+/// Makes request `request` of SmokeTest stage `index`'s HTTP checks: a pass is counted
+/// in status; a failure (or a URL the allow-list refuses) fails the stage with the
+/// status code and the expectation that failed, never the body.
+async fn run_check(
+    ctx: &Ctx,
+    w: &mut Writer,
+    job_api: &Api<Job>,
+    mut st: PipelineStatus,
+    index: usize,
+    request: i32,
+) -> Result<(), Error> {
+    let spec = w.obj.spec.clone();
+    let Some(name) = st.stages.get(index).map(|s| s.name.clone()) else {
+        return Ok(());
+    };
+    let checks = spec
+        .stages
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.checks().to_vec())
+        .unwrap_or_default();
+    let total: i32 = checks.iter().map(|c| c.count).sum();
+    let Some((i, check)) = scheduler::check_of(&checks, request) else {
+        return Ok(());
+    };
+    let rendered = (|| -> Result<_, crate::template::TemplateError> {
+        let url = jobs::render(&st, &check.url)?;
+        let headers = check
+            .headers
+            .iter()
+            .map(|h| Ok((h.name.clone(), jobs::render(&st, &h.value)?)))
+            .collect::<Result<Vec<_>, crate::template::TemplateError>>()?;
+        let equals = check
+            .json_field
+            .as_ref()
+            .map(|f| jobs::render(&st, &f.equals))
+            .transpose()?;
+        Ok((url, headers, equals))
+    })();
+    let outcome = match rendered {
+        Ok((url, headers, equals)) => {
+            crate::http_check::run(
+                check,
+                &url,
+                equals.as_deref(),
+                &headers,
+                &ctx.settings.http_allow,
+            )
+            .await
+        }
+        Err(e) => Err(format!("check {i} cannot be rendered: {e}")),
+    };
+    let now = ctx.rt.clock.now();
+    match outcome {
+        Ok(code) => {
+            let stage = &mut st.stages[index];
+            stage.checks_passed = request + 1;
+            stage.last_check = Some(now);
+            stage.set_message(&format!(
+                "HTTP check {}/{total} passed ({code})",
+                request + 1
+            ));
+            w.set_conditions(&mut st, now);
+            w.write(&st).await?;
+            Ok(())
+        }
+        Err(why) => {
+            let message = format!("HTTP check {}/{total} failed: {why}", request + 1);
+            fail_run(ctx, w, job_api, st, index, &message, &[]).await
+        }
+    }
 }
 
 /// `message` cut to the status's limit.
@@ -1170,7 +1267,19 @@ async fn start_rollback(
 /// render (a result missing) or whose Job the API refuses as invalid fails, with the
 /// reason in its message; anything else is retried.
 async fn create_job(ctx: &Ctx, w: &mut Writer, api: &Api<Job>, index: usize) -> Result<(), Error> {
-    let st = w.status();
+    let mut st = w.status();
+    // A SmokeTest whose HTTP checks passed: its Job is claimed now.
+    if let Some(s) = st.stages.get_mut(index)
+        && s.job_name.is_none()
+    {
+        s.job_name = Some(scheduler::job_name(
+            &w.obj.name_any(),
+            st.run_number,
+            &s.name,
+            s.attempt.max(1),
+        ));
+        w.write(&st).await?;
+    }
     let Some(stage_status) = st.stages.get(index) else {
         return Ok(());
     };

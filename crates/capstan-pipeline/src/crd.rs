@@ -111,7 +111,7 @@ pub(crate) const RULE_UNIQUE_STAGE_NAMES: &str =
     "self.all(s, self.exists_one(t, t.name == s.name))";
 pub(crate) const RULE_DEPLOY_NEEDS_CONNECTION: &str = "has(self.connectionRef) || !self.stages.exists(s, s.type == 'Deploy' && (!has(s.deploy) || !has(s.deploy.connectionRef)))";
 
-pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.deploy) && !has(self.job) && !has(self.approval)) : self.type == 'Approval' ? (has(self.approval) && !has(self.job) && !has(self.deploy)) : (has(self.job) && !has(self.deploy) && !has(self.approval))";
+pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.deploy) && !has(self.job) && !has(self.approval) && !has(self.http)) : self.type == 'Approval' ? (has(self.approval) && !has(self.job) && !has(self.deploy) && !has(self.http)) : self.type == 'SmokeTest' ? ((has(self.job) || has(self.http)) && !has(self.deploy) && !has(self.approval)) : (has(self.job) && !has(self.deploy) && !has(self.approval) && !has(self.http))";
 
 /// Moves a revision through test, build, deploy and smoke-test stages on ECS, rolling
 /// deployments back when a stage fails.
@@ -231,7 +231,7 @@ pub enum ConcurrencyPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(RULE_STAGE_SHAPE)
-    .message("a Deploy stage needs deploy, an Approval stage approval, and Test, Build and SmokeTest stages job (and none of the others)"))]
+    .message("a Deploy stage needs deploy, an Approval stage approval, a SmokeTest stage job or http (or both), and Test and Build stages job (and none of the others)"))]
 pub struct Stage {
     /// Name of the stage, unique in the Pipeline; part of the names of its Jobs.
     #[schemars(length(min = 1, max = 40), regex(pattern = DNS_LABEL_PATTERN))]
@@ -250,6 +250,12 @@ pub struct Stage {
     /// Who may approve an `Approval` stage, and how long it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalStage>,
+    /// HTTP checks of a `SmokeTest` stage, run by Capstan itself (no image needed),
+    /// before its Job if it has one. Only URLs the administrator allow-lists
+    /// (`--http-check-allow`, the chart's `pipeline.httpCheckAllow`) are reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub http: Option<Vec<HttpCheck>>,
     /// The stages that must succeed before this one starts, each listed before it
     /// (checked by the controller: an unknown or later name is `InvalidSpec` with its
     /// field path; CEL would need list positions). Unset: the stage before it in the
@@ -276,6 +282,110 @@ impl Stage {
                 .collect(),
         }
     }
+}
+
+/// One HTTP check: `count` requests, `interval` apart, each of which must answer as
+/// expected within `timeout`. Redirects are not followed. Only pass or fail and the
+/// status code are reported: no response body reaches status, Events or logs.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCheck {
+    /// The URL (`http` or `https`, no credentials); `{{ revision }}` and results are
+    /// replaced.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = HTTP_URL_PATTERN))]
+    pub url: String,
+    /// `GET` (default) or `HEAD`.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Request headers (not for secrets: they are shown in the spec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HttpHeader>,
+    /// The status codes that pass (default `[200]`).
+    #[serde(
+        default = "default_expected_status",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(length(max = 16), inner(range(min = 100, max = 599)))]
+    pub expect_status: Vec<u16>,
+    /// Text the body must contain (the first MiB is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub body_contains: Option<String>,
+    /// A field of a JSON body that must have a value, e.g. `{path: version, equals:
+    /// "{{ revision }}"}` (`path`: keys separated by dots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_field: Option<JsonField>,
+    /// How many requests (default 1).
+    #[serde(default = "default_check_count")]
+    #[schemars(range(min = 1, max = 100))]
+    pub count: i32,
+    /// Time between requests: 1s to 1h (default 1s).
+    #[serde(default = "default_check_interval")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": rule_min_duration(), "message": min_duration_message("interval")}]))]
+    pub interval: DurationString,
+    /// Time each request may take: 1s to 60s (default 5s).
+    #[serde(default = "default_check_timeout")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": rule_min_duration(), "message": min_duration_message("timeout")}]))]
+    pub timeout: DurationString,
+}
+
+/// HTTP methods of a check.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HttpMethod {
+    /// GET.
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    /// HEAD.
+    #[serde(rename = "HEAD")]
+    Head,
+}
+
+/// A request header.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct HttpHeader {
+    /// Its name.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub name: String,
+    /// Its value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// A field of a JSON body and the value it must have.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct JsonField {
+    /// Keys separated by dots (`status.version`); array indexes as numbers.
+    #[schemars(length(min = 1, max = 256))]
+    pub path: String,
+    /// The value, compared as text (a JSON string's content, or a number or boolean as
+    /// written); `{{ revision }}` is replaced.
+    #[schemars(length(max = 1024))]
+    pub equals: String,
+}
+
+/// `http://` or `https://` URLs (templates allowed), no whitespace.
+pub(crate) const HTTP_URL_PATTERN: &str = r"^https?://[^\s]+$";
+
+fn default_expected_status() -> Vec<u16> {
+    vec![200]
+}
+
+fn default_check_count() -> i32 {
+    1
+}
+
+// Literals that capstan-core's own tests show `DurationString::new` accepts.
+fn default_check_interval() -> DurationString {
+    DurationString::new("1s").expect("`1s` is a valid duration")
+}
+
+fn default_check_timeout() -> DurationString {
+    DurationString::new("5s").expect("`5s` is a valid duration")
 }
 
 /// Kinds of stage.
@@ -321,17 +431,30 @@ pub enum StageAction<'a> {
     Deploy(&'a DeployStage),
     /// Wait for a person's approval.
     Approval(&'a ApprovalStage),
+    /// HTTP checks only (a `SmokeTest` without a Job).
+    Checks(&'a [HttpCheck]),
 }
 
 impl Stage {
     /// The stage's action, or `None` when `type` and the sections disagree (refused at
     /// admission; reported by validation).
     pub fn action(&self) -> Option<StageAction<'_>> {
-        match (self.type_, &self.job, &self.deploy, &self.approval) {
-            (StageType::Deploy, None, Some(d), None) => Some(StageAction::Deploy(d)),
-            (StageType::Approval, None, None, Some(a)) => Some(StageAction::Approval(a)),
-            (t, Some(j), None, None) if t.runs_job() => Some(StageAction::Job(j)),
+        let http = self.http.as_deref().filter(|h| !h.is_empty());
+        match (self.type_, &self.job, &self.deploy, &self.approval, http) {
+            (StageType::Deploy, None, Some(d), None, None) => Some(StageAction::Deploy(d)),
+            (StageType::Approval, None, None, Some(a), None) => Some(StageAction::Approval(a)),
+            (StageType::SmokeTest, None, None, None, Some(h)) => Some(StageAction::Checks(h)),
+            (StageType::SmokeTest, Some(j), None, None, _) => Some(StageAction::Job(j)),
+            (t, Some(j), None, None, None) if t.runs_job() => Some(StageAction::Job(j)),
             _ => None,
+        }
+    }
+
+    /// The stage's HTTP checks (a `SmokeTest`'s), empty when none.
+    pub fn checks(&self) -> &[HttpCheck] {
+        match self.type_ {
+            StageType::SmokeTest => self.http.as_deref().unwrap_or_default(),
+            _ => &[],
         }
     }
 }
@@ -463,6 +586,10 @@ fn default_true() -> bool {
 
 fn default_max_failed_tasks() -> i32 {
     2
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Observed state of a Pipeline.
@@ -630,6 +757,12 @@ pub struct StageStatus {
     /// Putting the service back after the run failed (Deploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
+    /// HTTP check requests that passed (a SmokeTest's; they run in order).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub checks_passed: i32,
+    /// When the last HTTP check request was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<DateTime<Utc>>,
     /// The decision that ended an Approval stage: who, in which groups, when, by which
     /// Approval object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -658,6 +791,8 @@ impl StageStatus {
             failed_tasks: Vec::new(),
             rollback: None,
             approval: None,
+            checks_passed: 0,
+            last_check: None,
             attempt: 0,
             results: std::collections::BTreeMap::new(),
         }

@@ -258,6 +258,7 @@ mod tests {
                     job: Some(stage_job()),
                     deploy: None,
                     approval: None,
+                    http: None,
                     depends_on: None,
                 }],
                 suspend: false,

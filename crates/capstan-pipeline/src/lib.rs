@@ -10,16 +10,19 @@
 //!   the observed Jobs and the followed ECS deployments.
 //! - [`jobs`]: the Kubernetes Job of a Job stage, and what Capstan observes of it.
 //! - [`deploy`]: the ECS and ECR side of Deploy stages and rollbacks.
+//! - [`http_check`]: SmokeTest HTTP checks and their allow-list.
 //! - [`controller`]: claims that action in status, performs it, records it.
 //!
 //! Job stages (Test, Build, SmokeTest) run on Kubernetes Jobs; Deploy stages deploy to
 //! ECS by digest and are rolled back when the run fails; Approval stages wait for a
-//! person's verified Approval. Not in this build: HTTP smoke checks.
+//! person's verified Approval; SmokeTest stages may run HTTP checks ([`http_check`]) to
+//! allow-listed URLs only.
 
 pub mod approval;
 pub mod controller;
 pub mod crd;
 pub mod deploy;
+pub mod http_check;
 pub mod jobs;
 pub mod scheduler;
 pub mod template;

@@ -156,6 +156,28 @@ pub enum Next {
     },
     /// Every rollback ended: the run ends `RolledBack` or `RollbackFailed`.
     FinishRollback,
+    /// Make the next HTTP check request of SmokeTest stage `index`.
+    RunCheck {
+        /// The stage.
+        index: usize,
+        /// Which request (0-based, across the stage's checks in order).
+        request: i32,
+    },
+}
+
+/// The check and attempt of request `request` of a stage's checks, if any is left.
+pub fn check_of(
+    checks: &[crate::crd::HttpCheck],
+    request: i32,
+) -> Option<(usize, &crate::crd::HttpCheck)> {
+    let mut left = request;
+    for (i, c) in checks.iter().enumerate() {
+        if left < c.count {
+            return Some((i, c));
+        }
+        left -= c.count;
+    }
+    None
 }
 
 /// Whether a run is under way (started, not ended).
@@ -346,6 +368,40 @@ pub fn next(
                     start = Some(index);
                 }
             }
+            StagePhase::Running
+                if st.job_name.is_none() && !checks_of(spec, &st.name).is_empty() =>
+            {
+                let checks = checks_of(spec, &st.name);
+                match check_of(checks, st.checks_passed) {
+                    Some((_, c)) => {
+                        let interval = c
+                            .interval
+                            .duration()
+                            .ok()
+                            .and_then(|d| chrono::Duration::from_std(d).ok());
+                        let due = match (st.last_check, interval) {
+                            (Some(last), Some(d)) => now >= last + d,
+                            _ => true,
+                        };
+                        if due {
+                            return Next::RunCheck {
+                                index,
+                                request: st.checks_passed,
+                            };
+                        }
+                    }
+                    // Every check passed: the Job, if the stage has one, else done.
+                    None if has_job(spec, &st.name) => {
+                        create.get_or_insert(index);
+                    }
+                    None => {
+                        return Next::StageSucceeded {
+                            index,
+                            results: BTreeMap::new(),
+                        };
+                    }
+                }
+            }
             StagePhase::Running if st.job_name.is_none() && is_approval(spec, &st.name) => {
                 match &st.approval {
                     Some(a) if a.decision == Decision::Approve => {
@@ -469,6 +525,22 @@ pub fn next(
         .iter()
         .all(|s| matches!(s.phase, StagePhase::Succeeded | StagePhase::Skipped));
     if done { Next::FinishRun } else { Next::Wait }
+}
+
+/// The HTTP checks of the stage named `name` in `spec`.
+fn checks_of<'a>(spec: &'a PipelineSpec, name: &str) -> &'a [crate::crd::HttpCheck] {
+    spec.stages
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.checks())
+        .unwrap_or_default()
+}
+
+/// Whether the stage named `name` in `spec` has a Job.
+fn has_job(spec: &PipelineSpec, name: &str) -> bool {
+    spec.stages
+        .iter()
+        .any(|s| s.name == name && matches!(s.action(), Some(StageAction::Job(_))))
 }
 
 /// Whether the stage named `name` is an Approval stage of `spec`.

@@ -1,7 +1,7 @@
 //! Validation of a [`PipelineSpec`] beyond the CRD schema and its CEL rules: templates
 //! (and that every `{{ stages.<name>.results.<key> }}` names a result an earlier Job
-//! stage declares), timeouts, stage order (a SmokeTest needs a Deploy before it), two
-//! Deploy stages on one service. The admission rules (unique names, stage shape, connection for Deploy) are
+//! stage declares), timeouts and check intervals, two Deploy stages on one service. The
+//! admission rules (unique names, stage shape, connection for Deploy) are
 //! checked again so the controller never acts on a spec an older CRD let through. The
 //! controller reports failures as Ready=False/InvalidSpec and waits for a change.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use capstan_core::schedule::DurationString;
 
-use crate::crd::{MAX_RESULTS, MAX_STAGES, PipelineSpec, Stage, StageAction, StageType};
+use crate::crd::{MAX_RESULTS, MAX_STAGES, PipelineSpec, Stage, StageAction};
 use crate::template;
 
 /// Longest timeout a stage may have.
@@ -37,7 +37,6 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
     // The results each earlier Job stage declares.
     let mut declared: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut deployed_services = BTreeSet::new();
-    let mut seen_deploy = false;
     let mut needs_connection = false;
     // Per stage, the stages that finish before it starts (its dependencies, theirs...).
     let mut ancestors: Vec<BTreeSet<usize>> = Vec::new();
@@ -70,11 +69,40 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
         let check_tpl = |path: &str, text: &str, errors: &mut Vec<FieldError>| {
             check_template(path, text, &visible, declared_earlier, errors);
         };
+        for (c, check) in stage.checks().iter().enumerate() {
+            let cpath = format!("{path}.http[{c}]");
+            check_tpl(&format!("{cpath}.url"), &check.url, &mut errors);
+            for (h, header) in check.headers.iter().enumerate() {
+                check_tpl(
+                    &format!("{cpath}.headers[{h}].value"),
+                    &header.value,
+                    &mut errors,
+                );
+            }
+            if let Some(f) = &check.json_field {
+                check_tpl(&format!("{cpath}.jsonField.equals"), &f.equals, &mut errors);
+            }
+            check_range(
+                &format!("{cpath}.interval"),
+                &check.interval,
+                Duration::from_secs(3600),
+                "1h",
+                &mut errors,
+            );
+            check_range(
+                &format!("{cpath}.timeout"),
+                &check.timeout,
+                Duration::from_secs(60),
+                "60s",
+                &mut errors,
+            );
+        }
         match stage.action() {
             None => errors.push(FieldError::new(
                 path.clone(),
                 "a Deploy stage needs deploy, an Approval stage approval, and Test, Build and SmokeTest stages job (and none of the others)",
             )),
+            Some(StageAction::Checks(_)) => {}
             Some(StageAction::Approval(a)) => match a.timeout.duration() {
                 Ok(d)
                     if d >= Duration::from_secs(1)
@@ -123,7 +151,6 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
                 declared.insert(stage.name.as_str(), keys);
             }
             Some(StageAction::Deploy(deploy)) => {
-                seen_deploy = true;
                 needs_connection |= deploy.connection_ref.is_none();
                 let mut containers = BTreeSet::new();
                 for (c, ci) in deploy.containers.iter().enumerate() {
@@ -159,12 +186,6 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), Vec<FieldError>> {
                     ));
                 }
             }
-        }
-        if stage.type_ == StageType::SmokeTest && !seen_deploy {
-            errors.push(FieldError::new(
-                format!("{path}.type"),
-                "a SmokeTest stage must come after a Deploy stage",
-            ));
         }
     }
     if needs_connection && spec.connection_ref.is_none() {
@@ -238,6 +259,23 @@ fn check_template(
     }
 }
 
+fn check_range(
+    path: &str,
+    d: &DurationString,
+    max: Duration,
+    max_text: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    match d.duration() {
+        Ok(d) if d >= Duration::from_secs(1) && d <= max => {}
+        Ok(_) => errors.push(FieldError::new(
+            path,
+            format!("must be between 1s and {max_text}"),
+        )),
+        Err(e) => errors.push(FieldError::new(path, e.to_string())),
+    }
+}
+
 fn check_timeout(path: &str, timeout: &DurationString, errors: &mut Vec<FieldError>) {
     match timeout.duration() {
         Ok(d) if d >= Duration::from_secs(1) && d <= MAX_STAGE_TIMEOUT => {}
@@ -251,8 +289,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::crd::Stage;
     use crate::crd::tests::example_spec;
+    use crate::crd::{Stage, StageType};
 
     fn dur(s: &str) -> DurationString {
         DurationString::new(s).expect("valid duration")
@@ -335,14 +373,6 @@ mod tests {
                     }
                 },
                 "spec.stages[2].deploy.timeout",
-            ),
-            (
-                "smoke test before any deploy",
-                |s| {
-                    s.stages
-                        .insert(0, job_stage("early-smoke", StageType::SmokeTest))
-                },
-                "spec.stages[0].type",
             ),
             (
                 "same service deployed twice",

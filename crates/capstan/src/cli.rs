@@ -156,6 +156,14 @@ pub struct RunArgs {
     #[arg(long, env = "CAPSTAN_APPROVAL_POLICY")]
     pub approval_policy: Option<String>,
 
+    /// What Pipeline SmokeTest HTTP checks may reach, comma-separated: host names
+    /// (`shop.example.com`), `*.` and a domain, address ranges (`10.20.0.0/16`).
+    /// Everything else is refused after DNS resolution; loopback and link-local
+    /// addresses (the cloud metadata service included) only when their range is listed.
+    /// Empty: no check reaches anything.
+    #[arg(long, env = "CAPSTAN_HTTP_CHECK_ALLOW", value_delimiter = ',')]
+    pub http_check_allow: Vec<String>,
+
     /// Turn off the AWS SDK's retries (tests against an emulator that answers
     /// unimplemented calls with a retryable 500). Never needed in production.
     #[arg(

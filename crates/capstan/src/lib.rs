@@ -74,7 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
 
-    let controllers = Controllers::register(&args, &mut registry);
+    let controllers = Controllers::register(&args, &mut registry)?;
     let (addr, admin) = admin::serve(
         args.metrics_addr,
         Arc::new(registry),
@@ -124,9 +124,14 @@ struct Controllers {
 }
 
 impl Controllers {
-    fn register(args: &RunArgs, registry: &mut prometheus_client::registry::Registry) -> Self {
+    fn register(
+        args: &RunArgs,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> anyhow::Result<Self> {
         let on = |c: ControllerName| args.controllers.contains(&c);
-        Self {
+        let http_allow = capstan_pipeline::http_check::AllowList::parse(&args.http_check_allow)
+            .map_err(|e| anyhow::anyhow!("--http-check-allow: {e}"))?;
+        Ok(Self {
             connection: on(ControllerName::Connection)
                 .then(|| connections::register_metrics(registry)),
             secret_rotation: on(ControllerName::SecretRotation)
@@ -143,8 +148,9 @@ impl Controllers {
             },
             pipeline_settings: capstan_pipeline::controller::Settings {
                 approval_policy: args.approval_policy.clone().filter(|p| !p.is_empty()),
+                http_allow,
             },
-        }
+        })
     }
 
     /// Runs every enabled controller until `token` is cancelled.

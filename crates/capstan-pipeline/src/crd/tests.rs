@@ -55,6 +55,7 @@ fn stage(
         job,
         deploy,
         approval: None,
+        http: None,
         depends_on: None,
     }
 }
@@ -227,6 +228,8 @@ fn every_cel_rule_sits_where_it_applies() {
         (".spec.stages.[].job.timeout", floor.as_str()),
         (".spec.stages.[].deploy.timeout", floor.as_str()),
         (".spec.stages.[].approval.timeout", floor.as_str()),
+        (".spec.stages.[].http.[].interval", floor.as_str()),
+        (".spec.stages.[].http.[].timeout", floor.as_str()),
     ];
     for (path, rule) in want {
         assert!(

@@ -348,6 +348,7 @@ fn deploy_stage(name: &str, cluster: &str) -> Stage {
         job: None,
         deploy: crate::crd::tests::deploy(cluster, "15m"),
         approval: None,
+        http: None,
         depends_on: None,
     }
 }
@@ -591,5 +592,67 @@ fn a_deploy_in_flight_ends_before_it_is_rolled_back() {
     assert_eq!(
         super::next(&spec, &st, &none, &ended, t0()),
         Next::StartRollback { index: 1 }
+    );
+}
+
+#[test]
+fn http_checks_run_in_order_then_the_job() {
+    use StagePhase::*;
+    let none: BTreeMap<String, JobState> = BTreeMap::new();
+    let no_deploys: BTreeMap<String, DeployState> = BTreeMap::new();
+    let mut smoke = crate::crd::tests::job_stage("smoke", StageType::SmokeTest, &[]);
+    smoke.http = Some(vec![
+        serde_json::from_value(
+            serde_json::json!({ "url": "http://a/", "count": 2, "interval": "10s" }),
+        )
+        .expect("check"),
+    ]);
+    let spec = PipelineSpec {
+        stages: vec![job_stage("test", &[]), smoke],
+        ..spec("1")
+    };
+    let mut st = PipelineStatus::default();
+    st.start_run(&spec);
+    st.run_number = 1;
+    st.phase = Some(PipelinePhase::Running);
+    st.stages[0].phase = Succeeded;
+    st.stages[1].phase = Running;
+    assert_eq!(
+        super::next(&spec, &st, &none, &no_deploys, t0()),
+        Next::RunCheck {
+            index: 1,
+            request: 0
+        }
+    );
+    st.stages[1].checks_passed = 1;
+    st.stages[1].last_check = Some(t0());
+    // The next request waits for the interval.
+    assert_eq!(
+        super::next(&spec, &st, &none, &no_deploys, t0()),
+        Next::Wait
+    );
+    let later = t0() + chrono::Duration::seconds(10);
+    assert_eq!(
+        super::next(&spec, &st, &none, &no_deploys, later),
+        Next::RunCheck {
+            index: 1,
+            request: 1
+        }
+    );
+    // Every check passed: the stage's Job.
+    st.stages[1].checks_passed = 2;
+    assert_eq!(
+        super::next(&spec, &st, &none, &no_deploys, later),
+        Next::CreateJob { index: 1 }
+    );
+    // Without a Job, the stage succeeds.
+    let mut only_checks = spec.clone();
+    only_checks.stages[1].job = None;
+    assert_eq!(
+        super::next(&only_checks, &st, &none, &no_deploys, later),
+        Next::StageSucceeded {
+            index: 1,
+            results: BTreeMap::new()
+        }
     );
 }
