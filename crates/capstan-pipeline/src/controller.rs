@@ -92,6 +92,12 @@ pub mod events {
     pub const APPROVED: &str = "Approved";
     /// An Approval rejected the run.
     pub const REJECTED: &str = "Rejected";
+    /// The `capstan.dev/cancel` annotation stopped the active run.
+    pub const RUN_CANCELLED: &str = "RunCancelled";
+    /// The `capstan.dev/retry` annotation restarted the last run from a stage.
+    pub const RUN_RETRIED: &str = "RunRetried";
+    /// A control annotation could not act; the note says why.
+    pub const CONTROL_REFUSED: &str = "ControlRefused";
 }
 
 /// The `tracing` target of the approval audit line (as SecretRotation's steps').
@@ -401,6 +407,7 @@ async fn run_steps(
     let uid = w.obj.uid().unwrap_or_default();
     let job_api: Api<Job> = Api::namespaced(ctx.rt.client.clone(), &ns);
     let pod_api: Api<Pod> = Api::namespaced(ctx.rt.client.clone(), &ns);
+    handle_controls(ctx, w, &job_api, &pod_api).await?;
     for _ in 0..MAX_ACTIONS_PER_PASS {
         let spec = w.obj.spec.clone();
         let mut st = w.status();
@@ -481,7 +488,7 @@ async fn run_steps(
                         _ => None,
                     });
                 stage.phase = StagePhase::Running;
-                stage.attempt = 1;
+                stage.attempt += 1;
                 stage.started = Some(now);
                 if let Some(approvers) = approvers {
                     let stage_name = stage.name.clone();
@@ -514,7 +521,12 @@ async fn run_steps(
                 }
                 // A SmokeTest with HTTP checks claims its Job once they pass.
                 if !is_deploy && !checks_first {
-                    stage.job_name = Some(scheduler::job_name(&name, run_number, &stage.name, 1));
+                    stage.job_name = Some(scheduler::job_name(
+                        &name,
+                        run_number,
+                        &stage.name,
+                        stage.attempt,
+                    ));
                 }
                 st.current_stage = Some(stage.name.clone());
                 w.set_conditions(&mut st, now);
@@ -751,6 +763,134 @@ async fn run_steps(
         }
     }
     Ok(Action::requeue(Duration::from_millis(200)))
+}
+
+/// Acts on the control annotations, each value once (recorded in
+/// `status.handledControls` in the same write as what it does): `capstan.dev/cancel`
+/// stops the active run like a superseding revision (its Jobs deleted, what it deployed
+/// rolled back), ending it `Cancelled`; `capstan.dev/retry: <stage>[:<token>]`
+/// restarts the last run, if it did not succeed, from that stage (each stage from it on
+/// back to Pending, to run as its next attempt), when every stage before it succeeded.
+async fn handle_controls(
+    ctx: &Ctx,
+    w: &mut Writer,
+    job_api: &Api<Job>,
+    pod_api: &Api<Pod>,
+) -> Result<(), Error> {
+    let annotations = w.obj.annotations().clone();
+    let now = ctx.rt.clock.now();
+    let spec = w.obj.spec.clone();
+    for key in [crate::crd::CANCEL_ANNOTATION, crate::crd::RETRY_ANNOTATION] {
+        let Some(value) = annotations.get(key).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let mut st = w.status();
+        if st.handled_controls.get(key) == Some(value) {
+            continue;
+        }
+        st.handled_controls.insert(key.to_owned(), value.clone());
+        let run = st.run_id.clone().unwrap_or_default();
+        let outcome: Result<String, String> = if key == crate::crd::CANCEL_ANNOTATION {
+            if !scheduler::run_active(&st) || st.phase == Some(PipelinePhase::RollingBack) {
+                Err("no run is active (or it is rolling back already); nothing cancelled".into())
+            } else {
+                let uid = w.obj.uid().unwrap_or_default();
+                let running: Vec<String> =
+                    jobs::observe(job_api, pod_api, &uid, st.run_number, |_| false)
+                        .await?
+                        .into_iter()
+                        .filter(|(_, s)| *s == scheduler::JobState::Active)
+                        .map(|(n, _)| n)
+                        .collect();
+                for name in &running {
+                    jobs::delete(job_api, name).await?;
+                }
+                for s in &mut st.stages {
+                    match s.phase {
+                        StagePhase::Running => {
+                            s.phase = StagePhase::Cancelled;
+                            s.finished = Some(now);
+                            s.set_message("cancelled (capstan.dev/cancel)");
+                        }
+                        StagePhase::Pending => s.phase = StagePhase::Skipped,
+                        _ => {}
+                    }
+                }
+                if !mark_rollbacks(&mut st, &spec) {
+                    record_end(&mut st, now, PipelinePhase::Cancelled, None);
+                }
+                Ok(format!(
+                    "run {run} cancelled; Jobs deleted: {}{}",
+                    if running.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        running.join(", ")
+                    },
+                    if st.phase == Some(PipelinePhase::RollingBack) {
+                        "; the services it changed are being put back"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+        } else {
+            let stage = value.split(':').next().unwrap_or_default();
+            retry_from(&mut st, stage, &spec).map(|()| {
+                st.phase = Some(PipelinePhase::Running);
+                st.current_stage = None;
+                format!("run {run} retried from stage {stage}")
+            })
+        };
+        w.set_conditions(&mut st, now);
+        w.write(&st).await?;
+        let (kind, reason, note) = match outcome {
+            Ok(note) if key == crate::crd::CANCEL_ANNOTATION => {
+                (EventType::Normal, events::RUN_CANCELLED, note)
+            }
+            Ok(note) => (EventType::Normal, events::RUN_RETRIED, note),
+            Err(why) => (
+                EventType::Warning,
+                events::CONTROL_REFUSED,
+                format!("{key}={value}: {why}"),
+            ),
+        };
+        ctx.events
+            .publish(&w.obj, kind, reason, "Control", note)
+            .await;
+    }
+    Ok(())
+}
+
+/// Resets the last run in `st` to restart at `stage`, or says why it cannot.
+fn retry_from(st: &mut PipelineStatus, stage: &str, spec: &PipelineSpec) -> Result<(), String> {
+    if scheduler::run_active(st) || st.run_number == 0 {
+        return Err("a run is active, or none has run; nothing to retry".into());
+    }
+    if st.phase == Some(PipelinePhase::Succeeded) {
+        return Err(format!(
+            "run {} succeeded; change spec.revision to run again",
+            st.run_id.as_deref().unwrap_or_default()
+        ));
+    }
+    if st.current_revision.as_deref() != Some(spec.revision.as_str()) {
+        return Err("spec.revision changed since the last run; its new run starts instead".into());
+    }
+    let Some(from) = st.stages.iter().position(|s| s.name == stage) else {
+        return Err(format!("the last run has no stage {stage}"));
+    };
+    if let Some(s) = st.stages[..from]
+        .iter()
+        .find(|s| s.phase != StagePhase::Succeeded)
+    {
+        return Err(format!(
+            "stage {} before {stage} is {:?}; retry from it",
+            s.name, s.phase
+        ));
+    }
+    for s in &mut st.stages[from..] {
+        s.reset();
+    }
+    Ok(())
 }
 
 /// Whether a stage of the run has HTTP checks left to make.
@@ -1585,9 +1725,8 @@ pub async fn run_with(
         metrics: metrics.controller,
         settings,
     });
-    let error_policy = |obj: Arc<Pipeline>, err: &Error, ctx: Arc<Ctx>| {
+    let error_policy = |_obj: Arc<Pipeline>, err: &Error, ctx: Arc<Ctx>| {
         ctx.metrics.failure(err);
-        tracing::warn!(object = %key_of(&obj), "reconcile failed: {err}");
         Action::requeue(Duration::from_secs(5))
     };
     let client = rt.client.clone();

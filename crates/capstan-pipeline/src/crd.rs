@@ -23,6 +23,16 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Annotation that cancels the active run, once per value (e.g. a timestamp): its
+/// running Jobs are deleted, what it deployed is rolled back, and it ends `Cancelled`
+/// (or `RolledBack`).
+pub const CANCEL_ANNOTATION: &str = "capstan.dev/cancel";
+/// Annotation that retries the last run from a stage, once per value:
+/// `<stage>` or `<stage>:<token>` (the token lets the same stage be retried again).
+/// The run must have ended without succeeding, and every stage before the named one
+/// must have succeeded (a stage rolled back must be retried itself).
+pub const RETRY_ANNOTATION: &str = "capstan.dev/retry";
+
 /// Most stages a Pipeline may have (bounds the CEL uniqueness check).
 pub const MAX_STAGES: usize = 16;
 
@@ -644,6 +654,11 @@ pub struct PipelineStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub skipped_revisions: Vec<String>,
+    /// The last value of each control annotation (`capstan.dev/cancel`,
+    /// `capstan.dev/retry`) that Capstan acted on: a value acts once.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 8))]
+    pub handled_controls: std::collections::BTreeMap<String, String>,
     /// The images the current (or last) run pinned: each image reference its Deploy
     /// stages named (after substitution) → the reference by digest they deployed. Every
     /// Deploy of the run uses the digest pinned first.
@@ -719,6 +734,8 @@ pub enum PipelinePhase {
     Suspended,
     /// Stopped for a newer revision (`concurrencyPolicy: Supersede`).
     Superseded,
+    /// Stopped by the `capstan.dev/cancel` annotation.
+    Cancelled,
 }
 
 /// The state of one stage in the current (or last) run.
@@ -796,6 +813,14 @@ impl StageStatus {
             attempt: 0,
             results: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Back to `Pending` for another attempt (a retry): everything the last attempt
+    /// recorded goes; the attempt number stays, and the next start adds one.
+    pub fn reset(&mut self) {
+        let attempt = self.attempt;
+        *self = Self::pending(self.name.clone());
+        self.attempt = attempt;
     }
 
     /// Sets the message, cut to [`STAGE_MESSAGE_MAX_LEN`] bytes on a character boundary

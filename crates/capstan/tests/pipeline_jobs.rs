@@ -480,3 +480,120 @@ async fn stages_with_dependencies_run_side_by_side() {
     let (_, _, message) = condition(&o, "Ready").expect("Ready");
     assert!(message.contains("spec.stages[0].dependsOn[0]"), "{message}");
 }
+
+/// `capstan.dev/retry: <stage>` restarts a failed run from that stage as its next
+/// attempt (new Job names; the stages before it are not rerun), once per value;
+/// `capstan.dev/cancel` stops an active run, deleting its running Job; a retry that
+/// cannot act says why in a Warning Event.
+#[tokio::test]
+async fn failed_runs_are_retried_from_a_stage_and_active_runs_cancelled() {
+    let t = Setup::new().await;
+    let (kube, ns) = (t.kube, &t.ns);
+    let (api, job_api) = (t.api.clone(), t.jobs.clone());
+    let fixed = Arc::new(AtomicBool::new(false));
+    let fixed_seen = fixed.clone();
+    // Stage `b` fails until fixed; stage `hang` never ends.
+    t.play(Arc::new(
+        move |stage: &str, _: &BTreeMap<String, String>| match stage {
+            "b" if !fixed_seen.load(Ordering::SeqCst) => Some((1, String::new())),
+            "hang" => None,
+            _ => Some((0, String::new())),
+        },
+    ));
+    let stages = vec![
+        job_stage("a", "Test", json!({ "image": "busybox" })),
+        job_stage("b", "Build", json!({ "image": "busybox" })),
+    ];
+    common::rotation::create(&api, pipeline("flaky", "1.0", stages)).await;
+    let m = common::start(kube, "pipeline-controls", &args(ns.name())).await;
+    status_until(&api, "flaky", &m, "run 1 fails", |s| {
+        s.phase == Some(PipelinePhase::Failed)
+    })
+    .await;
+    fixed.store(true, Ordering::SeqCst);
+    let annotate = |key: &'static str, value: &'static str| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "flaky",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { key: value } } })),
+            )
+            .await
+            .expect("annotate");
+        }
+    };
+    annotate("capstan.dev/retry", "b").await;
+    let st = status_until(&api, "flaky", &m, "the retry succeeds", |s| {
+        s.phase == Some(PipelinePhase::Succeeded)
+    })
+    .await;
+    assert_eq!(st.run_number, 1, "a retry is the same run");
+    assert_eq!((st.stages[0].attempt, st.stages[1].attempt), (1, 2));
+    let names: Vec<String> = jobs_of(&job_api).await.into_keys().collect();
+    assert_eq!(names, ["flaky-1-a-1", "flaky-1-b-1", "flaky-1-b-2"]);
+    assert_eq!(st.history[0].outcome, PipelinePhase::Succeeded);
+    assert_eq!(st.history[1].outcome, PipelinePhase::Failed);
+    // The same value again does nothing; a stage the run lacks is refused.
+    annotate("capstan.dev/retry", "nope:1").await;
+    let deadline = Instant::now() + TIMEOUT;
+    while !t
+        .event_reasons("flaky")
+        .await
+        .iter()
+        .any(|r| r == "ControlRefused")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no ControlRefused:\n{}",
+            m.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let st = api
+        .get("flaky")
+        .await
+        .expect("pipeline")
+        .status
+        .expect("status");
+    assert_eq!(st.phase, Some(PipelinePhase::Succeeded));
+    assert_eq!(jobs_of(&job_api).await.len(), 3, "nothing ran again");
+
+    // Cancel: the hanging Job is deleted, the run ends Cancelled.
+    common::rotation::create(
+        &api,
+        pipeline(
+            "stuck",
+            "1.0",
+            vec![job_stage("hang", "Test", json!({ "image": "busybox" }))],
+        ),
+    )
+    .await;
+    status_until(&api, "stuck", &m, "hanging", |s| {
+        s.stages[0].phase == StagePhase::Running
+    })
+    .await;
+    api.patch(
+        "stuck",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "annotations": { "capstan.dev/cancel": "2026-12-07T17:00:00Z" } } })),
+    )
+    .await
+    .expect("cancel");
+    let st = status_until(&api, "stuck", &m, "cancelled", |s| {
+        s.phase == Some(PipelinePhase::Cancelled)
+    })
+    .await;
+    assert_eq!(st.stages[0].phase, StagePhase::Cancelled);
+    let deadline = Instant::now() + TIMEOUT;
+    while jobs_of(&job_api).await.contains_key("stuck-1-hang-1") {
+        assert!(Instant::now() < deadline, "the cancelled run's Job remains");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        t.event_reasons("stuck")
+            .await
+            .iter()
+            .any(|r| r == "RunCancelled")
+    );
+}
