@@ -135,6 +135,9 @@ struct Ctx {
     events: Publisher,
     clients: ClientCache<Clients>,
     settings: Settings,
+    /// The controllers' caches of Pipelines (one per watched namespace, or one), to
+    /// find the Pipeline that claimed an ECS service first.
+    stores: std::sync::Mutex<Vec<kube::runtime::reflector::Store<Pipeline>>>,
 }
 
 /// What the Pipeline controller takes beyond the [`Runtime`].
@@ -190,6 +193,65 @@ fn cannot_run(obj: &Pipeline) -> Option<Desired<'static>> {
             crate::validation::summarize(&errors),
         )
     })
+}
+
+/// The ECS services a Pipeline deploys: (connection, cluster, service), each a name
+/// (the last part of an ARN).
+fn services_of(obj: &Pipeline) -> Vec<(String, String, String)> {
+    let last = |s: &str| s.rsplit('/').next().unwrap_or(s).to_owned();
+    obj.spec
+        .stages
+        .iter()
+        .filter_map(|s| match s.action() {
+            Some(StageAction::Deploy(d)) => Some((
+                stage_connection(&obj.spec, d)
+                    .unwrap_or_default()
+                    .to_owned(),
+                last(&d.cluster),
+                last(&d.service),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `Ready=False, ServiceClaimed` when another Pipeline, created first, deploys one of
+/// the same ECS services: two Pipelines rolling one service back and forth would undo
+/// each other. Among Pipelines Capstan watches; the older one keeps the service.
+fn claimed_elsewhere(ctx: &Ctx, obj: &Pipeline) -> Option<Desired<'static>> {
+    let mine = services_of(obj);
+    if mine.is_empty() {
+        return None;
+    }
+    let key = |o: &Pipeline| {
+        (
+            o.metadata.creation_timestamp.clone().map(|t| t.0),
+            o.namespace().unwrap_or_default(),
+            o.name_any(),
+        )
+    };
+    let me = key(obj);
+    let stores = ctx.stores.lock().unwrap_or_else(|e| e.into_inner());
+    for other in stores.iter().flat_map(|s| s.state()) {
+        let them = key(&other);
+        if (them.1.as_str(), them.2.as_str()) == (me.1.as_str(), me.2.as_str()) || them >= me {
+            continue;
+        }
+        if let Some((conn, cluster, service)) =
+            services_of(&other).into_iter().find(|s| mine.contains(s))
+        {
+            return Some(Desired::new(
+                READY,
+                false,
+                reasons::SERVICE_CLAIMED,
+                format!(
+                    "ECS service {service} of cluster {cluster} (connection {conn}) is deployed by Pipeline {}/{}, created first; one service is deployed by one Pipeline",
+                    them.1, them.2
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Every connection the Pipeline names: its own and its Deploy stages'.
@@ -278,6 +340,12 @@ async fn reconcile(obj: Arc<Pipeline>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if let Some(invalid) = cannot_run(&obj) {
         conditions.push(invalid);
         return refuse(&ctx, &obj, conditions).await.map_err(Error::from);
+    }
+    if let Some(claimed) = claimed_elsewhere(&ctx, &obj) {
+        conditions.push(claimed);
+        refuse(&ctx, &obj, conditions).await?;
+        // The other Pipeline may go or change: look again now and then.
+        return Ok(Action::requeue(Duration::from_secs(60)));
     }
     let mut w = Writer {
         api: Api::namespaced(ctx.rt.client.clone(), &ns),
@@ -1724,7 +1792,9 @@ pub async fn run_with(
         rt: rt.clone(),
         metrics: metrics.controller,
         settings,
+        stores: std::sync::Mutex::new(Vec::new()),
     });
+    let stores_ctx = ctx.clone();
     let error_policy = |_obj: Arc<Pipeline>, err: &Error, ctx: Arc<Ctx>| {
         ctx.metrics.failure(err);
         Action::requeue(Duration::from_secs(5))
@@ -1745,6 +1815,11 @@ pub async fn run_with(
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
             };
+            stores_ctx
+                .stores
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(c.store());
             watch_connections_of(&rt, c, connections_of)
                 .owns(
                     jobs,

@@ -80,6 +80,9 @@ pub mod reasons {
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     /// RolledBack=False: the last run changed no service that needed putting back.
     pub const NOTHING_TO_ROLL_BACK: &str = "NothingToRollBack";
+    /// Ready=False: another Pipeline, created first, deploys one of this one's ECS
+    /// services.
+    pub const SERVICE_CLAIMED: &str = "ServiceClaimed";
     /// AwaitingApproval=True: a run waits at an Approval stage.
     pub const WAITING_FOR_APPROVAL: &str = "WaitingForApproval";
     /// AwaitingApproval=True: a run waits, and no Approval can be honoured: the

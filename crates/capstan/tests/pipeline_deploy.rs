@@ -17,7 +17,8 @@
 //!   their task definition in place (`RollbackFailed`);
 //! - a service whose deployment controller is not ECS's is refused with the reason;
 //! - a Deploy stage's own connection that does not allow the namespace refuses the
-//!   Pipeline before anything runs.
+//!   Pipeline before anything runs;
+//! - a second Pipeline deploying a service the first deploys is `ServiceClaimed`.
 
 mod common;
 
@@ -492,6 +493,29 @@ async fn unsupported_services_and_disallowed_connections_are_refused() {
         ),
     )
     .await;
+    // A second Pipeline deploying the service another deploys: ServiceClaimed.
+    common::rotation::create(
+        &api,
+        aws.pipeline(
+            "claims-first",
+            "1.0",
+            vec![
+                job_stage("hold", "Test", json!({ "image": "busybox" })),
+                aws.deploy_stage("deploy", "template", &aws.image("1.0")),
+            ],
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    common::rotation::create(
+        &api,
+        aws.pipeline(
+            "claims-second",
+            "1.0",
+            vec![aws.deploy_stage("deploy", "template", &aws.image("1.0"))],
+        ),
+    )
+    .await;
     let m = common::start(kube, "pipeline-refusals", &args(ns.name())).await;
     let st = status_until(&api, "external", &m, "refused", |s| {
         s.phase == Some(PipelinePhase::Failed)
@@ -523,8 +547,31 @@ async fn unsupported_services_and_disallowed_connections_are_refused() {
         assert!(Instant::now() < deadline, "not refused:\n{}", m.all_logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = api.get("claims-second").await.expect("pipeline");
+        if let Some((_, reason, message)) = condition(&o, "Ready")
+            && reason == "ServiceClaimed"
+        {
+            assert!(message.contains("claims-first"), "{message}");
+            assert!(
+                o.status.as_ref().is_some_and(|s| s.run_number == 0),
+                "no run started"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ServiceClaimed:\n{}",
+            m.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
-        common::pipeline::jobs_of(&t.jobs).await.is_empty(),
+        !common::pipeline::jobs_of(&t.jobs)
+            .await
+            .keys()
+            .any(|n| n.starts_with("two-accounts")),
         "no Job created for a refused Pipeline"
     );
 }
