@@ -848,7 +848,11 @@ async fn handle_controls(
     let annotations = w.obj.annotations().clone();
     let now = ctx.rt.clock.now();
     let spec = w.obj.spec.clone();
-    for key in [crate::crd::CANCEL_ANNOTATION, crate::crd::RETRY_ANNOTATION] {
+    for key in [
+        crate::crd::CANCEL_ANNOTATION,
+        crate::crd::RETRY_ANNOTATION,
+        crate::crd::ROLLBACK_ANNOTATION,
+    ] {
         let Some(value) = annotations.get(key).filter(|v| !v.is_empty()) else {
             continue;
         };
@@ -901,13 +905,16 @@ async fn handle_controls(
                     }
                 ))
             }
-        } else {
+        } else if key == crate::crd::RETRY_ANNOTATION {
             let stage = value.split(':').next().unwrap_or_default();
             retry_from(&mut st, stage, &spec).map(|()| {
                 st.phase = Some(PipelinePhase::Running);
                 st.current_stage = None;
                 format!("run {run} retried from stage {stage}")
             })
+        } else {
+            let name = w.obj.name_any();
+            roll_back_by_hand(&mut st, &spec, &name, now)
         };
         w.set_conditions(&mut st, now);
         w.write(&st).await?;
@@ -915,7 +922,10 @@ async fn handle_controls(
             Ok(note) if key == crate::crd::CANCEL_ANNOTATION => {
                 (EventType::Normal, events::RUN_CANCELLED, note)
             }
-            Ok(note) => (EventType::Normal, events::RUN_RETRIED, note),
+            Ok(note) if key == crate::crd::RETRY_ANNOTATION => {
+                (EventType::Normal, events::RUN_RETRIED, note)
+            }
+            Ok(note) => (EventType::Normal, events::ROLLBACK_STARTED, note),
             Err(why) => (
                 EventType::Warning,
                 events::CONTROL_REFUSED,
@@ -927,6 +937,61 @@ async fn handle_controls(
             .await;
     }
     Ok(())
+}
+
+/// Starts a run of its own that puts every service the Pipeline's Deploy stages deploy
+/// back on the task definition the last successful run before the last run left it on
+/// (`status.history[].taskDefinitions`), or says why it cannot.
+fn roll_back_by_hand(
+    st: &mut PipelineStatus,
+    spec: &PipelineSpec,
+    pipeline: &str,
+    now: DateTime<Utc>,
+) -> Result<String, String> {
+    if scheduler::run_active(st) {
+        return Err("a run is active; cancel it first (capstan.dev/cancel)".into());
+    }
+    let target = st
+        .history
+        .iter()
+        .skip(1)
+        .find(|r| r.outcome == PipelinePhase::Succeeded && !r.task_definitions.is_empty())
+        .cloned()
+        .ok_or("no successful run before the last one recorded its task definitions")?;
+    let stages: Vec<crate::crd::StageStatus> = spec
+        .stages
+        .iter()
+        .filter(|s| matches!(s.action(), Some(StageAction::Deploy(_))))
+        .filter_map(|s| {
+            let td = target.task_definitions.get(&s.name)?;
+            let mut stage = crate::crd::StageStatus::pending(s.name.clone());
+            stage.phase = StagePhase::Succeeded;
+            stage.previous_task_definition = Some(td.clone());
+            stage.rollback = Some(RollbackStatus::pending());
+            stage.set_message(&format!("rolling back by hand to run {}", target.id));
+            Some(stage)
+        })
+        .collect();
+    if stages.is_empty() {
+        return Err(format!(
+            "run {} deployed none of the spec's Deploy stages",
+            target.id
+        ));
+    }
+    st.run_number += 1;
+    st.run_id = Some(format!("{pipeline}-{}", st.run_number));
+    st.run_started = Some(now);
+    st.current_revision = Some(spec.revision.clone());
+    st.queued_revision = None;
+    st.images = target.images.clone();
+    st.stages = stages;
+    st.phase = Some(PipelinePhase::RollingBack);
+    Ok(format!(
+        "run {}: putting every service back on what run {} (revision {}) deployed",
+        st.run_id.as_deref().unwrap_or_default(),
+        target.id,
+        target.revision
+    ))
 }
 
 /// Resets the last run in `st` to restart at `stage`, or says why it cannot.
@@ -1422,7 +1487,14 @@ async fn start_rollback(
         )),
         Some(d) => {
             let clients = clients_for(ctx, connections, &spec, d).await?;
-            match deploy::roll_back(&clients.ecs, &d.cluster, &d.service, &ours, &previous).await {
+            // A rollback by hand (capstan.dev/rollback) has no task definition of its
+            // own run to compare: it puts back whatever runs now.
+            let put_back = if ours.is_empty() {
+                deploy::update(&clients.ecs, &d.cluster, &d.service, &previous).await
+            } else {
+                deploy::roll_back(&clients.ecs, &d.cluster, &d.service, &ours, &previous).await
+            };
+            match put_back {
                 Ok((id, updated)) => {
                     if updated {
                         crash_point("pipeline::after-rollback-update");
@@ -1583,6 +1655,15 @@ fn record_end(
         finished: now,
         failed_stage,
         images: st.images.clone(),
+        task_definitions: if outcome == PipelinePhase::Succeeded {
+            st.stages
+                .iter()
+                .filter(|s| s.phase == StagePhase::Succeeded)
+                .filter_map(|s| Some((s.name.clone(), s.task_definition.clone()?)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
     });
 }
 
@@ -1608,6 +1689,21 @@ fn set_conditions(st: &mut PipelineStatus, obj: &Pipeline, now: DateTime<Utc>) {
                     "run {}: stage {} failed and a service could not be put back; see status.stages[].rollback",
                     r.id,
                     r.failed_stage.as_deref().unwrap_or("-")
+                ),
+            )
+        }
+        Some(r)
+            if r.revision == revision
+                && r.failed_stage.is_none()
+                && r.outcome == PipelinePhase::RolledBack =>
+        {
+            Desired::new(
+                ct::READY,
+                false,
+                reasons::ROLLED_BACK,
+                format!(
+                    "run {}: the services were put back (a cancel, a newer revision or capstan.dev/rollback); see status.history",
+                    r.id
                 ),
             )
         }

@@ -32,6 +32,10 @@ pub const CANCEL_ANNOTATION: &str = "capstan.dev/cancel";
 /// The run must have ended without succeeding, and every stage before the named one
 /// must have succeeded (a stage rolled back must be retried itself).
 pub const RETRY_ANNOTATION: &str = "capstan.dev/retry";
+/// Annotation that rolls every service the Pipeline deploys back, now, to the task
+/// definitions of the last successful run before the last run, once per value. Only
+/// while no run is active; it is a run of its own (`RolledBack` or `RollbackFailed`).
+pub const ROLLBACK_ANNOTATION: &str = "capstan.dev/rollback";
 
 /// Most stages a Pipeline may have (bounds the CEL uniqueness check).
 pub const MAX_STAGES: usize = 16;
@@ -80,6 +84,9 @@ pub mod reasons {
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     /// RolledBack=False: the last run changed no service that needed putting back.
     pub const NOTHING_TO_ROLL_BACK: &str = "NothingToRollBack";
+    /// Ready=False: the last run put the services back without a stage failing (it was
+    /// cancelled or superseded, or `capstan.dev/rollback` asked for it).
+    pub const ROLLED_BACK: &str = "RolledBack";
     /// Ready=False: another Pipeline, created first, deploys one of this one's ECS
     /// services.
     pub const SERVICE_CLAIMED: &str = "ServiceClaimed";
@@ -692,6 +699,11 @@ pub struct RunSummary {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 160))]
     pub images: std::collections::BTreeMap<String, String>,
+    /// The task definition each Deploy stage of a successful run left its service on
+    /// (stage → ARN): what `capstan.dev/rollback` restores.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub task_definitions: std::collections::BTreeMap<String, String>,
 }
 
 /// `status.stages`: a list-map keyed by `name`, so each stage's entry merges by name.

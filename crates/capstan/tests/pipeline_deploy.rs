@@ -575,3 +575,80 @@ async fn unsupported_services_and_disallowed_connections_are_refused() {
         "no Job created for a refused Pipeline"
     );
 }
+
+/// `capstan.dev/rollback`: after runs of 1.0 and 2.0 succeeded, the service goes back
+/// to what 1.0's run deployed, as a run of its own; a second annotation with the same
+/// value does nothing.
+#[tokio::test]
+async fn a_service_is_rolled_back_by_hand_to_the_last_good_run() {
+    let t = Setup::new().await;
+    let aws = Aws::new(&t).await;
+    let (kube, ns, api) = (t.kube, &t.ns, t.api.clone());
+    aws.create_service("web", 2, 0.5).await;
+    aws.push("1.0", None).await;
+    aws.push("2.0", None).await;
+    let image = format!("{}/{}:{{{{ revision }}}}", aws.registry, aws.repository);
+    common::rotation::create(
+        &api,
+        aws.pipeline(
+            "web",
+            "1.0",
+            vec![aws.deploy_stage("deploy", "web", &image)],
+        ),
+    )
+    .await;
+    let m = common::start(kube, "pipeline-rollback-now", &args(ns.name())).await;
+    let st = status_until(&api, "web", &m, "1.0 deployed", |s| {
+        s.phase == Some(PipelinePhase::Succeeded)
+    })
+    .await;
+    let good = st.stages[0]
+        .task_definition
+        .clone()
+        .expect("1.0's task definition");
+    set_revision(&api, "web", "2.0").await;
+    let st = status_until(&api, "web", &m, "2.0 deployed", |s| {
+        s.run_number == 2 && s.phase == Some(PipelinePhase::Succeeded)
+    })
+    .await;
+    assert_ne!(st.stages[0].task_definition.as_deref(), Some(good.as_str()));
+    api.patch(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({ "metadata": { "annotations": { "capstan.dev/rollback": "incident-42" } } }),
+        ),
+    )
+    .await
+    .expect("annotate");
+    let st = status_until(&api, "web", &m, "rolled back by hand", |s| {
+        s.run_number == 3 && s.phase == Some(PipelinePhase::RolledBack)
+    })
+    .await;
+    assert_eq!(
+        aws.service("web").await.task_definition(),
+        Some(good.as_str()),
+        "back on what the 1.0 run deployed"
+    );
+    assert_eq!(st.history[0].outcome, PipelinePhase::RolledBack);
+    let o = api.get("web").await.expect("pipeline");
+    assert_eq!(
+        condition(&o, "Ready").map(|c| c.1),
+        Some("RolledBack".into())
+    );
+    assert!(
+        t.event_reasons("web")
+            .await
+            .iter()
+            .any(|r| r == "RollbackStarted")
+    );
+    // The same revision does not run again by itself.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = api
+        .get("web")
+        .await
+        .expect("pipeline")
+        .status
+        .expect("status");
+    assert_eq!(st.run_number, 3);
+}
