@@ -13,6 +13,10 @@
 //!   would never trip on them) and is rolled back;
 //! - a deploy while the desired count changes keeps the new count, and a forced
 //!   redeploy of the same task definition in the middle counts as the same rollout;
+//! - a deploy while a real ServiceScaling scales the service (both controllers in one
+//!   manager) leaves the scaler's count;
+//! - `capstan.dev/rollback` puts the service back on the last good run's task
+//!   definition;
 //! - someone else's deployment in the middle fails the stage, and the rollback leaves
 //!   their task definition in place (`RollbackFailed`);
 //! - a service whose deployment controller is not ECS's is refused with the reason;
@@ -651,4 +655,91 @@ async fn a_service_is_rolled_back_by_hand_to_the_last_good_run() {
         .status
         .expect("status");
     assert_eq!(st.run_number, 3);
+}
+
+/// A deploy while a ServiceScaling scales the same service (both controllers in one
+/// manager, the service's CPU load played into CloudWatch): the deploy never sets the
+/// count, so the scaler's count stands after the rollout.
+#[tokio::test]
+async fn a_deploy_while_a_service_scaling_scales_keeps_the_count() {
+    let t = Setup::new().await;
+    let aws = Aws::new(&t).await;
+    let (kube, ns, api) = (t.kube, &t.ns, t.api.clone());
+    aws.create_service("shop", 2, 3.0).await;
+    aws.push("1.0", None).await;
+    let env = capstan_testenv::TestEnv::get().aws().await.expect("aws");
+    let cloudwatch = capstan_aws::cloudwatch::sdk::Client::new(&env.sdk_config().await);
+    // Load of 4 tasks' worth of CPU: 100 × 4 / running tasks, every 300 ms.
+    let feeder = {
+        let (ecs, cluster) = (aws.ecs.clone(), aws.cluster.clone());
+        tokio::spawn(async move {
+            loop {
+                let running = ecs
+                    .describe_services()
+                    .cluster(&cluster)
+                    .services("shop")
+                    .send()
+                    .await
+                    .ok()
+                    .and_then(|o| o.services().first().map(|s| s.running_count()))
+                    .unwrap_or(1)
+                    .max(1);
+                common::scaling::Fixture::put_cpu(
+                    &cloudwatch,
+                    &cluster,
+                    "shop",
+                    400.0 / f64::from(running),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let scaling: capstan_service_scaling::crd::ServiceScaling = serde_json::from_value(json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "ServiceScaling",
+        "metadata": { "name": "shop" },
+        "spec": {
+            "connectionRef": { "name": aws.connection },
+            "service": { "cluster": aws.cluster, "service": "shop" },
+            "minReplicas": 1, "maxReplicas": 6,
+            "metrics": [{ "cpuUtilization": { "targetPercent": 50 } }],
+            "evaluationInterval": "1s", "metricPeriodSeconds": 1, "metricLookbackSeconds": 3
+        }
+    }))
+    .expect("scaling");
+    ns.api::<capstan_service_scaling::crd::ServiceScaling>(t.client.clone())
+        .create(&kube::api::PostParams::default(), &scaling)
+        .await
+        .expect("create ServiceScaling");
+    common::rotation::create(
+        &api,
+        aws.pipeline(
+            "shop",
+            "1.0",
+            vec![aws.deploy_stage("deploy", "shop", &aws.image("1.0"))],
+        ),
+    )
+    .await;
+    let mut manager_args = args(ns.name()).to_vec();
+    manager_args.retain(|a| *a != "pipeline");
+    manager_args.push("pipeline,service-scaling");
+    let m = common::start(kube, "pipeline-with-scaling", &manager_args).await;
+    let st = status_until(&api, "shop", &m, "deployed while scaling", |s| {
+        s.phase == Some(PipelinePhase::Succeeded)
+    })
+    .await;
+    feeder.abort();
+    let svc = aws.service("shop").await;
+    assert_eq!(
+        svc.task_definition(),
+        st.stages[0].task_definition.as_deref()
+    );
+    assert!(
+        svc.desired_count() > 2,
+        "the scaler's count stands after the deploy: {}",
+        svc.desired_count()
+    );
+    let updates =
+        common::scaling::emulator_counts(&format!("ecs:UpdateService:{}/shop", aws.cluster)).await;
+    eprintln!("UpdateService calls on the service (scaler and deploy): {updates:?}");
 }
