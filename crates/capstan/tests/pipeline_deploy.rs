@@ -302,8 +302,19 @@ async fn failing_tasks_fail_the_rollout_at_max_failed_tasks() {
             Some(initial.as_str()),
             "{name}: back on the task definition it replaced"
         );
+        // The emulator stops the first task 1 s after the deployment starts, then one
+        // per second: ECS's breaker would need 3 (and never counts exits).
+        let secs = |a: Option<chrono::DateTime<chrono::Utc>>| {
+            a.zip(stage.started)
+                .map(|(a, s)| (a - s).num_milliseconds() as f64 / 1000.0)
+                .unwrap_or(f64::NAN)
+        };
+        let rb = stage.rollback.as_ref();
         eprintln!(
-            "{name}: failing rollout ({marker}, one task per 1 s) rolled back {:?} after it started",
+            "FIGURE {name} ({marker}): stage start -> failure detected {:.1} s, -> rollback started {:.1} s, -> rolled back {:.1} s (first failed task at 1 s, the breaker's 3rd at 3 s); test wall {:?}",
+            secs(stage.finished),
+            secs(rb.and_then(|r| r.started)),
+            secs(rb.and_then(|r| r.finished)),
             started.elapsed()
         );
     }
