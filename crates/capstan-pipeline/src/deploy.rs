@@ -1,6 +1,6 @@
 //! The AWS side of Deploy stages: the clients per ClusterConnection, what a followed
-//! deployment's state is ([`observe`]), pinning images by digest ([`pin_images`]), the
-//! deploy itself ([`deploy`]: find or register the tagged task definition, then
+//! deployment's state is ([`observe`]), pinning images by digest ([`pin_image`]), the
+//! deploy itself ([`register`]: find or register the tagged task definition; [`update`]:
 //! `UpdateService` unless the service already runs it) and the rollback
 //! ([`roll_back`]). The scheduler ([`crate::scheduler`]) decides; these act and report.
 //!
@@ -195,7 +195,7 @@ pub async fn pin_image(
     Ok(pinned)
 }
 
-/// What [`deploy`] did.
+/// What [`register`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deployed {
     /// The task definition the stage deploys.
