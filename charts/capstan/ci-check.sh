@@ -96,7 +96,8 @@ for f in "$tmp/defaults.yaml" "$tmp/all-options.yaml" "$tmp/single-replica.yaml"
   [ -f "$f" ] || continue
   if python3 - "$f" <<'PY'
 import sys, yaml
-cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 seen, errors = set(), []
 with open(sys.argv[1]) as fh:
     docs = [d for d in yaml.safe_load_all(fh) if d is not None]
