@@ -14,8 +14,9 @@
 //! controller that rotates 10,000 objects then goes quiet kept 20,000 Events (two per
 //! rotation) for as long as it stayed idle, which was a quarter of its memory. Capstan
 //! publishes on transitions, so a repeat is rare (each rotation's Events name the
-//! rotation) and series bring nothing: each Event is one create, and nothing stays
-//! behind.
+//! rotation) and series bring nothing: each Event is one create. The one thing kept is
+//! a bounded memory of the Warnings of the last minute (at most 1,024), so that two
+//! reconciles racing their own status write do not publish the same Warning twice.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
@@ -35,7 +36,19 @@ pub struct Publisher {
     client: Client,
     controller: String,
     instance: String,
+    /// Warnings published lately: (object, reason, note) → when. Two reconciles that
+    /// both read the object before the first one's status write reached the cache would
+    /// each see `Ready` turn False; the second Warning is the same one, and is dropped.
+    recent: std::sync::Arc<std::sync::Mutex<RecentWarnings>>,
 }
+
+/// Warnings published lately: (object, reason, note) → when.
+type RecentWarnings = std::collections::HashMap<(String, String, String), std::time::Instant>;
+
+/// How long an identical Warning about the same object is not published again.
+pub const WARNING_REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// The most recent Warnings remembered (older ones are forgotten first).
+const RECENT_WARNINGS: usize = 1024;
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +68,29 @@ impl Publisher {
             client,
             controller: controller.to_owned(),
             instance: instance.to_owned(),
+            recent: Default::default(),
         }
+    }
+
+    /// Whether the same Warning about the same object was published within
+    /// [`WARNING_REPEAT_WINDOW`]; remembers it otherwise.
+    fn repeated(&self, key: (String, String, String)) -> bool {
+        let now = std::time::Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|_, at| now.duration_since(*at) < WARNING_REPEAT_WINDOW);
+        if recent.contains_key(&key) {
+            return true;
+        }
+        if recent.len() >= RECENT_WARNINGS
+            && let Some(oldest) = recent
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+        {
+            recent.remove(&oldest);
+        }
+        recent.insert(key, now);
+        false
     }
 
     /// Publishes an Event about `obj`. `note` is for humans and must hold no secret
@@ -70,14 +105,32 @@ impl Publisher {
     ) where
         K: Resource<DynamicType = ()>,
     {
+        let note = note.into();
+        let regarding = obj.object_ref(&());
+        if matches!(type_, EventType::Warning) {
+            let object = format!(
+                "{}/{}/{}",
+                regarding.kind.as_deref().unwrap_or_default(),
+                regarding.namespace.as_deref().unwrap_or_default(),
+                regarding
+                    .uid
+                    .as_deref()
+                    .or(regarding.name.as_deref())
+                    .unwrap_or_default()
+            );
+            if self.repeated((object, reason.to_owned(), note.clone())) {
+                tracing::debug!(reason, "the same Warning was published lately; not again");
+                return;
+            }
+        }
         let ev = event(
             &self.controller,
             &self.instance,
-            obj.object_ref(&()),
+            regarding,
             type_,
             reason,
             action,
-            note.into(),
+            note,
             Timestamp::now(),
         );
         let ns = ev.metadata.namespace.as_deref().unwrap_or("default");
