@@ -16,6 +16,26 @@ use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Starts a manager that aborts at failpoint `point` (as a crash would) and waits until
+/// it has; returns it (its logs, and its audit check when dropped).
+async fn crash_at(
+    kube: &'static capstan_testenv::Kube,
+    identity: &str,
+    ns: &str,
+    point: &str,
+) -> common::Manager {
+    let fp = format!("{point}=return");
+    let mut crashing =
+        common::start_with_env(kube, identity, &args(ns), &[("FAILPOINTS", fp.as_str())]).await;
+    let status = tokio::time::timeout(TIMEOUT, crashing.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("not crashed at {point}:\n{}", crashing.all_logs()))
+        .expect("wait");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(6), "aborted (SIGABRT) at {point}");
+    crashing
+}
+
 #[tokio::test]
 async fn a_crash_after_any_side_effect_resumes_without_repeating_it() {
     let t = Setup::new().await;
@@ -41,20 +61,7 @@ async fn a_crash_after_any_side_effect_resumes_without_repeating_it() {
             ),
         )
         .await;
-        let fp = format!("{point}=return");
-        let mut crashing = common::start_with_env(
-            kube,
-            &format!("pl-crash-{i}"),
-            &args(ns.name()),
-            &[("FAILPOINTS", fp.as_str())],
-        )
-        .await;
-        let status = tokio::time::timeout(TIMEOUT, crashing.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("not crashed at {point}:\n{}", crashing.all_logs()))
-            .expect("wait");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(6), "aborted (SIGABRT) at {point}");
+        let crashing = crash_at(kube, &format!("pl-crash-{i}"), ns.name(), point).await;
         let m = common::start(kube, &format!("pl-resume-{i}"), &args(ns.name())).await;
         let st = status_until(&api, &name, &m, &format!("no resume after {point}"), |s| {
             s.phase == Some(PipelinePhase::Succeeded)
@@ -114,20 +121,7 @@ async fn a_crash_during_a_deploy_or_rollback_repeats_no_side_effect() {
             ));
         }
         common::rotation::create(&api, aws.pipeline(&name, "1.0", stages)).await;
-        let fp = format!("{point}=return");
-        let mut crashing = common::start_with_env(
-            kube,
-            &format!("pl-deploy-crash-{i}"),
-            &args(ns.name()),
-            &[("FAILPOINTS", fp.as_str())],
-        )
-        .await;
-        let status = tokio::time::timeout(TIMEOUT, crashing.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("not crashed at {point}:\n{}", crashing.all_logs()))
-            .expect("wait");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(6), "aborted (SIGABRT) at {point}");
+        let crashing = crash_at(kube, &format!("pl-deploy-crash-{i}"), ns.name(), point).await;
         let m = common::start(kube, &format!("pl-deploy-resume-{i}"), &args(ns.name())).await;
         let want = if *rollback {
             PipelinePhase::RolledBack
