@@ -90,6 +90,23 @@ async fn phase_of(api: &Api<Approval>, name: &str) -> Option<ApprovalPhase> {
     }
 }
 
+/// Creates [`approved_pipeline`] `name` and waits until its run waits at the Approval
+/// stage; returns the run id.
+async fn start_and_await_approval(
+    api: &Api<capstan_pipeline::crd::Pipeline>,
+    name: &str,
+    m: &common::Manager,
+) -> String {
+    common::rotation::create(api, approved_pipeline(name)).await;
+    let st = status_until(api, name, m, "waiting for approval", |s| {
+        s.stages
+            .iter()
+            .any(|x| x.name == "approve" && x.phase == StagePhase::Running)
+    })
+    .await;
+    st.run_id.expect("run")
+}
+
 fn refusal(r: Result<Approval, kube::Error>) -> String {
     match r {
         Err(kube::Error::Api(e)) => {
@@ -133,14 +150,7 @@ async fn approvals_are_verified_at_admission_and_honoured_only_under_the_policy(
     // The admission policy takes effect a moment after it is created.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    common::rotation::create(&api, approved_pipeline("shop")).await;
-    let st = status_until(&api, "shop", &m, "waiting for approval", |s| {
-        s.stages
-            .iter()
-            .any(|x| x.name == "approve" && x.phase == StagePhase::Running)
-    })
-    .await;
-    let run = st.run_id.clone().expect("run");
+    let run = start_and_await_approval(&api, "shop", &m).await;
     let o = api.get("shop").await.expect("pipeline");
     assert_eq!(
         condition(&o, "AwaitingApproval").map(|c| (c.0, c.1)),
@@ -260,14 +270,7 @@ async fn approvals_are_verified_at_admission_and_honoured_only_under_the_policy(
     assert!(why.contains("cannot change"), "{why}");
 
     // A rejection fails the stage; the next stage never runs.
-    common::rotation::create(&api, approved_pipeline("rejected")).await;
-    let st = status_until(&api, "rejected", &m, "waiting", |s| {
-        s.stages
-            .iter()
-            .any(|x| x.name == "approve" && x.phase == StagePhase::Running)
-    })
-    .await;
-    let run = st.run_id.clone().expect("run");
+    let run = start_and_await_approval(&api, "rejected", &m).await;
     alice
         .create(
             &PostParams::default(),
@@ -298,14 +301,7 @@ async fn approvals_are_verified_at_admission_and_honoured_only_under_the_policy(
         .delete(&format!("{fullname}-approvals"), &DeleteParams::default())
         .await
         .expect("delete binding");
-    common::rotation::create(&api, approved_pipeline("unguarded")).await;
-    let st = status_until(&api, "unguarded", &m, "waiting", |s| {
-        s.stages
-            .iter()
-            .any(|x| x.name == "approve" && x.phase == StagePhase::Running)
-    })
-    .await;
-    let run = st.run_id.clone().expect("run");
+    let run = start_and_await_approval(&api, "unguarded", &m).await;
     // The API server may enforce the deleted binding for a moment longer.
     tokio::time::sleep(Duration::from_secs(2)).await;
     alice

@@ -20,9 +20,6 @@ pub(super) async fn process_approvals(ctx: &Ctx, w: &mut Writer) -> Result<(), E
     let ns = w.obj.namespace().unwrap_or_default();
     let name = w.obj.name_any();
     let api: Api<Approval> = Api::namespaced(ctx.rt.client.clone(), &ns);
-    let since =
-        approval::policy_since(&ctx.rt.client, ctx.settings.approval_policy.as_deref()).await?;
-    w.approval_problem = since.clone().err();
     let mut pending: Vec<Approval> = api
         .list(&kube::api::ListParams::default())
         .await?
@@ -30,6 +27,22 @@ pub(super) async fn process_approvals(ctx: &Ctx, w: &mut Writer) -> Result<(), E
         .into_iter()
         .filter(|a| a.spec.pipeline == name && a.status.as_ref().and_then(|s| s.phase).is_none())
         .collect();
+    // The policy is read (two GETs) only when an Approval waits for a verdict or the
+    // run has an Approval stage still ahead or waiting, not on every deploy poll.
+    let st = w.status();
+    let approval_ahead = scheduler::run_active(&st)
+        && st.stages.iter().any(|s| {
+            matches!(s.phase, StagePhase::Pending | StagePhase::Running)
+                && spec.stages.iter().any(|x| {
+                    x.name == s.name && matches!(x.action(), Some(StageAction::Approval(_)))
+                })
+        });
+    if pending.is_empty() && !approval_ahead {
+        return Ok(());
+    }
+    let since =
+        approval::policy_since(&ctx.rt.client, ctx.settings.approval_policy.as_deref()).await?;
+    w.approval_problem = since.clone().err();
     if pending.is_empty() {
         return Ok(());
     }
@@ -40,7 +53,7 @@ pub(super) async fn process_approvals(ctx: &Ctx, w: &mut Writer) -> Result<(), E
             .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
     };
     pending.sort_by_key(|a| (created(a), a.name_any()));
-    let mut st = w.status();
+    let mut st = st;
     let waiting = scheduler::waiting_for_approval(&spec, &st).map(|(i, n)| (i, n.to_owned()));
     let rules = waiting.as_ref().and_then(|(_, n)| {
         spec.stages
