@@ -172,3 +172,7 @@ is set. Each rule says why it exists.
 {{- define "capstan.approvalPolicyName" -}}
 {{- default (printf "%s-approvals" (include "capstan.fullname" .)) .Values.approvals.policy.name }}
 {{- end }}
+
+{{- define "capstan.pipelinePolicyName" -}}
+{{- printf "%s-pipelines" (include "capstan.fullname" .) }}
+{{- end }}

@@ -129,6 +129,22 @@ pub const HISTORY_LIMIT: usize = 10;
 
 pub(crate) const RULE_UNIQUE_STAGE_NAMES: &str =
     "self.all(s, self.exists_one(t, t.name == s.name))";
+/// Every `dependsOn` entry names a stage listed before its stage. Unknown names fail,
+/// and so does every cycle: a cycle needs an edge to a later stage. (Two-variable
+/// comprehensions give the positions; kube-apiserver has them since 1.33.)
+pub(crate) const RULE_DEPENDS_ON_EARLIER: &str = "self.all(i, s, !has(s.dependsOn) || s.dependsOn.all(d, self.exists(j, t, j < i && t.name == d)))";
+
+/// The first offending stage and entry, with its path. The API server's cost estimate
+/// refuses a message of unbounded size (`string(i)`, `join`), so the index comes from a
+/// list of literals and only the first offender is named.
+pub(crate) fn message_depends_on_earlier() -> String {
+    let indexes: Vec<String> = (0..MAX_STAGES).map(|i| format!("'{i}'")).collect();
+    format!(
+        "self.transformList(i, s, has(s.dependsOn) && s.dependsOn.exists(d, !self.exists(j, t, j < i && t.name == d)), 'spec.stages[' + [{}][i] + '].dependsOn: ' + s.dependsOn.filter(d, !self.exists(j, t, j < i && t.name == d))[0] + ' is not a stage listed before ' + s.name + ' (dependsOn may name only earlier stages, so no cycle can form)')[0]",
+        indexes.join(",")
+    )
+}
+
 pub(crate) const RULE_DEPLOY_NEEDS_CONNECTION: &str = "has(self.connectionRef) || !self.stages.exists(s, s.type == 'Deploy' && (!has(s.deploy) || !has(s.deploy.connectionRef)))";
 
 pub(crate) const RULE_STAGE_SHAPE: &str = "self.type == 'Deploy' ? (has(self.deploy) && !has(self.job) && !has(self.approval) && !has(self.http)) : self.type == 'Approval' ? (has(self.approval) && !has(self.job) && !has(self.deploy) && !has(self.http)) : self.type == 'SmokeTest' ? ((has(self.job) || has(self.http)) && !has(self.deploy) && !has(self.approval)) : (has(self.job) && !has(self.deploy) && !has(self.approval) && !has(self.http))";
@@ -221,6 +237,7 @@ pub struct PipelineSpec {
     // No `reason`: with FieldValueDuplicate the API server prints a bare "Duplicate
     // value" and drops the message.
     #[x_kube(validation = Rule::new(RULE_UNIQUE_STAGE_NAMES).message("stage names must be unique"))]
+    #[x_kube(validation = Rule::new(RULE_DEPENDS_ON_EARLIER).message(Message::Expression(message_depends_on_earlier())))]
     pub stages: Vec<Stage>,
 
     /// Stops starting stages. A stage already running finishes (a Job is not killed, a
@@ -276,13 +293,13 @@ pub struct Stage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 8))]
     pub http: Option<Vec<HttpCheck>>,
-    /// The stages that must succeed before this one starts, each listed before it
-    /// (checked by the controller: an unknown or later name is `InvalidSpec` with its
-    /// field path; CEL would need list positions). Unset: the stage before it in the
-    /// list (stages run in list order). `[]`: none, it starts with the run. Stages whose
-    /// dependencies are met run side by side.
+    /// The stages that must succeed before this one starts, each listed before it (an
+    /// unknown or later name, and so any cycle, is refused at admission). Unset: the
+    /// stage before it in the list (stages run in list order). `[]`: none, it starts
+    /// with the run. Stages whose dependencies are met run side by side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 40)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub depends_on: Option<Vec<String>>,
 }
 

@@ -1,8 +1,8 @@
 //! Validation of a [`PipelineSpec`] beyond the CRD schema and its CEL rules: templates
 //! (and that every `{{ stages.<name>.results.<key> }}` names a result an earlier Job
 //! stage declares), timeouts and check intervals, two Deploy stages on one service. The
-//! admission rules (unique names, stage shape, connection for Deploy) are
-//! checked again so the controller never acts on a spec an older CRD let through. The
+//! admission rules (unique names, stage shape, connection for Deploy, `dependsOn` on
+//! earlier stages, and the chart's policy on result references) are checked again so the controller never acts on a spec an older CRD let through. The
 //! controller reports failures as Ready=False/InvalidSpec and waits for a change.
 
 use std::collections::{BTreeMap, BTreeSet};

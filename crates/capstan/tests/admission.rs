@@ -321,3 +321,161 @@ async fn tenant_durations_below_one_second_are_refused_with_the_field_path() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Creates `obj` as a server-side dry run: admission runs (the CRD's rules and the
+/// admission policies), nothing is stored.
+async fn dry_run_pipeline(client: &Client, ns: &str, obj: &Value) -> Result<(), String> {
+    let ar = ApiResource::erase::<Pipeline>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let mut obj = obj.clone();
+    obj["apiVersion"] = json!("capstan.dev/v1alpha1");
+    obj["kind"] = json!("Pipeline");
+    let dynamic: DynamicObject = serde_json::from_value(obj).expect("object");
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match api.create(&params, &dynamic).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 422 => Err(s.message),
+        Err(e) => panic!("unexpected error (not a validation refusal): {e}"),
+    }
+}
+
+/// A build that declares `imageDigest`, a test after it, a deploy and an HTTP check.
+fn referencing_pipeline() -> Value {
+    json!({
+        "metadata": { "name": "refs" },
+        "spec": {
+            "revision": "abc123",
+            "connectionRef": { "name": "aws-shop" },
+            "stages": [
+                { "name": "build", "type": "Build", "job": {
+                    "image": "kaniko:1", "args": ["--tag={{ revision }}"], "results": ["imageDigest", "imageRef"] } },
+                { "name": "scan", "type": "Test", "job": {
+                    "image": "scanner:1",
+                    "args": ["{{stages.build.results.imageRef}}@{{ stages.build.results.imageDigest }}"],
+                    "env": [ { "name": "DIGEST", "value": "{{ stages.build.results.imageDigest }}" } ] } },
+                { "name": "staging", "type": "Deploy", "deploy": {
+                    "cluster": "staging", "service": "shop",
+                    "containers": [ { "name": "app", "image": "shop@{{ stages.build.results.imageDigest }}" } ] } },
+                { "name": "smoke", "type": "SmokeTest", "http": [ {
+                    "url": "https://staging.shop.example/version",
+                    "headers": [ { "name": "X-Digest", "value": "{{ stages.build.results.imageDigest }}" } ] } ] }
+            ]
+        }
+    })
+}
+
+/// `dependsOn` that names an unknown or later stage (any cycle does) is refused by the
+/// CRD; a result reference that no Job stage listed before declares is refused by the
+/// chart's admission policy. Both name the stage's path and the offending entries.
+#[tokio::test]
+async fn pipeline_dependencies_and_result_references_are_checked_at_admission() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let client = kube.client().await;
+    // The chart's objects, its admission policies among them.
+    kube.install_capstan(&capstan_testenv::InstallOptions {
+        namespace: ns.name().to_owned(),
+        controllers: vec!["pipeline".into()],
+        leader_elect: true,
+        ..Default::default()
+    })
+    .await
+    .expect("install");
+
+    let mut undeclared = referencing_pipeline();
+    undeclared["spec"]["stages"][1]["job"]["args"][0] = json!("{{ stages.build.results.digest }}");
+    // A policy takes effect a moment after it is created.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let msg = loop {
+        match dry_run_pipeline(&client, ns.name(), &undeclared).await {
+            Err(msg) => break msg,
+            Ok(()) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Ok(()) => panic!("a reference to an undeclared result was accepted"),
+        }
+    };
+    assert!(
+        msg.contains("spec.stages[1] (scan): {{ stages.build.results.digest }}")
+            && msg.contains("declares (job.results)"),
+        "{msg}"
+    );
+    dry_run_pipeline(&client, ns.name(), &referencing_pipeline())
+        .await
+        .expect("references to declared results are accepted");
+
+    type Case = (&'static str, fn(&mut Value), &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "a result of a later stage",
+            |v| v["spec"]["stages"][0]["job"]["args"][0] = json!("{{ stages.scan.results.x }}"),
+            "spec.stages[0] (build): {{ stages.scan.results.x }}",
+        ),
+        (
+            "an unknown stage in a deploy image",
+            |v| {
+                v["spec"]["stages"][2]["deploy"]["containers"][0]["image"] =
+                    json!("shop@{{ stages.bild.results.imageDigest }}")
+            },
+            "spec.stages[2] (staging): {{ stages.bild.results.imageDigest }}",
+        ),
+        (
+            "an undeclared key in an HTTP check header",
+            |v| {
+                v["spec"]["stages"][3]["http"][0]["headers"][0]["value"] =
+                    json!("{{ stages.build.results.tag }}")
+            },
+            "spec.stages[3] (smoke): {{ stages.build.results.tag }}",
+        ),
+        (
+            "an undeclared key in an environment value",
+            |v| {
+                v["spec"]["stages"][1]["job"]["env"][0]["value"] =
+                    json!("{{  stages.build.results.sha  }}")
+            },
+            "spec.stages[1] (scan): {{  stages.build.results.sha  }}",
+        ),
+        (
+            "dependsOn an unknown stage",
+            |v| v["spec"]["stages"][2]["dependsOn"] = json!(["build", "lint"]),
+            "spec.stages[2].dependsOn: lint is not a stage listed before staging",
+        ),
+        (
+            "dependsOn a later stage",
+            |v| v["spec"]["stages"][1]["dependsOn"] = json!(["smoke"]),
+            "spec.stages[1].dependsOn: smoke is not a stage listed before scan",
+        ),
+        (
+            "dependsOn one stage twice",
+            |v| v["spec"]["stages"][2]["dependsOn"] = json!(["build", "build"]),
+            "spec.stages[2].dependsOn[1]: Duplicate value",
+        ),
+        (
+            "a cycle",
+            |v| {
+                v["spec"]["stages"][0]["dependsOn"] = json!(["scan"]);
+                v["spec"]["stages"][1]["dependsOn"] = json!(["build"]);
+            },
+            "spec.stages[0].dependsOn: scan is not a stage listed before build",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, break_it, want) in cases {
+        let mut v = referencing_pipeline();
+        break_it(&mut v);
+        match dry_run_pipeline(&client, ns.name(), &v).await {
+            Ok(()) => failures.push(format!("{name}: accepted")),
+            Err(msg) if msg.contains(want) => {}
+            Err(msg) => failures.push(format!("{name}: want {want:?} in {msg}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let mut v = referencing_pipeline();
+    v["spec"]["stages"][3]["dependsOn"] = json!(["build", "staging"]);
+    dry_run_pipeline(&client, ns.name(), &v)
+        .await
+        .expect("dependsOn earlier stages is accepted");
+}

@@ -360,7 +360,9 @@ fn the_charts_policy_holds_the_rules_capstan_checks() {
     .expect("helm template");
     let policy = docs
         .iter()
-        .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .find(|d| {
+            d["kind"] == "ValidatingAdmissionPolicy" && d["metadata"]["name"] == "capstan-approvals"
+        })
         .expect("the chart ships the policy");
     let rendered: Vec<(String, String)> = policy["spec"]["validations"]
         .as_array()
