@@ -80,6 +80,29 @@ impl Aws {
             .await
     }
 
+    /// [`Aws::sdk_config`] with the credentials of role `capstan-test` in `account`,
+    /// assumed through STS: moto serves requests signed with them from that account's
+    /// backends (its multi-account model), as a ClusterConnection's `roleArn` does.
+    pub async fn sdk_config_in_account(&self, account: &str) -> SdkConfig {
+        let base = self.sdk_config().await;
+        let provider = aws_config::sts::AssumeRoleProvider::builder(Self::role_in(account))
+            .session_name("capstan-testenv")
+            .region(Region::new(TEST_REGION))
+            .configure(&base)
+            .build()
+            .await;
+        base.into_builder()
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+            )
+            .build()
+    }
+
+    /// The role [`Aws::sdk_config_in_account`] assumes in `account`.
+    pub fn role_in(account: &str) -> String {
+        format!("arn:aws:iam::{account}:role/capstan-test")
+    }
+
     /// Resets every moto backend (all AWS state). Every test of the binary shares the
     /// server: use only when no other test can be using it.
     pub async fn reset(&self) -> Result<()> {

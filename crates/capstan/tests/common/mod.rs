@@ -367,19 +367,38 @@ pub async fn aws_connection(
     name: &str,
     allowed: &[&str],
 ) {
+    aws_connection_in(client, aws, own, name, allowed, None).await;
+}
+
+/// [`aws_connection`], landing in `account` (through its `roleArn` and checked by its
+/// `accountId`) when one is given.
+#[allow(dead_code)]
+pub async fn aws_connection_in(
+    client: &kube::Client,
+    aws: &capstan_testenv::Aws,
+    own: &str,
+    name: &str,
+    allowed: &[&str],
+    account: Option<&str>,
+) {
     aws_creds_secret(client, own).await;
+    let mut spec = serde_json::json!({
+        "allowedNamespaces": { "names": allowed },
+        "aws": {
+            "region": aws.region(),
+            "endpointUrl": aws.endpoint_url(),
+            "credentialsSecretRef": { "name": "aws-creds" }
+        }
+    });
+    if let Some(account) = account {
+        spec["aws"]["roleArn"] = serde_json::json!(capstan_testenv::Aws::role_in(account));
+        spec["aws"]["accountId"] = serde_json::json!(account);
+    }
     let conn: capstan_core::connection::ClusterConnection =
         serde_json::from_value(serde_json::json!({
             "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
             "metadata": { "name": name },
-            "spec": {
-                "allowedNamespaces": { "names": allowed },
-                "aws": {
-                    "region": aws.region(),
-                    "endpointUrl": aws.endpoint_url(),
-                    "credentialsSecretRef": { "name": "aws-creds" }
-                }
-            }
+            "spec": spec
         }))
         .expect("connection");
     kube::Api::<capstan_core::connection::ClusterConnection>::all(client.clone())

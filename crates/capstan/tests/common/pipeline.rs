@@ -220,11 +220,23 @@ pub const BREAKER_TAG: &str = "capstan.dev/moto-circuit-breaker";
 
 impl Aws {
     pub async fn new(t: &Setup) -> Self {
+        Self::in_account(t, None).await
+    }
+
+    /// The emulator's `account` (moto's default without one), reached through a
+    /// connection of its own that assumes a role there, as a production account is.
+    pub async fn in_account(t: &Setup, account: Option<&str>) -> Self {
         let aws = TestEnv::get().aws().await.expect("aws");
         let ns = t.ns.name();
-        let connection = format!("aws-{ns}");
-        super::aws_connection(&t.client, aws, ns, &connection, &[ns]).await;
-        let config = aws.sdk_config().await;
+        let connection = match account {
+            None => format!("aws-{ns}"),
+            Some(a) => format!("aws-{ns}-{a}"),
+        };
+        super::aws_connection_in(&t.client, aws, ns, &connection, &[ns], account).await;
+        let config = match account {
+            None => aws.sdk_config().await,
+            Some(a) => aws.sdk_config_in_account(a).await,
+        };
         let ecs = capstan_aws::ecs::sdk::Client::new(&config);
         let ecr = aws_sdk_ecr::Client::new(&config);
         ecs.create_cluster()
@@ -261,6 +273,12 @@ impl Aws {
     /// emulator's failure marker (`exit-1`, `unhealthy`). Returns its digest.
     pub async fn push(&self, tag: &str, behaviour: Option<&str>) -> String {
         let layer = format!("sha256:{:064x}", rand_u128());
+        self.push_layer(tag, &layer, behaviour).await
+    }
+
+    /// [`Aws::push`] of an image with one given layer: the same layer in two registries
+    /// is the same image, with the same digest (the emulator's digest is of the layers).
+    pub async fn push_layer(&self, tag: &str, layer: &str, behaviour: Option<&str>) -> String {
         let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -426,7 +444,7 @@ impl Aws {
     }
 }
 
-fn rand_u128() -> u128 {
+pub fn rand_u128() -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
