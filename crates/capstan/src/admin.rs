@@ -20,22 +20,64 @@ struct AdminState {
     readiness: Readiness,
 }
 
-/// Binds the admin server (so that a port clash fails start-up) and returns the task
-/// serving it until `shutdown`.
+/// Where the admin server listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// `/metrics` (and the probes, when `health` is `None`).
+    pub metrics: SocketAddr,
+    /// `/healthz` and `/readyz` on an address of their own.
+    pub health: Option<SocketAddr>,
+}
+
+/// Binds the admin server (so that a port clash fails start-up): `/metrics` on
+/// `metrics_addr`, the probes there too or on `health_addr`. Returns the addresses and
+/// the task serving them until `shutdown`.
 pub async fn serve(
-    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
     readiness: Readiness,
     shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
+) -> anyhow::Result<(Bound, tokio::task::JoinHandle<()>)> {
+    let state = AdminState {
+        registry,
+        readiness,
+    };
+    let probes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(AdminState {
-            registry,
-            readiness,
-        });
+        .route("/readyz", get(readyz));
+    let metrics_app = Router::new().route("/metrics", get(metrics));
+    let (metrics_app, health_app) = match health_addr {
+        None => (metrics_app.merge(probes), None),
+        Some(_) => (metrics_app, Some(probes)),
+    };
+    let (metrics, metrics_task) = listen(
+        metrics_addr,
+        metrics_app.with_state(state.clone()),
+        shutdown.clone(),
+    )
+    .await?;
+    let (health, health_task) = match (health_addr, health_app) {
+        (Some(addr), Some(app)) => {
+            let (bound, task) = listen(addr, app.with_state(state), shutdown).await?;
+            (Some(bound), Some(task))
+        }
+        _ => (None, None),
+    };
+    let task = tokio::spawn(async move {
+        let _ = metrics_task.await;
+        if let Some(t) = health_task {
+            let _ = t.await;
+        }
+    });
+    Ok((Bound { metrics, health }, task))
+}
+
+async fn listen(
+    addr: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the admin server to {addr}: {e}"))?;

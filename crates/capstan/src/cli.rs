@@ -106,9 +106,24 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
-    /// Address of the admin HTTP server (/metrics, /healthz, /readyz).
-    #[arg(long, env = "CAPSTAN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address of the admin HTTP server: /metrics, and /healthz and /readyz unless
+    /// `--health-addr` moves them. `HOST:PORT`, or `:PORT` for every interface.
+    #[arg(long, env = "CAPSTAN_METRICS_ADDR", default_value = ":8080", value_parser = parse_listen_addr)]
     pub metrics_addr: SocketAddr,
+
+    /// A separate address for the probes (/healthz, /readyz), e.g. to keep them off
+    /// the port Prometheus scrapes. Unset: the metrics address serves them too.
+    #[arg(long, env = "CAPSTAN_HEALTH_ADDR", value_parser = parse_listen_addr)]
+    pub health_addr: Option<SocketAddr>,
+
+    /// The kubeconfig file to use, as kubectl's `--kubeconfig`. Unset: in a Pod, its
+    /// service account; elsewhere `KUBECONFIG` or `~/.kube/config`.
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
+    /// The kubeconfig context to use, as kubectl's `--context`. Unset: the current one.
+    #[arg(long, env = "CAPSTAN_CONTEXT")]
+    pub context: Option<String>,
 
     /// Log format; JSON by default when stderr is not a terminal.
     #[arg(long, env = "CAPSTAN_LOG_FORMAT")]
@@ -118,8 +133,8 @@ pub struct RunArgs {
     #[arg(long, env = "CAPSTAN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Most reconciles one controller runs at once.
-    #[arg(long, env = "CAPSTAN_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Most reconciles one controller runs at once (the chart's `concurrency`, also 4).
+    #[arg(long, env = "CAPSTAN_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// How long to wait for the CRDs to be Established before giving up, in seconds.
@@ -181,4 +196,70 @@ pub struct RunArgs {
     /// autoscaling. Defaults stay under AWS's published rates (see the README).
     #[arg(long, env = "CAPSTAN_AWS_BUDGET", value_delimiter = ',')]
     pub aws_budget: Vec<String>,
+}
+
+/// A listen address: `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every interface (as Go
+/// programs such as kube-state-metrics and the Prometheus operator accept).
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_owned(),
+    };
+    full.parse()
+        .map_err(|_| format!("{text:?} is not an address: use HOST:PORT, [IPv6]:PORT or :PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_take_the_go_forms() {
+        assert_eq!(
+            parse_listen_addr(":8080"),
+            Ok("0.0.0.0:8080".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:0"),
+            Ok("127.0.0.1:0".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_listen_addr("[::]:9090"),
+            Ok("[::]:9090".parse().expect("addr"))
+        );
+        for bad in ["8080", "localhost:8080", ":", ":http", ""] {
+            assert!(parse_listen_addr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn run_takes_kubectl_flags_and_separate_probe_and_metrics_addresses() {
+        let cli = Cli::try_parse_from([
+            "capstan",
+            "run",
+            "--kubeconfig",
+            "/tmp/kc",
+            "--context",
+            "staging",
+            "--metrics-addr",
+            ":9090",
+            "--health-addr",
+            "127.0.0.1:8081",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("run");
+        };
+        assert_eq!(
+            args.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/tmp/kc"))
+        );
+        assert_eq!(args.context.as_deref(), Some("staging"));
+        assert_eq!(args.metrics_addr, "0.0.0.0:9090".parse().expect("addr"));
+        assert_eq!(
+            args.health_addr,
+            Some("127.0.0.1:8081".parse().expect("addr"))
+        );
+        assert_eq!(args.concurrency, 4);
+    }
 }

@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use capstan_core::runtime::Readiness;
+use capstan_core::runtime::ReadyFlag;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -25,11 +25,40 @@ pub struct Params {
     pub grace: u64,
 }
 
+/// `capstan_leader`: 1 while this replica leads (or runs without leader election), 0
+/// otherwise. Alerts join per-object series on it.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl LeaderGauge {
+    /// Registers the gauge, at 0.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let gauge = Self::default();
+        registry.register(
+            "leader",
+            "Whether this replica leads (1) and runs the controllers",
+            gauge.0.clone(),
+        );
+        gauge
+    }
+
+    /// Sets it.
+    pub fn set(&self, leading: bool) {
+        self.0.set(i64::from(leading));
+    }
+
+    /// Its value.
+    pub fn get(&self) -> bool {
+        self.0.get() == 1
+    }
+}
+
 /// Takes part in the election until `shutdown`, running `lead` while leading.
 pub async fn run<F, Fut>(
     client: Client,
     params: Params,
-    readiness: Readiness,
+    known: ReadyFlag,
+    gauge: LeaderGauge,
     shutdown: CancellationToken,
     lead: F,
 ) -> anyhow::Result<()>
@@ -37,7 +66,6 @@ where
     F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let known = readiness.register("leadership");
     let manager = LeaseManagerBuilder::new(client.clone(), &params.lease_name)
         .with_namespace(&params.namespace)
         .with_identity(&params.identity)
@@ -60,7 +88,7 @@ where
                 tracing::info!(lease = %params.lease_name, "standby: another instance leads");
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return release(leading, task).await,
+                _ = shutdown.cancelled() => return release(leading, task, false).await,
                 changed = leading.changed() => if changed.is_err() {
                     anyhow::bail!("leader election stopped unexpectedly");
                 },
@@ -69,6 +97,7 @@ where
         }
         known.set(true);
         standby_reported = false;
+        gauge.set(true);
         tracing::info!(lease = %params.lease_name, identity = %params.identity, "became leader");
         let token = shutdown.child_token();
         let lost = {
@@ -89,11 +118,12 @@ where
                 },
             }
         };
+        gauge.set(false);
         if lost && !shutdown.is_cancelled() {
             tracing::warn!(lease = %params.lease_name, "lost leadership; controllers stopped");
             continue;
         }
-        return release(leading, task).await;
+        return release(leading, task, !lost).await;
     }
 }
 
@@ -108,16 +138,20 @@ async fn held_by_other(leases: &Api<Lease>, params: &Params) -> bool {
         .is_some_and(|h| !h.is_empty() && h != params.identity)
 }
 
-/// Gives the lease up so that a successor need not wait for it to expire.
+/// Gives the lease up, if held, so that a successor need not wait for it to expire;
+/// `held` says whether this replica led when it stopped (a standby has nothing to
+/// release, and says nothing of it).
 async fn release(
     leading: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::JoinHandle<
         Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
     >,
+    held: bool,
 ) -> anyhow::Result<()> {
     drop(leading);
     match task.await {
-        Ok(Ok(_)) => tracing::info!("lease released"),
+        Ok(Ok(_)) if held => tracing::info!("lease released"),
+        Ok(Ok(_)) => tracing::debug!("left the election"),
         Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease"),
         Err(e) => tracing::warn!(error = %e, "lease task ended abnormally"),
     }

@@ -7,7 +7,9 @@ pub mod admin;
 pub mod cli;
 pub mod connections;
 pub mod crds;
+pub mod kube_metrics;
 pub mod leader;
+pub mod process_metrics;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        commit = GIT_COMMIT,
         identity = %identity,
         namespaces = ?namespaces,
         controllers = ?args.controllers,
@@ -39,9 +42,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "starting"
     );
 
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("building the Kubernetes client: {e}"))?;
+    // Every metric is registered before the registry is shared with the admin server.
+    // The root holds the standard `process_*` series; Capstan's own are `capstan_*`.
+    let mut root = prometheus_client::registry::Registry::default();
+    root.register_collector(Box::new(process_metrics::ProcessCollector));
+    let registry = root.sub_registry_with_prefix("capstan");
+    register_build_info(registry);
+    let kube_metrics = kube_metrics::KubeRequestMetrics::register(registry);
+    let config = kube_config(&args).await?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| anyhow::anyhow!("building the Kubernetes client: {e}"))?
+        .with_layer(&kube_metrics.layer())
+        .build();
     crds::wait_established(
         &client,
         &crds::needed(&args.controllers),
@@ -53,12 +65,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     spawn_signal_handler(shutdown.clone())?;
 
     let readiness = Readiness::default();
-    // Every metric is registered before the registry is shared with the admin server.
-    let mut registry = capstan_core::metrics::new_registry();
+    // Registered before the admin server starts, so that /readyz is never answered
+    // before leadership is known.
+    let leadership_known = readiness.register("leadership");
     let rates = capstan_aws::budget::rates_with(&args.aws_budget)
         .map_err(|e| anyhow::anyhow!("--aws-budget: {e}"))?;
     tracing::info!(budgets = ?rates, "AWS request budgets (requests per second per account and region)");
-    let budgets = Budgets::new(rates, BudgetMetrics::register(&mut registry));
+    let budgets = Budgets::new(rates, BudgetMetrics::register(registry));
     let runtime = Runtime {
         client: client.clone(),
         namespaces,
@@ -74,15 +87,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
 
-    let controllers = Controllers::register(&args, &mut registry)?;
-    let (addr, admin) = admin::serve(
+    let controllers = Controllers::register(&args, registry)?;
+    let leading = leader::LeaderGauge::register(registry);
+    let (bound, admin) = admin::serve(
         args.metrics_addr,
-        Arc::new(registry),
+        args.health_addr,
+        Arc::new(root),
         readiness.clone(),
         shutdown.clone(),
     )
     .await?;
-    tracing::info!(%addr, "admin server listening (/metrics, /healthz, /readyz)");
+    match bound.health {
+        None => {
+            tracing::info!(addr = %bound.metrics, "admin server listening (/metrics, /healthz, /readyz)")
+        }
+        Some(health) => {
+            tracing::info!(addr = %bound.metrics, "metrics server listening (/metrics)");
+            tracing::info!(addr = %health, "probe server listening (/healthz, /readyz)");
+        }
+    }
 
     let run_controllers = {
         let runtime = runtime.clone();
@@ -100,15 +123,84 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             duration: args.lease_duration,
             grace: args.lease_grace,
         };
-        leader::run(client, params, readiness, shutdown.clone(), run_controllers).await?;
+        leader::run(
+            client,
+            params,
+            leadership_known,
+            leading,
+            shutdown.clone(),
+            run_controllers,
+        )
+        .await?;
     } else {
-        readiness.register("leadership").set(true);
+        leadership_known.set(true);
+        leading.set(true);
         run_controllers(shutdown.clone()).await;
     }
     shutdown.cancel();
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The git commit the binary was built from (`build.rs`: `CAPSTAN_GIT_COMMIT`, else
+/// `git rev-parse HEAD`, else `unknown`).
+pub const GIT_COMMIT: &str = env!("CAPSTAN_GIT_COMMIT");
+
+/// `capstan version`'s line: the crate version and the commit.
+pub fn version_line() -> String {
+    format!(
+        "capstan {} (commit {GIT_COMMIT})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// `capstan_build_info{version, commit} 1`, as every Prometheus exporter has.
+fn register_build_info(registry: &mut prometheus_client::registry::Registry) {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    let info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+    info.get_or_create(&vec![
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", GIT_COMMIT),
+    ])
+    .set(1);
+    registry.register(
+        "build_info",
+        "Capstan's version and the git commit it was built from",
+        info,
+    );
+}
+
+/// The Kubernetes client configuration: `--kubeconfig` and `--context` as kubectl reads
+/// them; without either, the Pod's service account or the default kubeconfig.
+async fn kube_config(args: &RunArgs) -> anyhow::Result<kube::Config> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match (&args.kubeconfig, &args.context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("reading --kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| match &args.context {
+                    Some(c) => {
+                        anyhow::anyhow!("--kubeconfig {} --context {c}: {e}", path.display())
+                    }
+                    None => anyhow::anyhow!("--kubeconfig {}: {e}", path.display()),
+                })?
+        }
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| anyhow::anyhow!("--context {context}: {e}"))?,
+        (None, None) => kube::Config::infer()
+            .await
+            .map_err(|e| anyhow::anyhow!("finding the Kubernetes configuration: {e}"))?,
+    };
+    Ok(config)
 }
 
 /// The enabled controllers and their metrics.

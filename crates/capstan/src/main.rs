@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Version => {
-            println!("capstan {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", capstan::version_line());
             ExitCode::SUCCESS
         }
         Command::Run(args) => {

@@ -11,7 +11,8 @@ use crate::cli::LogFormat;
 /// Installs the global subscriber.
 pub fn init(format: Option<LogFormat>, filter: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter)?;
-    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+    let terminal = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if terminal {
         LogFormat::Text
     } else {
         LogFormat::Json
@@ -19,6 +20,8 @@ pub fn init(format: Option<LogFormat>, filter: &str) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(terminal)
         .with_span_events(FmtSpan::NONE);
     match format {
         LogFormat::Json => builder

@@ -80,6 +80,35 @@ async fn manager_becomes_ready_and_serves_metrics() {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
     assert!(metrics.ends_with("# EOF\n"), "not OpenMetrics text");
+    // The standard process series (unprefixed), the build, leadership, and the
+    // Kubernetes client's requests by verb, resource and code.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "capstan_leader 1",
+        r#"capstan_kube_requests_total{verb="watch",resource="secretrotations",code="200"}"#,
+        r#"capstan_kube_request_duration_seconds_count{verb="list"}"#,
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    let build = metrics
+        .lines()
+        .find(|l| l.starts_with("capstan_build_info{"))
+        .unwrap_or_else(|| panic!("no capstan_build_info:\n{metrics}"));
+    let commit = build
+        .split("commit=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default();
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && commit.len() == 40
+            && commit.chars().all(|c| c.is_ascii_hexdigit())
+            && build.ends_with(" 1"),
+        "{build}"
+    );
 }
 
 /// With two managers exactly one holds the lease; when the leader is killed the other
@@ -119,6 +148,8 @@ async fn two_managers_one_leader_and_takeover_after_kill() {
     } else {
         (b, a)
     };
+    assert!(leads(&leader).await, "the leader's capstan_leader is 1");
+    assert!(!leads(&follower).await, "the standby's capstan_leader is 0");
     let killed = Instant::now();
     leader.signal(Signal::SIGKILL);
     let _ = leader.child.wait().await;
@@ -134,7 +165,7 @@ async fn two_managers_one_leader_and_takeover_after_kill() {
     );
     assert_eq!(new, follower.identity);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !follower.logged("became leader") {
+    while !follower.logged("became leader") || !leads(&follower).await {
         assert!(
             Instant::now() < deadline,
             "follower never started its controllers:\n{}",
@@ -144,8 +175,15 @@ async fn two_managers_one_leader_and_takeover_after_kill() {
     }
 }
 
+/// Whether the manager's `capstan_leader` gauge is 1.
+async fn leads(m: &common::Manager) -> bool {
+    let (_, metrics) = m.get("/metrics").await;
+    metrics.lines().any(|l| l == "capstan_leader 1")
+}
+
 /// SIGTERM stops the manager with exit status 0 and releases the lease, so a successor
-/// need not wait for it to expire.
+/// need not wait for it to expire. A standby stopped the same way says nothing of a
+/// lease it never held.
 #[tokio::test]
 async fn sigterm_exits_cleanly_and_releases_the_lease() {
     let kube = TestEnv::get().kube().await.expect("kube");
@@ -157,6 +195,24 @@ async fn sigterm_exits_cleanly_and_releases_the_lease() {
         h == "terminated"
     })
     .await;
+    let mut standby = common::start(kube, "standby", &args(ns.name(), "term")).await;
+    standby.await_ready(Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !standby.logged("standby: another instance leads") {
+        assert!(Instant::now() < deadline, "{}", standby.all_logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    standby.signal(Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(30), standby.child.wait())
+        .await
+        .expect("the standby stops")
+        .expect("wait");
+    assert!(status.success(), "{}", standby.all_logs());
+    assert!(
+        !standby.logged("lease released"),
+        "a standby logged releasing a lease it never held:\n{}",
+        standby.all_logs()
+    );
     let sent = Instant::now();
     m.signal(Signal::SIGTERM);
     let status = match tokio::time::timeout(Duration::from_secs(30), m.child.wait()).await {
@@ -168,6 +224,7 @@ async fn sigterm_exits_cleanly_and_releases_the_lease() {
         sent.elapsed().as_secs_f64()
     );
     assert!(status.success(), "exit status {status:?}\n{}", m.all_logs());
+    assert!(m.logged("lease released"), "{}", m.all_logs());
     assert_eq!(
         lease_holder(&leases, "term").await,
         None,
@@ -194,4 +251,190 @@ async fn a_missing_crd_is_a_clear_error_naming_it() {
     );
     // The installed one passed: the error names only the missing CRD.
     assert!(!msg.contains("secretrotations"), "{msg}");
+}
+
+/// `--health-addr` moves the probes to an address of their own: the metrics address
+/// then serves `/metrics` only.
+#[tokio::test]
+async fn probes_can_listen_apart_from_metrics() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let mut extra = args(ns.name(), "apart");
+    extra.extend(["--health-addr", "127.0.0.1:0"]);
+    let m = common::start(kube, "apart", &extra).await;
+    let probe = logged_addr(&m, "probe server listening").await;
+    assert_ne!(probe, m.admin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = reqwest::get(format!("http://{probe}/readyz"))
+            .await
+            .expect("GET");
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready:\n{}", m.all_logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healthz = reqwest::get(format!("http://{probe}/healthz"))
+        .await
+        .expect("GET");
+    assert_eq!(healthz.status(), 200);
+    let on_probe = reqwest::get(format!("http://{probe}/metrics"))
+        .await
+        .expect("GET");
+    assert_eq!(
+        on_probe.status(),
+        404,
+        "metrics are not on the probe address"
+    );
+    assert_eq!(
+        m.get("/healthz").await.0,
+        404,
+        "probes are not on the metrics address"
+    );
+    assert_eq!(m.get("/metrics").await.0, 200);
+}
+
+/// The address a log line with `message` names (`addr`).
+async fn logged_addr(m: &common::Manager, message: &str) -> std::net::SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = m.logs.lock().expect("logs").iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["message"]
+                .as_str()?
+                .starts_with(message)
+                .then(|| v["addr"].as_str()?.parse().ok())
+                .flatten()
+        });
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {message:?}:\n{}",
+            m.all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `--kubeconfig` and `--context` pick the cluster as kubectl's do: with a kubeconfig
+/// whose current context points at nothing, `--context` reaches the API server; a
+/// context the file lacks is a clear error naming it.
+#[tokio::test]
+async fn kubeconfig_and_context_flags_pick_the_cluster() {
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let m = common::start(kube, "kubeconfig-source", &args(ns.name(), "kc")).await;
+    // The installation's kubeconfig, renamed context `capstan`, plus a current context
+    // `nowhere` whose server refuses connections.
+    let text = std::fs::read_to_string(&m.installation.kubeconfig_path).expect("kubeconfig");
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+    let real = kc["current-context"]
+        .as_str()
+        .expect("current context")
+        .to_owned();
+    for ctx in kc["contexts"].as_sequence_mut().expect("contexts") {
+        if ctx["name"].as_str() == Some(real.as_str()) {
+            ctx["name"] = "capstan".into();
+        }
+    }
+    let nowhere_cluster: serde_yaml::Value = serde_yaml::from_str(
+        "{name: nowhere, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}",
+    )
+    .expect("yaml");
+    let nowhere_context: serde_yaml::Value =
+        serde_yaml::from_str("{name: nowhere, context: {cluster: nowhere, user: nobody}}")
+            .expect("yaml");
+    let nobody: serde_yaml::Value =
+        serde_yaml::from_str("{name: nobody, user: {token: none}}").expect("yaml");
+    kc["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+        .push(nowhere_cluster);
+    kc["contexts"]
+        .as_sequence_mut()
+        .expect("contexts")
+        .push(nowhere_context);
+    kc["users"].as_sequence_mut().expect("users").push(nobody);
+    kc["current-context"] = "nowhere".into();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).expect("yaml")).expect("write");
+    let path = path.to_str().expect("utf-8").to_owned();
+
+    let spawn = |context: &str| {
+        let args = m.installation.run_args(&[
+            "--namespaces",
+            ns.name(),
+            "--own-namespace",
+            ns.name(),
+            "--leader-elect=false",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--identity",
+            "kubeconfig-flags",
+            "--kubeconfig",
+            &path,
+            "--context",
+            context,
+        ]);
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(&args)
+            .env_remove("KUBECONFIG")
+            .env("POD_NAMESPACE", ns.name())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn")
+    };
+    // A context the file lacks: a clear error, at once.
+    let out = tokio::time::timeout(Duration::from_secs(30), spawn("staging").wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--context staging"), "{stderr}");
+
+    // The right one: the manager reaches the API server and lists its CRDs.
+    let mut child = spawn("capstan");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let mut seen = Vec::new();
+    let admin = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "admin server listening (/metrics, /healthz, /readyz)" {
+                return v["addr"]
+                    .as_str()
+                    .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| panic!("no admin server; logs:\n{}", seen.join("\n")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = reqwest::get(format!("http://{admin}/readyz"))
+            .await
+            .expect("GET");
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready through --context capstan"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill().await;
 }

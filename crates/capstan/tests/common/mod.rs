@@ -196,7 +196,10 @@ pub async fn start_with_level(
         let mut tx = Some(tx);
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("admin server listening") {
+            // The metrics address: the admin server's, or the metrics server's when
+            // the probes listen apart (--health-addr).
+            if line.contains("admin server listening") || line.contains("metrics server listening")
+            {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
                     && let Some(tx) = tx.take()
