@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 # Installed by `make deps` (tests/env/install.sh pins the version).
 CARGO_DENY ?= .cache/cargo-deny/0.20.2/bin/cargo-deny
 
-.PHONY: help deps generate check-generated fmt lint build test test-only demo demo-ci bench clean
+.PHONY: help deps generate check-generated fmt lint build release test test-only demo demo-ci bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,9 +36,16 @@ lint: ## cargo fmt --check, clippy and rustdoc with -D warnings, cargo deny (lic
 	@test -x $(CARGO_DENY) || { echo "cargo-deny is missing: run make deps" >&2; exit 1; }
 	$(CARGO_DENY) --log-level error check licenses bans sources
 	@CARGO=$(CARGO) bash tests/check-shipped-features.sh
+	@bash build/check-dockerfile.sh
 
 build: ## Build every crate and test
 	$(CARGO) build --workspace --all-targets --locked
+
+release: ## The shipped binary in target/image, built as the Dockerfile builds it; runs its `capstan version`
+	@mkdir -p target && bash build/release.sh target/image > target/image.version
+	@cat target/image.version
+	@commit=$$(git rev-parse HEAD); grep -q "commit $$commit" target/image.version || \
+		{ echo "capstan version does not name HEAD ($$commit)" >&2; exit 1; }
 
 test: deps lint check-generated test-only ## Everything CI checks: deps, lint, generated files, all tests
 
