@@ -283,7 +283,10 @@ pub enum ConnectionRefError {
         actual: &'static str,
     },
     /// Reading the connection or the namespace failed.
-    #[error("reading ClusterConnection {name:?}: {source}")]
+    #[error(
+        "reading ClusterConnection {name:?}: {}",
+        crate::error::KubeMessage(source)
+    )]
     Kube {
         /// The connection's name.
         name: String,

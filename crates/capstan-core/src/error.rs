@@ -41,9 +41,48 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A Kubernetes client error as a person reads it. kube's own text for an API refusal
+/// appends a debug dump of the whole `Status` (`ApiError: ... (Status { status:
+/// Some(Failure), code: 403, ... })`); this is the API server's message, its reason and
+/// its code: `secrets "db" is forbidden: ... (Forbidden, 403)`. Other errors are their
+/// text and causes ([`with_causes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KubeMessage<'a>(pub &'a kube::Error);
+
+impl std::fmt::Display for KubeMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            kube::Error::Api(s) if s.reason.is_empty() => write!(f, "{} ({})", s.message, s.code),
+            kube::Error::Api(s) => write!(f, "{} ({}, {})", s.message, s.reason, s.code),
+            other => f.write_str(&with_causes(other)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::with_causes;
+    use super::{KubeMessage, with_causes};
+
+    #[test]
+    fn api_refusals_read_as_the_api_servers_message_without_a_dump() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "message": "secrets \"db\" is forbidden: User \"system:serviceaccount:c:capstan\" cannot get resource \"secrets\"",
+            "reason": "Forbidden",
+            "code": 403
+        }))
+        .expect("status");
+        let e = kube::Error::Api(Box::new(status));
+        let text = KubeMessage(&e).to_string();
+        assert_eq!(
+            text,
+            "secrets \"db\" is forbidden: User \"system:serviceaccount:c:capstan\" cannot get resource \"secrets\" (Forbidden, 403)"
+        );
+        assert!(
+            e.to_string().contains("Status {"),
+            "kube's own text has the dump"
+        );
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("error sending request")]

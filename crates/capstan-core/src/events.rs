@@ -136,7 +136,8 @@ impl Publisher {
         let ns = ev.metadata.namespace.as_deref().unwrap_or("default");
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), ns);
         if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            tracing::warn!(error = %e, reason, "could not publish Event");
+            let (kind, object) = regarding_key(&ev);
+            tracing::warn!(%kind, %object, error = %crate::error::KubeMessage(&e), reason, "could not publish Event");
         }
     }
 }
@@ -183,9 +184,22 @@ impl Publisher {
         let ns = ev.metadata.namespace.as_deref().unwrap_or("default");
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), ns);
         if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            tracing::warn!(error = %e, reason, "could not publish Event");
+            let (kind, object) = regarding_key(&ev);
+            tracing::warn!(%kind, %object, error = %crate::error::KubeMessage(&e), reason, "could not publish Event");
         }
     }
+}
+
+/// The kind and `namespace/name` (or `name`) of the object an Event is about, as every
+/// log line spells an object.
+fn regarding_key(ev: &K8sEvent) -> (String, String) {
+    let r = ev.regarding.clone().unwrap_or_default();
+    let name = r.name.unwrap_or_default();
+    let object = match r.namespace {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name,
+    };
+    (r.kind.unwrap_or_default(), object)
 }
 
 /// The Warning a status change calls for: `Ready` in `desired` is False with a

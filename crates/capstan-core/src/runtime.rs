@@ -264,7 +264,7 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
                     match res {
                         Ok((obj, _)) => streaks.succeeded(&streak_key(&obj)),
                         Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
-                            tracing::warn!(controller = name, object = %obj, error = %e, "reconcile failed");
+                            tracing::warn!(controller = name, kind = %K::kind(&()), object = %streak_key(&obj), error = %e, "reconcile failed");
                             // Repeated failures (e.g. a status write the API keeps
                             // refusing) also show in `kubectl describe`, once per streak.
                             if streaks.failed(&streak_key(&obj)) {
@@ -289,7 +289,7 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
                         // A failed list or watch (RBAC refusing it, the API server away):
                         // the controller cannot see its objects, so say so loudly.
                         Err(kube::runtime::controller::Error::QueueError(e)) => {
-                            tracing::warn!(controller = name, namespace = %scope, error = %e, "watch failed");
+                            tracing::warn!(controller = name, namespace = %scope, error = %watch_message(&e), "watch failed");
                         }
                         Err(e) => {
                             tracing::debug!(controller = name, error = %e, "controller event");
@@ -304,6 +304,21 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
     join_all(runs).await;
 }
 
+/// A watch failure as a person reads it: the API server's refusal without kube's dump
+/// of its Status (see [`crate::error::KubeMessage`]).
+fn watch_message(e: &kube::runtime::watcher::Error) -> String {
+    use crate::error::KubeMessage;
+    use kube::runtime::watcher::Error as W;
+    match e {
+        W::InitialListFailed(k) => format!("listing: {}", KubeMessage(k)),
+        W::WatchStartFailed(k) => format!("starting the watch: {}", KubeMessage(k)),
+        W::WatchFailed(k) => format!("watching: {}", KubeMessage(k)),
+        W::WatchError(s) => format!("watch: {} ({}, {})", s.message, s.reason, s.code),
+        other => crate::error::with_causes(other),
+    }
+}
+
+/// `namespace/name` (or `name`), as every log line spells an object.
 fn streak_key<C: Resource>(obj: &reflector::ObjectRef<C>) -> String {
     format!(
         "{}/{}",

@@ -176,7 +176,7 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes call failed.
-    #[error("kubernetes: {0}")]
+    #[error("kubernetes: {}", capstan_core::error::KubeMessage(.0))]
     Kube(#[from] kube::Error),
     /// An AWS call failed (retried).
     #[error(transparent)]
@@ -231,7 +231,7 @@ async fn reconcile(obj: Arc<Pipeline>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     match run_steps(&ctx, &mut w, &connections).await {
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
             // Someone wrote first (an edit, another Capstan): take the newer view.
-            tracing::debug!(object = %key_of(&obj), "status claim lost; taking the newer view next");
+            tracing::debug!(kind = "Pipeline", object = %key_of(&obj), "status claim lost; taking the newer view next");
             Ok(Action::requeue(Duration::from_millis(500)))
         }
         other => other,
@@ -276,7 +276,7 @@ async fn run_steps(
             st.queue(&spec.revision);
         }
         let next = scheduler::next(&spec, &st, &observed, &deploys, now);
-        tracing::debug!(object = %key_of(&w.obj), ?next, "next");
+        tracing::debug!(kind = "Pipeline", object = %key_of(&w.obj), ?next, "next");
         match next {
             Next::Wait => {
                 w.set_conditions(&mut st, now);

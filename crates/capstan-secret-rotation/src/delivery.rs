@@ -69,7 +69,7 @@ pub enum DeliveryError {
         message: String,
     },
     /// A Kubernetes call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", capstan_core::error::KubeMessage(source))]
     Kube {
         /// What was being done.
         what: String,

@@ -196,7 +196,7 @@ async fn clean(ctx: &Ctx, conn: &ClusterConnection, resource: &str) -> Result<Re
 
 async fn publish_removed(ctx: &Ctx, obj: &ServiceScaling, resource: &str, removal: &Removal) {
     let note = removal.describe(resource);
-    tracing::info!(namespace = ?obj.namespace(), name = %obj.name_any(), %note, "application auto scaling objects removed");
+    tracing::info!(kind = "ServiceScaling", object = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()), %note, "application auto scaling objects removed");
     ctx.events
         .publish(obj, EventType::Normal, REMOVED, "Cleanup", note)
         .await;
@@ -346,7 +346,7 @@ pub(crate) async fn finalize(ctx: &Ctx, obj: &ServiceScaling) -> Result<Action, 
                 timeout.as_secs(),
                 left_behind(&obj.spec, &resource, now)
             );
-            tracing::warn!(namespace = %ns, name = %obj.name_any(), %note, "application auto scaling cleanup abandoned");
+            tracing::warn!(kind = "ServiceScaling", object = %format!("{ns}/{}", obj.name_any()), %note, "application auto scaling cleanup abandoned");
             ctx.events
                 .publish(obj, EventType::Warning, ABANDONED, "Cleanup", note)
                 .await;

@@ -318,7 +318,7 @@ pub(crate) struct Ctx {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading the connection or writing status failed.
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", capstan_core::error::KubeMessage(.0))]
     Kube(#[from] kube::Error),
 }
 

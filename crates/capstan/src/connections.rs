@@ -43,7 +43,7 @@ pub enum CheckError {
     Aws(#[from] capstan_aws::AwsError),
     #[error("Vault at {address}: {problem}")]
     Vault { address: String, problem: String },
-    #[error("writing status: {0}")]
+    #[error("writing status: {}", capstan_core::error::KubeMessage(.0))]
     Kube(#[from] kube::Error),
 }
 
@@ -139,7 +139,7 @@ async fn reconcile(conn: Arc<ClusterConnection>, ctx: Arc<Ctx>) -> Result<Action
         ),
         Err(e) => {
             ctx.metrics.failure(e);
-            tracing::warn!(connection = %name, error = %e, "connection check failed");
+            tracing::warn!(kind = "ClusterConnection", object = %name, error = %e, "connection check failed");
             (Desired::new(READY, false, e.reason(), e.to_string()), RETRY)
         }
     };

@@ -124,6 +124,7 @@ pub(super) async fn process_approvals(ctx: &Ctx, w: &mut Writer) -> Result<(), E
         let approve = a.spec.decision == crate::crd::Decision::Approve;
         tracing::info!(
             target: AUDIT_TARGET,
+            kind = "Pipeline",
             object = %key_of(&w.obj),
             run = %run,
             stage = %stage,

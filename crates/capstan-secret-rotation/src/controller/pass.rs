@@ -42,7 +42,7 @@ pub(super) const DELIVERY_POLL: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes call failed.
-    #[error("kubernetes: {0}")]
+    #[error("kubernetes: {}", capstan_core::error::KubeMessage(.0))]
     Kube(#[from] kube::Error),
     /// The status claim was lost: someone (a stale or newer Capstan) wrote first.
     #[error("status claim lost on {0}: another writer changed the object")]

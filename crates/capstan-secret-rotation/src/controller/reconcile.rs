@@ -36,7 +36,7 @@ pub(super) async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<
     match capstan_core::budget::in_namespace(ns, reconcile_object(cached, ctx.clone())).await {
         Err(Error::ClaimLost(key)) => {
             ctx.metrics.claim_lost();
-            tracing::debug!(object = %key, "status claim lost to a newer writer; taking the newer view next");
+            tracing::debug!(kind = "SecretRotation", object = %key, "status claim lost to a newer writer; taking the newer view next");
             Ok(Action::requeue(std::time::Duration::from_millis(500)))
         }
         other => other,
@@ -346,7 +346,7 @@ async fn report_unresolved(pass: &Pass<'_>, w: &mut Writer, e: RefError) -> Resu
         w.write(&st).await?;
     }
     if was.as_deref() != Some(e.reason) {
-        tracing::info!(object = %pass.key, reason = e.reason, "reference unresolved: {}", e.message);
+        tracing::info!(kind = "SecretRotation", object = %pass.key, reason = e.reason, "reference unresolved: {}", e.message);
         pass.event(EventType::Warning, events::REFERENCE_UNRESOLVED, e.message)
             .await;
     }

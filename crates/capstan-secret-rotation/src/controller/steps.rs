@@ -334,7 +334,7 @@ async fn record_result(
         } => {
             pass.forget_login_if_denied(access_denied);
             trail.now(pass, &r, version, StepOutcome::Retry);
-            tracing::info!(object = %pass.key, step = r.step.as_str(), reason, "step failed, will retry: {msg}");
+            tracing::info!(kind = "SecretRotation", object = %pass.key, step = r.step.as_str(), reason, "step failed, will retry: {msg}");
             st.last_failure = Some(RotationFailure::new(now, r.step, reason, &msg, &[]));
             st.rotation = Some(r);
             pass.finish_status(&mut st, reasons::IDLE, None);
@@ -349,7 +349,7 @@ async fn record_result(
             // through the watch.
             trail.now(pass, &r, version, StepOutcome::ClaimLost);
             pass.ctx.metrics.claim_lost();
-            tracing::debug!(object = %pass.key, step = r.step.as_str(), "claim lost: {msg}");
+            tracing::debug!(kind = "SecretRotation", object = %pass.key, step = r.step.as_str(), "claim lost: {msg}");
             Ok(Action::requeue(Duration::from_secs(1)))
         }
         StepResult::Rejected(reason, msg) => {
@@ -687,7 +687,7 @@ async fn give_up(
             .set_password_fenced(user, &current.credential.value, &pass.fence(&r))
             .await
     {
-        tracing::warn!(object = %pass.key, error = %e, "could not set the current value back on the target");
+        tracing::warn!(kind = "SecretRotation", object = %pass.key, error = %e, "could not set the current value back on the target");
     }
     finish_failed(pass, w, st, r, failure, trail).await
 }

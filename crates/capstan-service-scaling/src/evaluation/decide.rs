@@ -344,7 +344,7 @@ async fn direct_mode(
                         )
                     }
                 );
-                tracing::info!(namespace = %job.key.0, name = %job.key.1, %note, "scaled");
+                tracing::info!(kind = "ServiceScaling", object = %format!("{}/{}", job.key.0, job.key.1), %note, "scaled");
                 ctx.events
                     .publish(
                         job.obj.as_ref(),
@@ -473,7 +473,7 @@ async fn aas_mode(
                 } else {
                     events::AUTOSCALING_DECLARED
                 };
-                tracing::info!(namespace = %job.key.0, name = %job.key.1, %note, reason, "application auto scaling updated");
+                tracing::info!(kind = "ServiceScaling", object = %format!("{}/{}", job.key.0, job.key.1), %note, reason, "application auto scaling updated");
                 ctx.events
                     .publish(job.obj.as_ref(), EventType::Normal, reason, "Declare", note)
                     .await;
@@ -588,7 +588,7 @@ async fn finish(
         Err(kube::Error::Api(s)) if s.code == 404 => done.gone = true,
         Err(e) => {
             ctx.metrics.controller.failure(&e);
-            tracing::warn!(namespace = %job.key.0, name = %job.key.1, error = %e, "writing status failed");
+            tracing::warn!(kind = "ServiceScaling", object = %format!("{}/{}", job.key.0, job.key.1), error = %e, "writing status failed");
         }
     }
     done

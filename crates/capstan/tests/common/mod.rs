@@ -128,10 +128,23 @@ impl Manager {
 }
 
 impl Drop for Manager {
-    /// A manager that was refused anything fails its test (unless it is failing already).
+    /// A manager that was refused anything fails its test (unless it is failing already),
+    /// and so does one that logged an API error as kube's debug dump of its Status
+    /// instead of the API server's message.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             self.assert_no_forbidden();
+            let logs = self.logs.lock().unwrap();
+            let dumped: Vec<&String> = logs
+                .iter()
+                .filter(|l| l.contains("Status { status: Some(") || l.contains("ErrorResponse {"))
+                .collect();
+            assert!(
+                dumped.is_empty(),
+                "manager {} logged a debug dump of an API Status:\n{}",
+                self.identity,
+                dumped.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+            );
         }
     }
 }
