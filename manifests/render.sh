@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Renders the plain install manifest from the Helm chart with its default values:
-#   manifests/render.sh            syncs charts/capstan/crds from crds/, then writes
+# Renders the plain install manifest from the Helm chart with its default values and
+# crds.install (the CRDs, with helm.sh/resource-policy: keep, which kubectl ignores):
+#   manifests/render.sh            syncs charts/capstan/files/crds from crds/, then writes
 #                                  manifests/install/capstan.yaml
 #   manifests/render.sh --no-sync OUT
 #                                  renders the chart as it is to OUT (ci-check.sh's
@@ -38,7 +39,7 @@ metadata:
     pod-security.kubernetes.io/enforce: restricted
     pod-security.kubernetes.io/enforce-version: latest
 HEADER
-  "$helm" template "$release" "$repo/charts/capstan" --namespace "$namespace" --include-crds
+  "$helm" template "$release" "$repo/charts/capstan" --namespace "$namespace" --set crds.install=true
 } > "$tmp"
 mkdir -p "$(dirname "$out")"
 mv "$tmp" "$out"

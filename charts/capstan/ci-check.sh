@@ -6,8 +6,10 @@
 #      one replica without leader election), refuses invalid values, and every
 #      render parses as Kubernetes objects (python3 + PyYAML; kubectl's client
 #      dry-run needs a server for discovery);
-#   3. charts/capstan/crds/ holds exactly the CRDs in crds/ (skipped, saying so, only
-#      while crds/ is empty); fix with charts/capstan/sync-crds.sh;
+#   3. charts/capstan/files/crds/ holds exactly the CRDs in crds/ (skipped, saying so,
+#      only while crds/ is empty); fix with charts/capstan/sync-crds.sh; the chart has
+#      no crds/ folder (Helm never upgrades one); crds.install renders every CRD, with
+#      the keep annotation unless crds.keep is false;
 #   4. manifests/install/capstan.yaml equals a fresh render; fix with
 #      manifests/render.sh.
 # Builds helm first with tests/helm/build.sh (about 4 minutes the first time, seconds
@@ -44,6 +46,8 @@ render all-options \
   --set 'serviceAccount.annotations.eks\.amazonaws\.com/role-arn=arn:aws:iam::123456789012:role/capstan'
 render single-replica --set replicaCount=1 --set leaderElection.enabled=false
 render some-controllers --set 'controllers={connection}'
+render crds --set crds.install=true
+render crds-not-kept --set crds.install=true --set crds.keep=false
 
 expect_refused() { # why, then helm template flags
   local why=$1; shift
@@ -92,7 +96,7 @@ echo "== manifests parse"
 # apiVersion, kind and metadata.name, namespaced objects carry a namespace, and no
 # object appears twice.
 for f in "$tmp/defaults.yaml" "$tmp/all-options.yaml" "$tmp/single-replica.yaml" \
-         "$tmp/some-controllers.yaml" "$repo/manifests/install/capstan.yaml"; do
+         "$tmp/some-controllers.yaml" "$tmp/crds.yaml" "$repo/manifests/install/capstan.yaml"; do
   [ -f "$f" ] || continue
   if python3 - "$f" <<'PY'
 import sys, yaml
@@ -121,17 +125,27 @@ PY
   then ok "parses: $(basename "$f")"; else bad "invalid manifest: $(basename "$f")"; fi
 done
 
-echo "== CRDs: charts/capstan/crds against crds/"
+echo "== CRDs: charts/capstan/files/crds against crds/, and their templates"
 shopt -s nullglob
 src=("$repo"/crds/*.yaml)
 if [ "${#src[@]}" -eq 0 ]; then
   echo "skip: crds/ has no CRDs yet (make generate writes them), nothing to compare"
-elif diff -r -x '.*' "$repo/crds" "$chart/crds" > "$tmp/crds.diff" 2>&1; then
-  ok "charts/capstan/crds matches crds/ (${#src[@]} files)"
+elif diff -r -x '.*' "$repo/crds" "$chart/files/crds" > "$tmp/crds.diff" 2>&1; then
+  ok "charts/capstan/files/crds matches crds/ (${#src[@]} files)"
 else
-  bad "charts/capstan/crds differs from crds/; run charts/capstan/sync-crds.sh"
+  bad "charts/capstan/files/crds differs from crds/; run charts/capstan/sync-crds.sh"
   head -50 "$tmp/crds.diff" >&2
 fi
+[ -e "$chart/crds" ] && bad "the chart has a crds/ folder: Helm never upgrades it, and its CRDs fail the templated ones' ownership check" || ok "no crds/ folder in the chart"
+count_crds() { python3 -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "CustomResourceDefinition"]
+keep = sum(1 for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep")
+helm = sum(1 for d in docs if (d["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "Helm")
+print(len(docs), keep, helm)' "$1"; }
+[ "$(count_crds "$tmp/defaults.yaml")" = "0 0 0" ] && ok "no CRDs by default (crds.install false)" || bad "CRDs rendered by default"
+[ "$(count_crds "$tmp/crds.yaml")" = "${#src[@]} ${#src[@]} ${#src[@]}" ] && ok "crds.install: every CRD, kept on uninstall, with the chart's labels" || bad "crds.install renders $(count_crds "$tmp/crds.yaml") (CRDs, kept, labelled), want ${#src[@]} each"
+[ "$(count_crds "$tmp/crds-not-kept.yaml")" = "${#src[@]} 0 ${#src[@]}" ] && ok "crds.keep=false: no keep annotation" || bad "crds.keep=false renders $(count_crds "$tmp/crds-not-kept.yaml")"
 
 echo "== drift: manifests/install/capstan.yaml"
 "$repo/manifests/render.sh" --no-sync "$tmp/capstan.yaml" 2> "$tmp/render.err" || { cat "$tmp/render.err" >&2; bad "render"; }

@@ -176,3 +176,12 @@ is set. Each rule says why it exists.
 {{- define "capstan.pipelinePolicyName" -}}
 {{- printf "%s-pipelines" (include "capstan.fullname" .) }}
 {{- end }}
+
+{{- /* The labels and annotations templates/crds.yaml adds to each CRD, indented for
+its metadata (each line ends with a newline). */}}
+{{- define "capstan.crdMetadata" -}}
+{{- if .Values.crds.keep -}}
+{{ "  annotations:\n    helm.sh/resource-policy: keep\n" }}
+{{- end -}}
+{{ "  labels:\n" }}{{ include "capstan.labels" . | indent 4 }}{{ "\n" }}
+{{- end }}

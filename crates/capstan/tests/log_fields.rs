@@ -71,7 +71,10 @@ fn every_object_in_a_log_line_has_one_spelling() {
                 bad.push(format!("{}: object without kind: {call}", file.display()));
             }
             if fields.contains("name=%") && fields.contains("namespace=") {
-                bad.push(format!("{}: namespace and name apart: {call}", file.display()));
+                bad.push(format!(
+                    "{}: namespace and name apart: {call}",
+                    file.display()
+                ));
             }
         }
     }

@@ -143,7 +143,11 @@ impl Drop for Manager {
                 dumped.is_empty(),
                 "manager {} logged a debug dump of an API Status:\n{}",
                 self.identity,
-                dumped.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+                dumped
+                    .iter()
+                    .map(|l| l.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
     }
