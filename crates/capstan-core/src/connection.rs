@@ -408,6 +408,24 @@ pub fn check_scopes(
     }
 }
 
+impl crate::object_metrics::Summarize for ClusterConnection {
+    /// Readiness, whose reason says why not (`VaultSealed`, `AwsUnreachable`,
+    /// `LoginRefused`, ...).
+    fn summary(&self) -> crate::object_metrics::Summary {
+        let conditions = self
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        let (ready, reason) = crate::object_metrics::ready_of(conditions);
+        crate::object_metrics::Summary {
+            ready,
+            reason,
+            samples: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,7 @@ pub mod failpoints;
 pub mod gate;
 pub mod metrics;
 pub mod namespaces;
+pub mod object_metrics;
 pub mod redact;
 pub mod runtime;
 pub mod schedule;

@@ -52,6 +52,8 @@ pub struct Runtime {
     pub readiness: Readiness,
     /// How every controller talks to AWS: retries and the shared request budgets.
     pub aws: AwsSettings,
+    /// The per-object series (exported by the leader only), fed by every watch.
+    pub objects: Arc<crate::object_metrics::ObjectMetrics>,
 }
 
 /// The AWS client settings of the process, built once from `capstan run`'s flags and
@@ -170,7 +172,7 @@ pub async fn run_controller<K, Ctx, E, Rec, Fut, Pol>(
     configure: impl Fn(Controller<K>, Option<&str>) -> Controller<K>,
     shutdown: CancellationToken,
 ) where
-    K: Watched,
+    K: Watched + crate::object_metrics::Summarize,
     Ctx: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,
     Rec: FnMut(Arc<K>, Arc<Ctx>) -> Fut + Clone,
@@ -204,7 +206,7 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
     convert: Conv,
     shutdown: CancellationToken,
 ) where
-    K: Watched,
+    K: Watched + crate::object_metrics::Summarize,
     C: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     Ctx: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,
@@ -233,8 +235,13 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
         let (reader, writer) = reflector::store();
         // With backoff: a watch the API server refuses (e.g. 403 under too narrow RBAC)
         // is retried with growing delays instead of in a tight loop.
+        let objects = rt.objects.clone();
+        let observed_scope = ns.clone();
         let trigger = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
+            // The per-object series see every event's whole object, before any cache
+            // keeps less of it.
+            .inspect_ok(move |ev| objects.observe(observed_scope.as_deref(), ev))
             .modify(strip_for_cache)
             .map_ok(convert.clone())
             .reflect(writer)
@@ -302,6 +309,8 @@ pub async fn run_controller_cached<K, C, Ctx, E, Rec, Fut, Pol, Conv>(
         }
     });
     join_all(runs).await;
+    // Stopped (shutdown or lost leadership): what it saw is no longer current.
+    rt.objects.forget_kind(&K::kind(&()));
 }
 
 /// A watch failure as a person reads it: the API server's refusal without kube's dump

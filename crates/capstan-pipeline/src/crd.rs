@@ -630,3 +630,36 @@ pub use status::*;
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+impl capstan_core::object_metrics::Summarize for Pipeline {
+    /// Readiness, the phase of the current or last run, and since when it waits for an
+    /// approval.
+    fn summary(&self) -> capstan_core::object_metrics::Summary {
+        use capstan_core::object_metrics::{Sample, Summary, ready_of};
+        let status = self.status.clone().unwrap_or_default();
+        let (ready, reason) = ready_of(&status.conditions);
+        let mut samples = Vec::new();
+        if let Some(phase) = status.phase {
+            samples.push(Sample {
+                family: "pipeline_run_phase",
+                label: Some(("phase", phase.as_str())),
+                value: 1.0,
+            });
+        }
+        if let Some(c) = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "AwaitingApproval" && c.status == "True")
+        {
+            samples.push(Sample::new(
+                "pipeline_awaiting_approval_since_timestamp_seconds",
+                capstan_core::clock::from_k8s_time(&c.last_transition_time).timestamp() as f64,
+            ));
+        }
+        Summary {
+            ready,
+            reason,
+            samples,
+        }
+    }
+}

@@ -638,6 +638,7 @@ mod tests {
             clock: Arc::new(SystemClock),
             readiness: Readiness::default(),
             aws: Default::default(),
+            objects: Default::default(),
         };
         Context::new(rt, Metrics::register(registry))
     }

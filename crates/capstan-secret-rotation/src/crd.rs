@@ -64,5 +64,32 @@ pub use crate::reasons;
 
 #[cfg(test)]
 pub(crate) mod tests;
+impl capstan_core::object_metrics::Summarize for SecretRotation {
+    /// Readiness, the next rotation and the last successful one.
+    fn summary(&self) -> capstan_core::object_metrics::Summary {
+        use capstan_core::object_metrics::{Sample, Summary, ready_of};
+        let status = self.status.clone().unwrap_or_default();
+        let (ready, reason) = ready_of(&status.conditions);
+        let mut samples = Vec::new();
+        if let Some(t) = status.next_rotation_time {
+            samples.push(Sample::new(
+                "secret_rotation_next_rotation_timestamp_seconds",
+                t.timestamp() as f64,
+            ));
+        }
+        if let Some(t) = status.last_rotation_time {
+            samples.push(Sample::new(
+                "secret_rotation_last_rotation_timestamp_seconds",
+                t.timestamp() as f64,
+            ));
+        }
+        Summary {
+            ready,
+            reason,
+            samples,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests_status;

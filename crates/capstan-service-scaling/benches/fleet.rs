@@ -178,6 +178,7 @@ fn controller(
         clock: Arc::new(SystemClock),
         readiness: Readiness::default(),
         aws: Default::default(),
+        objects: Default::default(),
     };
     let token = CancellationToken::new();
     (run(rt, metrics, token.clone()), registry, token)

@@ -719,5 +719,35 @@ impl capstan_core::conditions::ObjectStatus for ServiceScalingStatus {
     }
 }
 
+impl capstan_core::object_metrics::Summarize for ServiceScaling {
+    /// Readiness, the desired and running counts, and the maximum.
+    fn summary(&self) -> capstan_core::object_metrics::Summary {
+        use capstan_core::object_metrics::{Sample, Summary, ready_of};
+        let status = self.status.clone().unwrap_or_default();
+        let (ready, reason) = ready_of(&status.conditions);
+        let mut samples = vec![Sample::new(
+            "service_scaling_max_replicas",
+            f64::from(self.spec.max_replicas),
+        )];
+        if let Some(n) = status.desired_replicas {
+            samples.push(Sample::new(
+                "service_scaling_desired_replicas",
+                f64::from(n),
+            ));
+        }
+        if let Some(n) = status.running_replicas {
+            samples.push(Sample::new(
+                "service_scaling_running_replicas",
+                f64::from(n),
+            ));
+        }
+        Summary {
+            ready,
+            reason,
+            samples,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

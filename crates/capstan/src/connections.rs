@@ -16,7 +16,8 @@ use capstan_core::metrics::ControllerMetrics;
 use capstan_core::redact::SecretValue;
 use capstan_core::runtime::Runtime;
 use capstan_core::ssa;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
@@ -87,8 +88,17 @@ pub fn register_metrics(registry: &mut Registry) -> ControllerMetrics {
 pub async fn run(rt: Runtime, metrics: ControllerMetrics, shutdown: CancellationToken) {
     let flag = rt.readiness.register("connection");
     let api: Api<ClusterConnection> = Api::all(rt.client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+    // Controller::new's own watch, with the per-object series fed on the way.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let objects = rt.objects.clone();
+    let trigger = kube::runtime::watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .inspect_ok(move |ev| objects.observe(None, ev))
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(trigger, reader)
         .with_config(kube::runtime::Config::default().concurrency(rt.concurrency));
+    let objects = rt.objects.clone();
     let store = controller.store();
     let aws_options = ClientOptions::from_settings(&rt.aws, &rt.instance);
     let http = reqwest::Client::builder()
@@ -117,6 +127,7 @@ pub async fn run(rt: Runtime, metrics: ControllerMetrics, shutdown: Cancellation
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {});
     tokio::join!(ready, stream);
+    objects.forget_kind("ClusterConnection");
 }
 
 async fn reconcile(conn: Arc<ClusterConnection>, ctx: Arc<Ctx>) -> Result<Action, CheckError> {

@@ -27,13 +27,21 @@ pub struct Params {
 
 /// `capstan_leader`: 1 while this replica leads (or runs without leader election), 0
 /// otherwise. Alerts join per-object series on it.
-#[derive(Clone, Debug, Default)]
-pub struct LeaderGauge(prometheus_client::metrics::gauge::Gauge);
+/// Setting it also starts or stops (and clears) the per-object series, which only the
+/// leader exports.
+#[derive(Clone, Debug)]
+pub struct LeaderGauge(
+    prometheus_client::metrics::gauge::Gauge,
+    std::sync::Arc<capstan_core::object_metrics::ObjectMetrics>,
+);
 
 impl LeaderGauge {
     /// Registers the gauge, at 0.
-    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
-        let gauge = Self::default();
+    pub fn register(
+        registry: &mut prometheus_client::registry::Registry,
+        objects: std::sync::Arc<capstan_core::object_metrics::ObjectMetrics>,
+    ) -> Self {
+        let gauge = Self(Default::default(), objects);
         registry.register(
             "leader",
             "Whether this replica leads (1) and runs the controllers",
@@ -45,6 +53,7 @@ impl LeaderGauge {
     /// Sets it.
     pub fn set(&self, leading: bool) {
         self.0.set(i64::from(leading));
+        self.1.set_leading(leading);
     }
 
     /// Its value.

@@ -72,6 +72,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--aws-budget: {e}"))?;
     tracing::info!(budgets = ?rates, "AWS request budgets (requests per second per account and region)");
     let budgets = Budgets::new(rates, BudgetMetrics::register(registry));
+    // Per-object series: fed by every controller's watch, exported by the leader only.
+    let objects = Arc::new(capstan_core::object_metrics::ObjectMetrics::default());
     let runtime = Runtime {
         client: client.clone(),
         namespaces,
@@ -85,10 +87,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             no_retries: args.aws_no_retries,
             budgets: Arc::new(budgets),
         },
+        objects: objects.clone(),
     };
 
     let controllers = Controllers::register(&args, registry)?;
-    let leading = leader::LeaderGauge::register(registry);
+    registry.register_collector(Box::new(objects.clone()));
+    let leading = leader::LeaderGauge::register(registry, objects.clone());
     let (bound, admin) = admin::serve(
         args.metrics_addr,
         args.health_addr,

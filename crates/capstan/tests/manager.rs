@@ -112,13 +112,33 @@ async fn manager_becomes_ready_and_serves_metrics() {
 }
 
 /// With two managers exactly one holds the lease; when the leader is killed the other
-/// takes over within a generous bound (the measured time is printed).
+/// takes over within a generous bound (the measured time is printed). Only the leader
+/// exports per-object series: the standby none, the new leader after the failover, and
+/// none for an object once it is deleted.
 #[tokio::test]
 async fn two_managers_one_leader_and_takeover_after_kill() {
     let kube = TestEnv::get().kube().await.expect("kube");
     let ns = TempNamespace::create(kube).await.expect("namespace");
     let client = kube.client().await;
-    let leases: Api<Lease> = Api::namespaced(client, ns.name());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns.name());
+    // An object whose series the leader, and only the leader, exports.
+    let pipelines: Api<capstan_pipeline::crd::Pipeline> =
+        Api::namespaced(client.clone(), ns.name());
+    let pipeline: capstan_pipeline::crd::Pipeline = serde_json::from_value(serde_json::json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "Pipeline",
+        "metadata": { "name": "watched" },
+        "spec": { "revision": "1.0", "stages": [
+            { "name": "test", "type": "Test", "job": { "image": "busybox" } } ] }
+    }))
+    .expect("pipeline");
+    pipelines
+        .create(&kube::api::PostParams::default(), &pipeline)
+        .await
+        .expect("create");
+    let series = format!(
+        r#"capstan_object_ready{{kind="Pipeline",namespace="{}",name="watched""#,
+        ns.name()
+    );
     let a = common::start(kube, "manager-a", &args(ns.name(), "pair")).await;
     let b = common::start(kube, "manager-b", &args(ns.name(), "pair")).await;
     a.await_ready(Duration::from_secs(60)).await;
@@ -150,6 +170,15 @@ async fn two_managers_one_leader_and_takeover_after_kill() {
     };
     assert!(leads(&leader).await, "the leader's capstan_leader is 1");
     assert!(!leads(&follower).await, "the standby's capstan_leader is 0");
+    exports_within(&leader, &series, true).await;
+    assert!(
+        !follower
+            .get("/metrics")
+            .await
+            .1
+            .contains("capstan_object_ready"),
+        "a standby exports no per-object series"
+    );
     let killed = Instant::now();
     leader.signal(Signal::SIGKILL);
     let _ = leader.child.wait().await;
@@ -172,6 +201,35 @@ async fn two_managers_one_leader_and_takeover_after_kill() {
             follower.all_logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new leader exports the object's series; once the object is deleted, no more.
+    exports_within(&follower, &series, true).await;
+    pipelines
+        .delete("watched", &kube::api::DeleteParams::default())
+        .await
+        .expect("delete");
+    exports_within(&follower, &series, false).await;
+}
+
+/// Waits until the manager's /metrics has (or no longer has) `series`.
+async fn exports_within(m: &common::Manager, series: &str, present: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = m.get("/metrics").await;
+        if metrics.contains(series) == present {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {series} {}:\n{metrics}",
+            m.identity,
+            if present {
+                "never exported"
+            } else {
+                "still exported"
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

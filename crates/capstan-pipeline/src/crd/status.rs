@@ -148,6 +148,24 @@ pub enum PipelinePhase {
     Cancelled,
 }
 
+impl PipelinePhase {
+    /// The name, as in the API (and in the `phase` label of `capstan_pipeline_run_phase`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::RollingBack => "RollingBack",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::RolledBack => "RolledBack",
+            Self::RollbackFailed => "RollbackFailed",
+            Self::Suspended => "Suspended",
+            Self::Superseded => "Superseded",
+            Self::Cancelled => "Cancelled",
+        }
+    }
+}
+
 /// The state of one stage in the current (or last) run.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
