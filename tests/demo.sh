@@ -323,6 +323,12 @@ k -n shop get events --field-selector involvedObject.name=shop --sort-by=.metada
   -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message | sed 's/^/    /' | tail -15
 verdict secretrotation shop sneaky-card-key ConnectionNotAllowed
 verdict secretrotation payments platform-signing-key ResourceNotAllowed
+echo "==> the metrics the chart's alerts and dashboard use, on Capstan's /metrics"
+admin=$(grep -o 'admin server listening[^=]*addr=[0-9.:]*' "$state/capstan.log" | head -1 | sed 's/.*addr=//')
+if python3 -c 'import sys, urllib.request; open(sys.argv[2], "wb").write(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read())' \
+    "$admin" "$state/metrics.txt" && python3 tests/alerts/check-names.py "$state/metrics.txt" | sed 's/^/    ok: /'; then :
+else echo "    FAIL: a metric the alerts or the dashboard use is not exported (see $state/metrics.txt)" >&2; ok=false; fi
+
 show
 grep -E "ERROR|panicked" "$state/capstan.log" && { echo "capstan logged errors" >&2; ok=false; }
 forbidden=$(python3 - "$CAPSTAN_AUDIT_LOG" "$(cat "$state/capstan.user")" <<'PY'

@@ -147,6 +147,31 @@ print(len(docs), keep, helm)' "$1"; }
 [ "$(count_crds "$tmp/crds.yaml")" = "${#src[@]} ${#src[@]} ${#src[@]}" ] && ok "crds.install: every CRD, kept on uninstall, with the chart's labels" || bad "crds.install renders $(count_crds "$tmp/crds.yaml") (CRDs, kept, labelled), want ${#src[@]} each"
 [ "$(count_crds "$tmp/crds-not-kept.yaml")" = "${#src[@]} 0 ${#src[@]}" ] && ok "crds.keep=false: no keep annotation" || bad "crds.keep=false renders $(count_crds "$tmp/crds-not-kept.yaml")"
 
+echo "== alerts and dashboard"
+promtool=$("$repo/tests/promtool/build.sh")
+render alerts --set metrics.prometheusRule.enabled=true --set metrics.dashboard.enabled=true
+python3 - "$tmp/alerts.yaml" "$tmp/rules.yaml" "$repo/docs/runbook.md" <<'PY' && ok "PrometheusRule renders the rule file; every alert has a summary, a description and a runbook section" || bad "PrometheusRule"
+import sys, yaml, re, json
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+rule = [d for d in docs if d["kind"] == "PrometheusRule"]
+dash = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+assert len(rule) == 1 and len(dash) == 1, "PrometheusRule and dashboard ConfigMap"
+json.loads(dash[0]["data"]["capstan.json"])
+groups = rule[0]["spec"]["groups"]
+yaml.safe_dump({"groups": groups}, open(sys.argv[2], "w"))
+runbook = open(sys.argv[3]).read()
+anchors = {re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-")) for h in re.findall(r"^#+ (.+)$", runbook, re.M)}
+for g in groups:
+    for r in g["rules"]:
+        a = r.get("annotations", {})
+        assert a.get("summary") and a.get("description"), r["alert"]
+        anchor = a.get("runbook_url", "").rsplit("#", 1)[-1]
+        assert anchor in anchors, f"{r['alert']}: no runbook section #{anchor}"
+PY
+"$promtool" check rules "$tmp/rules.yaml" > "$tmp/promtool.out" 2>&1 && ok "promtool check rules: $(grep -o '[0-9]* rules found' "$tmp/promtool.out")" || { cat "$tmp/promtool.out" >&2; bad "promtool check rules"; }
+"$promtool" test rules "$repo/tests/alerts/alerts_test.yaml" > "$tmp/promtool-test.out" 2>&1 && ok "promtool test rules: the main alerts' unit tests pass" || { cat "$tmp/promtool-test.out" >&2; bad "promtool test rules"; }
+python3 "$chart/dashboard.py" --check && ok "files/dashboard.json is what dashboard.py writes" || bad "files/dashboard.json differs from dashboard.py's output; run charts/capstan/dashboard.py"
+
 echo "== drift: manifests/install/capstan.yaml"
 "$repo/manifests/render.sh" --no-sync "$tmp/capstan.yaml" 2> "$tmp/render.err" || { cat "$tmp/render.err" >&2; bad "render"; }
 if [ -f "$tmp/capstan.yaml" ] && diff -u "$repo/manifests/install/capstan.yaml" "$tmp/capstan.yaml" > "$tmp/drift.diff"; then

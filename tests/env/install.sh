@@ -7,6 +7,8 @@
 #     constraints.txt (CAPSTAN_VENV overrides the location);
 #   - etcd, kube-apiserver and kube-controller-manager built from the Go modules pinned in
 #     tests/k8s-bins (tests/k8s-bins/build.sh; needs the Go toolchain named in its go.mod);
+#   - promtool built from the Prometheus Go module (tests/promtool/build.sh): the chart's
+#     alert rules are checked and unit-tested;
 #   - helm built from its Go module (tests/helm/build.sh): the tests render the chart to
 #     run every manager under its RBAC;
 #   - cargo-deny, pinned, into <repo>/.cache/cargo-deny/<version> (`make lint` runs it).
@@ -103,6 +105,12 @@ done_step "$bins"
 step "helm (tests/helm/build.sh)"
 helm_bin=$(GOTOOLCHAIN=local bash "$repo/tests/helm/build.sh")
 done_step "$helm_bin"
+
+# --- promtool -------------------------------------------------------------------------------
+# The chart's alert rules are checked and unit-tested with promtool (charts/capstan/ci-check.sh).
+step "promtool (tests/promtool/build.sh)"
+promtool_bin=$(GOTOOLCHAIN=local bash "$repo/tests/promtool/build.sh")
+done_step "$promtool_bin"
 
 # --- cargo-deny -----------------------------------------------------------------------------
 # `make lint` checks licenses, bans and sources with it (deny.toml). Built from crates.io.

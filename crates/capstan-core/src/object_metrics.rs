@@ -80,12 +80,24 @@ pub const FAMILIES: &[(&str, &str)] = &[
         "When the SecretRotation last rotated successfully, in Unix seconds (leader only)",
     ),
     (
+        "secret_rotation_overdue",
+        "1 when the SecretRotation's credential is older than its interval plus grace, its maximum age (condition Overdue) (leader only)",
+    ),
+    (
         "service_scaling_desired_replicas",
         "The count the ServiceScaling last set (leader only)",
     ),
     (
         "service_scaling_running_replicas",
         "The running tasks ECS reported for the ServiceScaling's service (leader only)",
+    ),
+    (
+        "service_scaling_utilization_percent",
+        "The ServiceScaling's last CPU or memory reading, in percent of the requested (leader only)",
+    ),
+    (
+        "service_scaling_target_utilization_percent",
+        "The ServiceScaling's target for CPU or memory, in percent (leader only)",
     ),
     (
         "service_scaling_max_replicas",
@@ -231,9 +243,8 @@ impl Collector for ObjectMetrics {
                     series.push((labels, s.value));
                 }
             }
-            if series.is_empty() {
-                continue;
-            }
+            // Every family is declared while leading, with or without series, so that
+            // a dashboard or rule finds the name before the first object has one.
             let mut family_encoder =
                 encoder.encode_descriptor(family, help, None, MetricType::Gauge)?;
             for (labels, value) in series {

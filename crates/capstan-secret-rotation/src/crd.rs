@@ -77,6 +77,14 @@ impl capstan_core::object_metrics::Summarize for SecretRotation {
                 t.timestamp() as f64,
             ));
         }
+        let overdue = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Overdue" && c.status == "True");
+        samples.push(Sample::new(
+            "secret_rotation_overdue",
+            if overdue { 1.0 } else { 0.0 },
+        ));
         if let Some(t) = status.last_rotation_time {
             samples.push(Sample::new(
                 "secret_rotation_last_rotation_timestamp_seconds",

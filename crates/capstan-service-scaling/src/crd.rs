@@ -741,6 +741,32 @@ impl capstan_core::object_metrics::Summarize for ServiceScaling {
                 f64::from(n),
             ));
         }
+        // CPU and memory against their targets: what each scaling decision weighed.
+        for (metric, target) in self.spec.metrics.iter().flat_map(|m| {
+            [
+                ("cpu", m.cpu_utilization.as_ref()),
+                ("memory", m.memory_utilization.as_ref()),
+            ]
+        }) {
+            let Some(target) = target else { continue };
+            samples.push(Sample {
+                family: "service_scaling_target_utilization_percent",
+                label: Some(("metric", metric)),
+                value: f64::from(target.target_percent),
+            });
+            if let Some(current) = status
+                .current_metrics
+                .iter()
+                .find(|c| c.name == metric)
+                .and_then(|c| c.current_utilization_percent)
+            {
+                samples.push(Sample {
+                    family: "service_scaling_utilization_percent",
+                    label: Some(("metric", metric)),
+                    value: f64::from(current),
+                });
+            }
+        }
         Summary {
             ready,
             reason,

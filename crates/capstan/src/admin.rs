@@ -14,6 +14,28 @@ use capstan_core::runtime::Readiness;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// `capstan_ready`: what `/readyz` answers, as a gauge (1 ready, 0 not), for the alert
+/// on a replica that stays unready.
+#[derive(Debug)]
+pub struct ReadyCollector(pub Readiness);
+
+impl prometheus_client::collector::Collector for ReadyCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let gauge =
+            prometheus_client::metrics::gauge::ConstGauge::new(i64::from(self.0.check().is_ok()));
+        gauge.encode(encoder.encode_descriptor(
+            "ready",
+            "1 when /readyz answers 200 (leadership known and, on the leader, every watch synced)",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
+}
+
 #[derive(Clone)]
 struct AdminState {
     registry: Arc<Registry>,

@@ -92,6 +92,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let controllers = Controllers::register(&args, registry)?;
     registry.register_collector(Box::new(objects.clone()));
+    registry.register_collector(Box::new(admin::ReadyCollector(readiness.clone())));
     let leading = leader::LeaderGauge::register(registry, objects.clone());
     let (bound, admin) = admin::serve(
         args.metrics_addr,

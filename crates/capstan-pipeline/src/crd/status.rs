@@ -149,6 +149,19 @@ pub enum PipelinePhase {
 }
 
 impl PipelinePhase {
+    /// Whether a run in this phase has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded
+                | Self::Failed
+                | Self::RolledBack
+                | Self::RollbackFailed
+                | Self::Superseded
+                | Self::Cancelled
+        )
+    }
+
     /// The name, as in the API (and in the `phase` label of `capstan_pipeline_run_phase`).
     pub fn as_str(self) -> &'static str {
         match self {
