@@ -170,6 +170,7 @@ for g in groups:
 PY
 "$promtool" check rules "$tmp/rules.yaml" > "$tmp/promtool.out" 2>&1 && ok "promtool check rules: $(grep -o '[0-9]* rules found' "$tmp/promtool.out")" || { cat "$tmp/promtool.out" >&2; bad "promtool check rules"; }
 "$promtool" test rules "$repo/tests/alerts/alerts_test.yaml" > "$tmp/promtool-test.out" 2>&1 && ok "promtool test rules: the main alerts' unit tests pass" || { cat "$tmp/promtool-test.out" >&2; bad "promtool test rules"; }
+python3 "$chart/rbac-table.py" "$helm" --check && ok "README.md's RBAC table is the chart's rules" || bad "README.md's RBAC table differs from the chart; run charts/capstan/rbac-table.py $helm"
 python3 "$chart/dashboard.py" --check && ok "files/dashboard.json is what dashboard.py writes" || bad "files/dashboard.json differs from dashboard.py's output; run charts/capstan/dashboard.py"
 
 echo "== drift: manifests/install/capstan.yaml"

@@ -268,3 +268,96 @@ async fn a_forbidden_request_is_found_in_the_audit_log() {
         refused[0]
     );
 }
+
+/// The chart's ClusterRoles for people are aggregated, by the real controller-manager's
+/// clusterrole-aggregation controller, into Kubernetes' `view` and `edit`: a viewer reads
+/// Capstan's objects and changes none; an editor changes SecretRotations, ServiceScalings
+/// and Pipelines, but approves no run (the approver role is never aggregated), writes no
+/// status and changes no ClusterConnection.
+#[tokio::test]
+async fn people_roles_are_aggregated_into_view_and_edit() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+    let kube = TestEnv::get().kube().await.expect("kube");
+    let ns = TempNamespace::create(kube).await.expect("namespace");
+    let client = kube.client().await;
+    let installed = kube
+        .install_capstan(&InstallOptions {
+            namespace: ns.name().to_owned(),
+            leader_elect: true,
+            ..InstallOptions::default()
+        })
+        .await
+        .expect("install");
+    let fullname = installed.fullname.clone();
+    // The aggregation controller copies the chart's rules into view and edit.
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (role, ours) in [("view", "view"), ("edit", "edit"), ("admin", "edit")] {
+        loop {
+            let aggregated = roles.get(role).await.expect("built-in role");
+            let mine = roles
+                .get(&format!("{fullname}-{ours}"))
+                .await
+                .expect("the chart's role");
+            let has_all = mine
+                .rules
+                .iter()
+                .flatten()
+                .all(|r| aggregated.rules.iter().flatten().any(|a| a == r));
+            if has_all {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{role} never aggregated {fullname}-{ours}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let bind = |user: &str, role: &str| -> RoleBinding {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": format!("{user}-{role}") },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
+        }))
+        .expect("binding")
+    };
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns.name());
+    for (user, role) in [("vera-viewer", "view"), ("ed-editor", "edit")] {
+        bindings
+            .create(&PostParams::default(), &bind(user, role))
+            .await
+            .expect("binding");
+    }
+    let n = ns.name();
+    expect(
+        &client,
+        "vera-viewer",
+        &[
+            ("get", "capstan.dev/secretrotations", n, true),
+            ("list", "capstan.dev/pipelines", n, true),
+            ("watch", "capstan.dev/servicescalings", n, true),
+            ("get", "capstan.dev/approvals", n, true),
+            ("create", "capstan.dev/pipelines", n, false),
+            ("patch", "capstan.dev/secretrotations", n, false),
+            ("create", "capstan.dev/approvals", n, false),
+        ],
+    )
+    .await;
+    expect(
+        &client,
+        "ed-editor",
+        &[
+            ("get", "capstan.dev/pipelines", n, true),
+            ("create", "capstan.dev/pipelines", n, true),
+            ("patch", "capstan.dev/secretrotations", n, true),
+            ("delete", "capstan.dev/servicescalings", n, true),
+            ("create", "capstan.dev/approvals", n, false),
+            ("update", "capstan.dev/pipelines/status", n, false),
+            ("patch", "capstan.dev/secretrotations/status", n, false),
+            ("create", "capstan.dev/clusterconnections", "", false),
+            ("get", "capstan.dev/pipelines", "kube-system", false),
+        ],
+    )
+    .await;
+}
