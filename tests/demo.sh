@@ -10,7 +10,11 @@
 # 3. Runs `capstan run` as the Helm chart installs it (its ServiceAccount, RBAC and
 #    arguments, from `helm template`; `capstan-testenv up --install-capstan`) and applies
 #    manifests/examples/. Any request the API server refuses it fails the verdict.
-# 4. Shows what happens. Interactive: follows until Ctrl-C, then tears everything down.
+# 4. Shows what happens. Interactive: after the verdict, tests/demo/watch.py refreshes
+#    a live table of the objects with the last Events, runs a flash sale on shop/web
+#    (CPU up, scale-up, the sale's floor, scale-down), a SecretRotation every 45 s, and
+#    on Ctrl-C prints a summary (rotations, scaling decisions, runs) and tears
+#    everything down. Capstan's raw log stays in .demo/capstan.log.
 #    With --ci: checks the verdict and exits: connections reachable; the Vault API key
 #    rotated; the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
 #    DATABASE_URL that logs in, the api Deployment restarted for it; the ECS service
@@ -351,5 +355,10 @@ if $ci; then
   exit 0
 fi
 echo
-echo "Capstan is running (log: $state/capstan.log). Ctrl-C tears everything down."
-tail -f "$state/capstan.log"
+echo "Capstan is running; its raw log is $state/capstan.log. What follows refreshes in place:"
+echo "a flash sale on shop/web, a rotation every 45 s, the pipeline. Ctrl-C ends it with a summary."
+sleep 3
+# CAPSTAN_DEMO_WATCH_SECONDS: stop by itself after that long (as Ctrl-C would).
+watch_for=()
+[ -n "${CAPSTAN_DEMO_WATCH_SECONDS:-}" ] && watch_for=(--for "$CAPSTAN_DEMO_WATCH_SECONDS")
+"${CAPSTAN_VENV:-.venv}/bin/python" tests/demo/watch.py "$state" "$admin" "${watch_for[@]}" || true
