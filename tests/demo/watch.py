@@ -82,7 +82,9 @@ def ready(o):
 def next_of(kind, o):
     st = o.get("status") or {}
     if kind == "SecretRotation":
-        return f"rotation {ago(st.get('nextRotationTime'))}; rotated {st.get('rotationCount', 0)}x"
+        nxt = st.get("nextRotationTime")
+        when = f"next rotation {ago(nxt)}" if nxt else "no rotation scheduled"
+        return f"{when}; rotated {st.get('rotationCount', 0)}x"
     if kind == "ServiceScaling":
         sched = ",".join(st.get("activeSchedules", [])) or "none"
         cpu = next((m.get("currentUtilizationPercent") for m in st.get("currentMetrics", []) if m.get("name") == "cpu"), "?")
@@ -104,7 +106,7 @@ def table():
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     events = objects("events.events.k8s.io")
-    events = [e for e in events if (e.get("reportingController") or "").startswith("capstan")]
+    events = [e for e in events if e.get("regarding", {}).get("apiVersion", "").startswith("capstan.dev/")]
     events.sort(key=lambda e: e.get("eventTime") or e.get("deprecatedLastTimestamp") or "")
     lines += ["", "LAST EVENTS"]
     for e in events[-6:]:
@@ -140,7 +142,7 @@ def setup(start):
         "apiVersion": "capstan.dev/v1alpha1", "kind": "SecretRotation",
         "metadata": {"name": "ticker", "namespace": "payments"},
         "spec": {"connectionRef": {"name": "vault-payments"},
-                 "backend": {"vault": {"mount": "secret", "path": "demo/ticker"}},
+                 "backend": {"vault": {"mount": "secret", "path": "card-processor/demo-ticker"}},
                  "target": {"none": {}}, "schedule": {"interval": "45s"}, "generator": {"length": 32}},
     }
     out = kubectl("apply", "-f", "-", stdin=json.dumps(ticker))
@@ -196,7 +198,7 @@ def summary(first, last, seconds):
     for o in objects("secretrotations.capstan.dev"):
         st = o.get("status") or {}
         print(f"  {o['metadata']['namespace']}/{o['metadata']['name']}: rotated {st.get('rotationCount', 0)} times"
-              f" in all, last {ago(st.get('lastRotationTime'))}")
+              f" in all, last {ago(st.get('lastRotationTime')) or 'never'}")
     ops_first = total(first, "capstan_service_scaling_scale_operations_total")
     for labels, v in sorted(total(last, "capstan_service_scaling_scale_operations_total").items()):
         print(f"  scaling decisions {labels}: {v - ops_first.get(labels, 0):.0f}")
