@@ -68,7 +68,13 @@ impl capstan_core::object_metrics::Summarize for SecretRotation {
     /// Readiness, the next rotation and the last successful one.
     fn summary(&self) -> capstan_core::object_metrics::Summary {
         use capstan_core::object_metrics::{Sample, Summary, ready_of};
-        let status = self.status.clone().unwrap_or_default();
+        let Some(status) = self.status.as_ref() else {
+            return Summary {
+                ready: false,
+                reason: "Unknown".to_owned(),
+                samples: Vec::new(),
+            };
+        };
         let (ready, reason) = ready_of(&status.conditions);
         let mut samples = Vec::new();
         if let Some(t) = status.next_rotation_time {
@@ -77,14 +83,14 @@ impl capstan_core::object_metrics::Summarize for SecretRotation {
                 t.timestamp() as f64,
             ));
         }
-        let overdue = status
+        // Only when overdue: 10,000 zeros would only lengthen every scrape.
+        if status
             .conditions
             .iter()
-            .any(|c| c.type_ == "Overdue" && c.status == "True");
-        samples.push(Sample::new(
-            "secret_rotation_overdue",
-            if overdue { 1.0 } else { 0.0 },
-        ));
+            .any(|c| c.type_ == "Overdue" && c.status == "True")
+        {
+            samples.push(Sample::new("secret_rotation_overdue", 1.0));
+        }
         if let Some(t) = status.last_rotation_time {
             samples.push(Sample::new(
                 "secret_rotation_last_rotation_timestamp_seconds",

@@ -115,22 +115,55 @@ async fn listen(
     Ok((local, task))
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        ),
+/// The text of a scrape in chunks of at most [`CHUNK`] bytes. With 10,000 objects a
+/// scrape is megabytes: one growing String would reallocate (and copy) it up to twice
+/// its size at every scrape, and glibc keeps such blocks resident once its mmap
+/// threshold has risen; fixed-size chunks are reused from its free lists instead.
+#[derive(Default)]
+struct Chunks(Vec<String>);
+
+const CHUNK: usize = 64 * 1024;
+
+impl std::fmt::Write for Chunks {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        match self.0.last_mut() {
+            Some(last) if last.len() + s.len() <= CHUNK => last.push_str(s),
+            _ => {
+                let mut chunk = String::with_capacity(CHUNK.max(s.len()));
+                chunk.push_str(s);
+                self.0.push(chunk);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> axum::response::Response {
+    let mut chunks = Chunks::default();
+    match prometheus_client::encoding::text::encode(&mut chunks, &state.registry) {
+        Ok(()) => {
+            let stream = futures::stream::iter(
+                chunks
+                    .0
+                    .into_iter()
+                    .map(|c| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(c))),
+            );
+            (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("encoding metrics: {e}"),
-        ),
+        )
+            .into_response(),
     }
 }
 
