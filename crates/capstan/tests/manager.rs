@@ -496,3 +496,36 @@ async fn kubeconfig_and_context_flags_pick_the_cluster() {
     }
     let _ = child.kill().await;
 }
+
+/// `--log-format text` writes no colour codes when stderr is not a terminal (a log
+/// file, a pipe, a container runtime's log).
+#[tokio::test]
+async fn text_logs_carry_no_colour_codes_off_a_terminal() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args([
+            "run",
+            "--log-format",
+            "text",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ])
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("starting") && stderr.contains("INFO"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--kubeconfig /nonexistent/kubeconfig"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+}
