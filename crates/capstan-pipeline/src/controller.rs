@@ -69,6 +69,7 @@ mod checks;
 mod controls;
 mod deploys;
 mod gate;
+mod metrics;
 mod runs;
 mod status;
 
@@ -77,6 +78,7 @@ use checks::*;
 use controls::*;
 use deploys::*;
 use gate::*;
+use metrics::RunMetrics;
 use runs::*;
 use status::*;
 
@@ -151,112 +153,6 @@ impl Metrics {
         Self {
             controller,
             runs: RunMetrics::register(sub),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct StageLabels {
-    r#type: &'static str,
-    outcome: &'static str,
-}
-
-/// Runs by outcome and stage durations, counted from what a status write changed (so
-/// once per transition, whichever pass made it).
-#[derive(Clone, Debug)]
-struct RunMetrics {
-    runs: prometheus_client::metrics::family::Family<
-        OutcomeLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    stage_duration: prometheus_client::metrics::family::Family<
-        StageLabels,
-        prometheus_client::metrics::histogram::Histogram,
-    >,
-}
-
-/// Stage durations from 1 s to about 4.5 h.
-fn stage_histogram() -> prometheus_client::metrics::histogram::Histogram {
-    prometheus_client::metrics::histogram::Histogram::new(
-        prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 14),
-    )
-}
-
-impl RunMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let runs = prometheus_client::metrics::family::Family::default();
-        let stage_duration = prometheus_client::metrics::family::Family::new_with_constructor(
-            stage_histogram as fn() -> prometheus_client::metrics::histogram::Histogram,
-        );
-        registry.register(
-            "runs",
-            "Runs that ended, by outcome (Succeeded, Failed, RolledBack, RollbackFailed, Superseded, Cancelled)",
-            runs.clone(),
-        );
-        registry.register(
-            "stage_duration_seconds",
-            "Time from a stage's start to its end, by stage type and outcome",
-            stage_duration.clone(),
-        );
-        Self {
-            runs,
-            stage_duration,
-        }
-    }
-
-    /// Counts what changed from `before` to `after` (the status just written).
-    fn observe(
-        &self,
-        spec: &crate::crd::PipelineSpec,
-        before: &PipelineStatus,
-        after: &PipelineStatus,
-    ) {
-        use crate::crd::StagePhase;
-        for stage in &after.stages {
-            let (Some(started), Some(finished)) = (stage.started, stage.finished) else {
-                continue;
-            };
-            let was_done = before.run_id == after.run_id
-                && before.stages.iter().any(|b| {
-                    b.name == stage.name && b.finished.is_some() && b.attempt == stage.attempt
-                });
-            let outcome = match stage.phase {
-                StagePhase::Succeeded => "Succeeded",
-                StagePhase::Failed => "Failed",
-                StagePhase::RolledBack => "RolledBack",
-                StagePhase::Cancelled => "Cancelled",
-                StagePhase::Skipped | StagePhase::Pending | StagePhase::Running => continue,
-            };
-            if was_done {
-                continue;
-            }
-            let type_ = spec
-                .stages
-                .iter()
-                .find(|s| s.name == stage.name)
-                .map_or("Unknown", |s| s.type_.as_str());
-            self.stage_duration
-                .get_or_create(&StageLabels {
-                    r#type: type_,
-                    outcome,
-                })
-                .observe((finished - started).num_milliseconds().max(0) as f64 / 1000.0);
-        }
-        let ended = |st: &PipelineStatus| st.phase.is_some_and(|p| p.is_terminal());
-        if ended(after)
-            && (!ended(before) || before.run_id != after.run_id)
-            && let Some(phase) = after.phase
-        {
-            self.runs
-                .get_or_create(&OutcomeLabels {
-                    outcome: phase.as_str(),
-                })
-                .inc();
         }
     }
 }
