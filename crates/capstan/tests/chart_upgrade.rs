@@ -76,6 +76,18 @@ fn chart_at(commit: &str, dir: &Path) -> PathBuf {
     dir.join("charts/capstan")
 }
 
+/// The value of annotation `key` on `crd`.
+fn annotation(crd: &CustomResourceDefinition, key: &str) -> Option<String> {
+    crd.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+/// The value of label `key` on `crd`.
+fn label(crd: &CustomResourceDefinition, key: &str) -> Option<String> {
+    crd.metadata.labels.as_ref()?.get(key).cloned()
+}
+
+const RELEASE_NAME: &str = "meta.helm.sh/release-name";
+
 const CAPSTAN_CRDS: [&str; 5] = [
     "approvals.capstan.dev",
     "clusterconnections.capstan.dev",
@@ -141,11 +153,9 @@ async fn upgrading_from_the_crds_folder_chart_adopts_and_keeps_the_crds() {
     .unwrap_or_else(|e| panic!("installing the old chart: {e}"));
     for name in CAPSTAN_CRDS_OF_THE_OLD_CHART {
         let crd = crds.get(name).await.expect("the old chart installed it");
-        assert!(
-            crd.metadata
-                .annotations
-                .as_ref()
-                .is_none_or(|a| !a.contains_key("meta.helm.sh/release-name")),
+        assert_eq!(
+            annotation(&crd, RELEASE_NAME),
+            None,
             "{name} is not yet the release's"
         );
     }
@@ -166,9 +176,9 @@ async fn upgrading_from_the_crds_folder_chart_adopts_and_keeps_the_crds() {
 
     // Without the documented step Helm refuses to take CRDs it did not create.
     let new = new_chart.to_str().expect("utf-8");
-    let refused = helm(
-        &kubeconfig,
-        &[
+    // `helm upgrade` of this chart with crds.install, and `extra` flags.
+    let upgrade = |extra: &[&str]| {
+        let mut args = vec![
             "upgrade",
             release,
             new,
@@ -176,68 +186,38 @@ async fn upgrading_from_the_crds_folder_chart_adopts_and_keeps_the_crds() {
             ns.name(),
             "--set",
             "crds.install=true",
-        ],
-    )
-    .expect_err("the upgrade must not take the CRDs silently");
+        ];
+        args.extend_from_slice(extra);
+        helm(&kubeconfig, &args)
+    };
+    let refused = upgrade(&[]).expect_err("the upgrade must not take the CRDs silently");
     assert!(
         refused.contains("invalid ownership metadata") && refused.contains(".capstan.dev"),
         "{refused}"
     );
     // The documented step: adopt them, once.
-    helm(
-        &kubeconfig,
-        &[
-            "upgrade",
-            release,
-            new,
-            "-n",
-            ns.name(),
-            "--set",
-            "crds.install=true",
-            "--take-ownership",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("upgrading with --take-ownership: {e}"));
+    upgrade(&["--take-ownership"])
+        .unwrap_or_else(|e| panic!("upgrading with --take-ownership: {e}"));
     for name in CAPSTAN_CRDS {
         let crd = crds.get(name).await.expect("CRD");
-        let annotations = crd.metadata.annotations.clone().unwrap_or_default();
-        let labels = crd.metadata.labels.clone().unwrap_or_default();
         assert_eq!(
-            annotations
-                .get("meta.helm.sh/release-name")
-                .map(String::as_str),
+            annotation(&crd, RELEASE_NAME).as_deref(),
             Some(release),
-            "{name}: {annotations:?}"
+            "{name}"
         );
         assert_eq!(
-            annotations
-                .get("helm.sh/resource-policy")
-                .map(String::as_str),
+            annotation(&crd, "helm.sh/resource-policy").as_deref(),
             Some("keep"),
             "{name}"
         );
         assert_eq!(
-            labels
-                .get("app.kubernetes.io/managed-by")
-                .map(String::as_str),
+            label(&crd, "app.kubernetes.io/managed-by").as_deref(),
             Some("Helm"),
             "{name}"
         );
     }
     // A later upgrade needs no step.
-    helm(
-        &kubeconfig,
-        &[
-            "upgrade",
-            release,
-            new,
-            "-n",
-            ns.name(),
-            "--set",
-            "crds.install=true",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("a second upgrade: {e}"));
+    upgrade(&[]).unwrap_or_else(|e| panic!("a second upgrade: {e}"));
     assert!(
         pipelines.get_opt("survivor").await.expect("get").is_some(),
         "lost on upgrade"
@@ -286,11 +266,7 @@ async fn upgrading_from_the_crds_folder_chart_adopts_and_keeps_the_crds() {
     for name in CAPSTAN_CRDS {
         let crd = crds.get(name).await.expect("created by the chart");
         assert_eq!(
-            crd.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("meta.helm.sh/release-name"))
-                .map(String::as_str),
+            annotation(&crd, RELEASE_NAME).as_deref(),
             Some("fresh"),
             "{name}"
         );

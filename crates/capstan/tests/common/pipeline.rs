@@ -444,6 +444,15 @@ impl Aws {
     }
 }
 
+/// The image of container `app` in `td` (the one Deploy stages change).
+pub fn app_image(td: &capstan_aws::ecs::sdk::types::TaskDefinition) -> String {
+    td.container_definitions()
+        .iter()
+        .find(|c| c.name() == Some("app"))
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
 pub fn rand_u128() -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
