@@ -26,6 +26,8 @@
 //! | `secretsmanager-read` | DescribeSecret, GetSecretValue, ListSecretVersionIds | 20 (40) | Secrets Manager API quotas |
 //! | `secretsmanager-write` | CreateSecret, PutSecretValue, UpdateSecretVersionStage | 5 (10) | Secrets Manager API quotas |
 //! | `autoscaling` | Application Auto Scaling (all calls) | 5 (10) | Application Auto Scaling API quotas |
+//! | `rds-read` | DescribeDBInstances, DescribeDBClusters | 5 (10) | RDS API throttling: a token bucket per account and region |
+//! | `rds-write` | ModifyDBInstance, ModifyDBCluster, AddTagsToResource | 1 (2) | RDS API throttling |
 //!
 //! `capstan run --aws-budget family=RATE[/BURST],...` overrides them.
 
@@ -50,6 +52,10 @@ pub const SECRETS_MANAGER_READ: &str = "secretsmanager-read";
 pub const SECRETS_MANAGER_WRITE: &str = "secretsmanager-write";
 /// Application Auto Scaling.
 pub const AUTOSCALING: &str = "autoscaling";
+/// RDS reads (DescribeDBInstances, DescribeDBClusters).
+pub const RDS_READ: &str = "rds-read";
+/// RDS writes (ModifyDBInstance, ModifyDBCluster, AddTagsToResource).
+pub const RDS_WRITE: &str = "rds-write";
 
 /// Every family, with its default rate.
 pub fn default_rates() -> BTreeMap<String, Rate> {
@@ -62,6 +68,8 @@ pub fn default_rates() -> BTreeMap<String, Rate> {
         (SECRETS_MANAGER_READ.to_owned(), r(20.0, 40)),
         (SECRETS_MANAGER_WRITE.to_owned(), r(5.0, 10)),
         (AUTOSCALING.to_owned(), r(5.0, 10)),
+        (RDS_READ.to_owned(), r(5.0, 10)),
+        (RDS_WRITE.to_owned(), r(1.0, 2)),
     ])
 }
 
