@@ -31,6 +31,9 @@
 //! - ECS: `<cluster>/<service>` by name; a cluster or service given as an ARN is reduced
 //!   to its name, and a service ARN naming another cluster than `cluster` matches
 //!   nothing.
+//! - RDS: the DB instance's or cluster's ARN as RDS reports it
+//!   (`arn:aws:rds:<region>:<account>:db:<id>`, `...:cluster:<id>`), read before
+//!   anything changes, so a pattern can pin the account and region.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,17 +61,19 @@ pub const VAULT_PATTERN: &str =
 /// ECS patterns: `<cluster>/<service>`, each of name characters, `*` and `${namespace}`.
 pub const ECS_PATTERN: &str =
     r"^([A-Za-z0-9_*-]|\$\{namespace\})+/([A-Za-z0-9_*-]|\$\{namespace\})+$";
+/// RDS patterns: ARNs of DB instances and clusters, with `*` and `${namespace}`.
+pub const RDS_PATTERN: &str = r"^arn:([A-Za-z0-9:_*-]|\$\{namespace\})+$";
 
 pub(crate) const RULE_NO_TRIPLE_STAR: &str = "self.all(p, !p.contains('***'))";
 pub(crate) const RULE_SCOPE_GRANTS: &str =
-    "has(self.secretsManager) || has(self.vault) || has(self.ecs)";
+    "has(self.secretsManager) || has(self.vault) || has(self.ecs) || has(self.rds)";
 pub(crate) const RULE_SCOPE_NAMESPACES_NOT_EMPTY: &str = "!has(self.namespaces) || (has(self.namespaces.names) && size(self.namespaces.names) > 0) || has(self.namespaces.selector)";
 
 /// What the namespaces a scope applies to may touch through the connection.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new(RULE_SCOPE_GRANTS).message("a scope must grant secretsManager, vault or ecs"),
+    validation = Rule::new(RULE_SCOPE_GRANTS).message("a scope must grant secretsManager, vault, ecs or rds"),
     validation = Rule::new(RULE_SCOPE_NAMESPACES_NOT_EMPTY).message("namespaces must list names or a selector; omit it to apply the scope to every namespace the connection allows").field_path(".namespaces")
 )]
 pub struct ConnectionScope {
@@ -87,6 +92,25 @@ pub struct ConnectionScope {
     /// (AWS connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ecs: Option<EcsScope>,
+    /// RDS DB instances and clusters whose master password may be rotated (AWS
+    /// connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rds: Option<RdsScope>,
+}
+
+/// RDS instances and clusters a scope grants.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RdsScope {
+    /// Patterns of DB instance and cluster ARNs, e.g.
+    /// `arn:aws:rds:eu-west-1:123456789012:db:${namespace}-*` or
+    /// `arn:aws:rds:*:123456789012:cluster:shop`.
+    #[schemars(
+        length(min = 1, max = MAX_PATTERNS),
+        inner(length(min = 1, max = 512), regex(pattern = RDS_PATTERN))
+    )]
+    #[x_kube(validation = Rule::new(RULE_NO_TRIPLE_STAR).message("*** is ambiguous: write * (within a segment) or ** (across /)"))]
+    pub resources: Vec<String>,
 }
 
 /// Secrets Manager secrets a scope grants.
@@ -153,6 +177,8 @@ pub enum ScopedResource {
         /// The service's name or ARN.
         service: String,
     },
+    /// An RDS DB instance or cluster, by the ARN RDS reports.
+    Rds(String),
 }
 
 impl fmt::Display for ScopedResource {
@@ -165,6 +191,7 @@ impl fmt::Display for ScopedResource {
             ScopedResource::EcsService { cluster, service } => {
                 write!(f, "ECS service {service:?} of cluster {cluster:?}")
             }
+            ScopedResource::Rds(arn) => write!(f, "RDS resource {arn:?}"),
         }
     }
 }
@@ -189,6 +216,14 @@ impl ScopedResource {
                 let cluster = ecs_cluster_name(cluster)?;
                 let service = ecs_service_name(service, cluster)?;
                 Some(format!("{cluster}/{service}"))
+            }
+            ScopedResource::Rds(arn) => {
+                let parts: Vec<&str> = arn.splitn(7, ':').collect();
+                matches!(
+                    parts.as_slice(),
+                    ["arn", _, "rds", _, _, "db" | "cluster", id] if !id.is_empty()
+                )
+                .then(|| arn.clone())
             }
         }
     }
@@ -220,6 +255,7 @@ impl ScopedResource {
             ScopedResource::EcsService { .. } => {
                 scope.ecs.as_ref().map_or(&[], |s| s.services.as_slice())
             }
+            ScopedResource::Rds(_) => scope.rds.as_ref().map_or(&[], |s| s.resources.as_slice()),
         }
     }
 }

@@ -37,7 +37,9 @@ use crate::crd::{
     AdminSecretRef, Backend, CaSecretRef, RotationOutcome, SecretRotationSpec, Target,
 };
 use crate::reasons;
-use crate::targets::{CredentialTarget, NoTarget, PostgresTarget};
+use crate::targets::{CredentialTarget, NoTarget, PostgresTarget, RdsMasterTarget};
+use capstan_aws::rds::SdkRds;
+use capstan_core::scope::ScopedResource;
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "capstan-secret-rotation";
@@ -163,6 +165,8 @@ pub struct Context {
     pub secrets_manager: ClientCache<SdkSecretsManager>,
     /// ECS clients per AWS connection, for `delivery.ecsServices`.
     pub ecs: ClientCache<SdkEcs>,
+    /// RDS clients per connection (the `rdsMasterPassword` target).
+    pub rds: ClientCache<SdkRds>,
     /// Consecutive transient failures per object (`namespace/name`), for the backoff.
     pub failures: Mutex<HashMap<String, u32>>,
     /// Objects whose rotation is overdue, for the gauge.
@@ -216,12 +220,16 @@ impl Context {
         let ecs = aws_cache(&rt, &options, |config, budget| {
             SdkEcs::from_config(config).with_budget(budget)
         });
+        let rds = aws_cache(&rt, &options, |config, budget| {
+            SdkRds::from_config(config).with_budget(budget)
+        });
         Self {
             rt,
             metrics,
             events,
             secrets_manager,
             ecs,
+            rds,
             failures: Mutex::new(HashMap::new()),
             overdue: Mutex::new(BTreeSet::new()),
             stuck: Mutex::new(BTreeSet::new()),
@@ -327,21 +335,30 @@ pub struct Clients {
     pub ecs: Option<capstan_aws::ecs::SdkEcs>,
 }
 
+/// The ClusterConnections an object's gate let through.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Connections<'a> {
+    /// `spec.connectionRef`'s (the backend's).
+    pub main: Option<&'a ClusterConnection>,
+    /// The resolved [`SecretRotationSpec::ecs_connection`]'s.
+    pub ecs: Option<&'a ClusterConnection>,
+    /// The target's own ([`Target::connection`]).
+    pub target: Option<&'a ClusterConnection>,
+}
+
 /// Builds the backend and target of `spec` for an object in `namespace`; with
-/// `delivery.ecsServices`, the ECS client from `ecs_connection` (the resolved
-/// [`SecretRotationSpec::ecs_connection`]).
+/// `delivery.ecsServices`, the ECS client from the ECS connection.
 pub async fn build_clients(
     ctx: &Context,
     namespace: &str,
     spec: &SecretRotationSpec,
-    connection: Option<&ClusterConnection>,
-    ecs_connection: Option<&ClusterConnection>,
+    connections: Connections<'_>,
 ) -> Result<Clients, RefError> {
-    let backend = build_backend(ctx, namespace, spec, connection).await?;
-    let target = build_target(ctx, namespace, &spec.target).await?;
+    let backend = build_backend(ctx, namespace, spec, connections.main).await?;
+    let target = build_target(ctx, namespace, &spec.target, connections.target).await?;
     let ecs = match spec.ecs_connection() {
         None => None,
-        Some(r) => Some(aws_clients(&ctx.ecs, ecs_connection, &r.name).await?),
+        Some(r) => Some(aws_clients(&ctx.ecs, connections.ecs, &r.name).await?),
     };
     Ok(Clients {
         backend,
@@ -494,8 +511,21 @@ async fn build_target(
     ctx: &Context,
     namespace: &str,
     target: &Target,
+    connection: Option<&ClusterConnection>,
 ) -> Result<Box<dyn CredentialTarget>, RefError> {
     match target {
+        Target::RdsMasterPassword(r) => {
+            let rds = aws_clients(&ctx.rds, connection, &r.connection_ref.name).await?;
+            let ca = read_ca(ctx, namespace, r.ca_secret_ref.as_ref()).await?;
+            let t = RdsMasterTarget::new(rds, r, ca.as_ref().map(|c| c.expose().as_bytes()));
+            // The scopes name ARNs: RDS says which one this is before anything changes.
+            let state = t
+                .describe()
+                .await
+                .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            check_scope(ctx, namespace, connection, ScopedResource::Rds(state.arn)).await?;
+            Ok(Box::new(t))
+        }
         Target::ValueOnly(_) => Ok(Box::new(NoTarget)),
         Target::Postgres(p) => {
             let (user, password) = read_admin(ctx, namespace, &p.admin_secret_ref).await?;
@@ -523,6 +553,37 @@ async fn build_target(
             Ok(Box::new(t))
         }
     }
+}
+
+/// Refuses `resource` unless the scopes of `connection` grant it to `namespace`
+/// (`ResourceNotAllowed`), for what is named only once a system has been asked.
+async fn check_scope(
+    ctx: &Context,
+    namespace: &str,
+    connection: Option<&ClusterConnection>,
+    resource: ScopedResource,
+) -> Result<(), RefError> {
+    let Some(conn) = connection else {
+        return Ok(());
+    };
+    let refused =
+        |e: capstan_core::connection::ConnectionRefError| RefError::new(e.reason(), e.to_string());
+    let labels = if conn.spec.scopes.is_some() {
+        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.rt.client.clone())
+            .get_opt(namespace)
+            .await
+            .map_err(|source| {
+                refused(capstan_core::connection::ConnectionRefError::Kube {
+                    name: conn.name_any(),
+                    source,
+                })
+            })?
+            .map(|n| n.labels().clone())
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    capstan_core::connection::check_scopes(conn, namespace, &labels, &[resource]).map_err(refused)
 }
 
 /// Gives `vc` a token for `conn`'s Vault auth: the token auth's Secret, or a login

@@ -95,6 +95,11 @@ pub fn template_values<'a>(
             u16::try_from(m.port).ok(),
             m.database.as_deref(),
         ),
+        Target::RdsMasterPassword(r) => (
+            r.endpoint.as_ref().map(|e| e.host.as_str()),
+            r.endpoint.as_ref().and_then(|e| u16::try_from(e.port).ok()),
+            r.effective_database(),
+        ),
         Target::ValueOnly(_) => (None, None, None),
     };
     TemplateValues {

@@ -106,6 +106,9 @@ pub const TARGET_UNAVAILABLE: &str = "TargetUnavailable";
 pub const TARGET_FENCED: &str = "TargetFenced";
 /// The target's settings are unusable.
 pub const TARGET_INVALID: &str = "TargetInvalid";
+/// RDS manages the master password itself (`ManageMasterUserPassword`) and the spec does
+/// not turn that off.
+pub const RDS_MANAGES_PASSWORD: &str = "RdsManagesPassword";
 
 /// The `outcome` of an audit line of a rotation step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

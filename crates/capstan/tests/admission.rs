@@ -105,6 +105,28 @@ async fn invalid_secret_rotations_are_refused_with_the_field_path() {
             "spec.strategy",
         ),
         (
+            "an RDS target naming neither instance nor cluster",
+            |v| {
+                v["spec"]["target"] = json!({"rdsMasterPassword": {"connectionRef": {"name": "aws"}, "masterUsername": "master"}});
+            },
+            "spec.target.rdsMasterPassword",
+        ),
+        (
+            "an RDS identifier that is no identifier",
+            |v| {
+                v["spec"]["target"] = json!({"rdsMasterPassword": {"connectionRef": {"name": "aws"}, "masterUsername": "master", "dbInstanceIdentifier": "1-bad_id"}});
+            },
+            "spec.target.rdsMasterPassword.dbInstanceIdentifier",
+        ),
+        (
+            "alternating users of an RDS master",
+            |v| {
+                v["spec"]["target"] = json!({"rdsMasterPassword": {"connectionRef": {"name": "aws"}, "masterUsername": "master", "dbInstanceIdentifier": "shop"}});
+                v["spec"]["strategy"] = json!({"alternatingUsers": {}});
+            },
+            "spec.strategy",
+        ),
+        (
             "aws backend without a connection",
             |v| {
                 v["spec"]

@@ -449,3 +449,63 @@ fn resources_read_as_a_sentence() {
         r#"ECS service "web" of cluster "shop""#
     );
 }
+
+#[test]
+fn rds_arns_are_matched_whole_and_only_well_formed_ones() {
+    let scopes = vec![ConnectionScope {
+        rds: Some(RdsScope {
+            resources: vec![
+                "arn:aws:rds:eu-west-1:123456789012:db:${namespace}-*".into(),
+                "arn:aws:rds:*:123456789012:cluster:shared".into(),
+            ],
+        }),
+        ..ConnectionScope::default()
+    }];
+    let ok = |arn: &str, ns: &str| {
+        permits(
+            Some(&scopes),
+            ns,
+            &labels(&[]),
+            &ScopedResource::Rds(arn.into()),
+        )
+    };
+    assert!(ok(
+        "arn:aws:rds:eu-west-1:123456789012:db:shop-main",
+        "shop"
+    ));
+    assert!(!ok(
+        "arn:aws:rds:eu-west-1:123456789012:db:shop-main",
+        "payments"
+    ));
+    assert!(!ok(
+        "arn:aws:rds:eu-west-1:999999999999:db:shop-main",
+        "shop"
+    ));
+    assert!(!ok(
+        "arn:aws:rds:eu-west-1:123456789012:cluster:shop-main",
+        "shop"
+    ));
+    assert!(ok(
+        "arn:aws:rds:us-east-1:123456789012:cluster:shared",
+        "shop"
+    ));
+    // Not an instance or cluster ARN: nothing matches, not even `*` patterns.
+    assert!(!ok(
+        "arn:aws:rds:eu-west-1:123456789012:snapshot:shop-x",
+        "shop"
+    ));
+    assert!(!ok("shop-main", "shop"));
+    // Another kind of scope grants no RDS resource.
+    let ecs_only = vec![ConnectionScope {
+        ecs: Some(EcsScope {
+            services: vec!["*/*".into()],
+        }),
+        ..ConnectionScope::default()
+    }];
+    assert!(!permits(
+        Some(&ecs_only),
+        "shop",
+        &labels(&[]),
+        &ScopedResource::Rds("arn:aws:rds:eu-west-1:123456789012:db:shop-main".into())
+    ));
+}

@@ -119,15 +119,18 @@ pub async fn run_with(
     .await;
 }
 
-/// The ClusterConnections an object names: its backend's and its ECS delivery's.
+/// The ClusterConnections an object names: its backend's, its ECS delivery's and its
+/// target's.
 fn connections_of(o: &SecretRotation) -> Vec<String> {
     let mut names: Vec<String> = o
         .spec
         .connection_ref
         .iter()
         .chain(o.spec.ecs_connection())
+        .chain(o.spec.target.connection())
         .map(|r| r.name.clone())
         .collect();
+    names.sort();
     names.dedup();
     names
 }

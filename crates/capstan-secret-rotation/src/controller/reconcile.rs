@@ -20,7 +20,7 @@ use super::pass::{Cached, Error, Pass, events, key_of, requeue_at};
 use super::status::Writer;
 use super::steps::run_steps;
 use crate::backend::Version;
-use crate::context::{Clients, Context, RefError, build_clients};
+use crate::context::{Clients, Connections, Context, RefError, build_clients};
 use crate::crd::{
     ROTATE_NOW_ANNOTATION, RotationTrigger, SecretRotation, SecretRotationStatus, Target,
     condition_types as ct, reasons,
@@ -47,6 +47,7 @@ pub(super) async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<
 struct Gated {
     connection: Option<Box<ClusterConnection>>,
     ecs_connection: Option<Box<ClusterConnection>>,
+    target_connection: Option<Box<ClusterConnection>>,
     conditions: Vec<Desired<'static>>,
 }
 
@@ -112,7 +113,11 @@ async fn reconcile_object(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Acti
     };
 
     // 3. Decide.
-    let connections = (gated.connection.as_deref(), gated.ecs_connection.as_deref());
+    let connections = Connections {
+        main: gated.connection.as_deref(),
+        ecs: gated.ecs_connection.as_deref(),
+        target: gated.target_connection.as_deref(),
+    };
     decide(&pass, &mut w, status, now, connections).await
 }
 
@@ -158,9 +163,20 @@ async fn gate(
             Gate::Proceed(conn, _) => conn,
         },
     };
+    // The target's own connection (RDS), when it is not the one above. Its scopes are
+    // checked against the instance's ARN once RDS has named it, before any change.
+    let target_connection = match obj.spec.target.connection() {
+        None => None,
+        Some(r) if same(&r.name) => connection.clone(),
+        Some(r) => match connection_gate(&ctx.rt, ns, Some(r), ConnectionKind::Aws, &[]).await? {
+            Gate::Refused(conds) => return Ok(Err(conds)),
+            Gate::Proceed(conn, _) => conn,
+        },
+    };
     Ok(Ok(Gated {
         connection,
         ecs_connection,
+        target_connection,
         conditions,
     }))
 }
@@ -204,7 +220,7 @@ async fn decide(
     w: &mut Writer,
     status: SecretRotationStatus,
     now: DateTime<Utc>,
-    connections: (Option<&ClusterConnection>, Option<&ClusterConnection>),
+    connections: Connections<'_>,
 ) -> Result<Action, Error> {
     let token = pass
         .obj
@@ -220,7 +236,7 @@ async fn decide(
         }
         return Ok(requeue_at(until, now));
     }
-    let clients = match clients_or_report(pass, w, connections.0, connections.1).await? {
+    let clients = match clients_or_report(pass, w, connections).await? {
         Ok(c) => c,
         Err(action) => return Ok(action),
     };
@@ -312,11 +328,10 @@ async fn refuse(
 async fn clients_or_report(
     pass: &Pass<'_>,
     w: &mut Writer,
-    connection: Option<&ClusterConnection>,
-    ecs_connection: Option<&ClusterConnection>,
+    connections: Connections<'_>,
 ) -> Result<Result<Clients, Action>, Error> {
     let ns = pass.obj.namespace().unwrap_or_default();
-    match build_clients(pass.ctx, &ns, &pass.obj.spec, connection, ecs_connection).await {
+    match build_clients(pass.ctx, &ns, &pass.obj.spec, connections).await {
         Ok(c) => Ok(Ok(c)),
         Err(e) => report_unresolved(pass, w, e).await.map(Err),
     }

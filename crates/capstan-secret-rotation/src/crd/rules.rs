@@ -45,6 +45,8 @@ pub const HH_MM_PATTERN: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]$";
 /// Database user/role names that need no quoting in SQL.
 pub(crate) const DB_USERNAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
 pub(super) const HOST_PATTERN: &str = r"^[A-Za-z0-9:]([A-Za-z0-9.:-]*[A-Za-z0-9])?$";
+/// RDS instance and cluster identifiers: a letter, then letters, digits and hyphens.
+pub(super) const RDS_IDENTIFIER_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9-]*$";
 pub(super) const DB_NAME_PATTERN: &str = r"^[A-Za-z0-9_.$-]+$";
 pub(super) const VAULT_PATH_PATTERN: &str = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$";
 pub(super) const AWS_ID_PATTERN: &str = r"^[A-Za-z0-9/_+=.@:-]+$";
@@ -65,8 +67,9 @@ pub(crate) const RULE_SINGLE_USER_ACKNOWLEDGED: &str = "!(has(self.delivery) && 
 pub(crate) const RULE_ECS_NEEDS_CONNECTION: &str = "!has(self.delivery) || !has(self.delivery.ecsServices) || size(self.delivery.ecsServices) == 0 || has(self.delivery.ecsConnectionRef) || has(self.connectionRef)";
 pub(crate) const RULE_DELIVERY_SECRET_NOT_BACKEND: &str = "!has(self.backend.kubernetes) || !has(self.delivery) || !has(self.delivery.secret) || (self.delivery.secret.name != self.backend.kubernetes.secretName && self.delivery.secret.name != (has(self.backend.kubernetes.pendingSecretName) ? self.backend.kubernetes.pendingSecretName : self.backend.kubernetes.secretName + '-pending'))";
 pub(crate) const RULE_ONE_BACKEND: &str = "(has(self.awsSecretsManager) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) == 1";
-pub(crate) const RULE_ONE_TARGET: &str =
-    "(has(self.postgres) ? 1 : 0) + (has(self.mysql) ? 1 : 0) + (has(self.none) ? 1 : 0) == 1";
+pub(crate) const RULE_ONE_TARGET: &str = "(has(self.postgres) ? 1 : 0) + (has(self.mysql) ? 1 : 0) + (has(self.rdsMasterPassword) ? 1 : 0) + (has(self.none) ? 1 : 0) == 1";
+pub(crate) const RULE_RDS_ONE_RESOURCE: &str =
+    "has(self.dbInstanceIdentifier) != has(self.dbClusterIdentifier)";
 pub(crate) const RULE_ONE_STRATEGY: &str =
     "(has(self.singleUser) ? 1 : 0) + (has(self.alternatingUsers) ? 1 : 0) == 1";
 pub(crate) const RULE_ONE_SCHEDULE: &str = "has(self.interval) != has(self.cron)";

@@ -40,6 +40,8 @@ pub enum TargetKind {
     Postgres,
     /// `target.mysql`.
     Mysql,
+    /// `target.rdsMasterPassword`.
+    RdsMasterPassword,
     /// `target.none`.
     None,
 }
@@ -50,6 +52,7 @@ impl TargetKind {
         match self {
             Self::Postgres => "postgres",
             Self::Mysql => "mysql",
+            Self::RdsMasterPassword => "rdsMasterPassword",
             Self::None => "none",
         }
     }

@@ -1,6 +1,8 @@
 //! `spec.target`: what the credential is set on (PostgreSQL, MySQL/MariaDB, nothing),
 //! and the admin and CA Secrets a database target reads.
 
+use capstan_core::connection::ConnectionRef;
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -9,8 +11,7 @@ use super::rules::*;
 use super::status::*;
 use crate::template::Variable;
 
-/// What the credential is set on. One variant per target; RDS master passwords, IAM access
-/// keys, transit keys or Vault database roles would each be one more.
+/// What the credential is set on. One variant per target.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub enum Target {
@@ -19,6 +20,9 @@ pub enum Target {
     Postgres(PostgresTarget),
     /// A MySQL or MariaDB user.
     Mysql(MysqlTarget),
+    /// The master password of an Amazon RDS DB instance or Aurora DB cluster, changed
+    /// with ModifyDBInstance/ModifyDBCluster and tested by logging in at its endpoint.
+    RdsMasterPassword(RdsMasterPasswordTarget),
     /// No target: an API key or token that is generated, stored and delivered only.
     #[serde(rename = "none")]
     ValueOnly(ValueOnlyTarget),
@@ -138,6 +142,107 @@ pub enum MysqlSslMode {
     VerifyIdentity,
 }
 
+/// `target.rdsMasterPassword`: the master password of an RDS DB instance or Aurora DB
+/// cluster.
+///
+/// Capstan sets it with ModifyDBInstance (ModifyDBCluster) and `ApplyImmediately`,
+/// waits until RDS reports the instance `available` with no change pending, and tests
+/// it by logging in as the master user at the endpoint. An instance whose password RDS
+/// manages itself (`ManageMasterUserPassword`) is refused (`RdsManagesPassword`) unless
+/// `turnOffRdsManagedPassword` is true: two rotators of one password would each lock
+/// the other's consumers out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(RULE_RDS_ONE_RESOURCE).message("exactly one of dbInstanceIdentifier or dbClusterIdentifier must be set"))]
+pub struct RdsMasterPasswordTarget {
+    /// The AWS ClusterConnection through which RDS is called. Its scopes must grant
+    /// this namespace the instance's or cluster's ARN (`scopes[].rds.resources`).
+    pub connection_ref: ConnectionRef,
+    /// The DB instance (`DBInstanceIdentifier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = RDS_IDENTIFIER_PATTERN))]
+    pub db_instance_identifier: Option<String>,
+    /// The Aurora DB cluster (`DBClusterIdentifier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = RDS_IDENTIFIER_PATTERN))]
+    pub db_cluster_identifier: Option<String>,
+    /// The master username, as RDS reports it (`MasterUsername`). Checked before any
+    /// change, so that an object cannot be pointed at another database by mistake.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DB_USERNAME_PATTERN))]
+    pub master_username: String,
+    /// The database engine, for the login test.
+    #[serde(default)]
+    pub engine: RdsEngine,
+    /// The database to log in to for the test, and the `database` template variable.
+    /// Default: `postgres` for PostgreSQL; none for MySQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DB_NAME_PATTERN))]
+    pub database: Option<String>,
+    /// Where to log in instead of the endpoint RDS reports (a private DNS name, a
+    /// proxy). With it, `host` and `port` are template variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<RdsEndpoint>,
+    /// TLS for the login test: `verifyFull` (default) checks the certificate and host
+    /// name against `caSecretRef` or the system roots.
+    #[serde(default)]
+    pub tls: RdsTls,
+    /// The RDS CA bundle (e.g. `global-bundle.pem`) for `verifyFull`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
+    /// Turns RDS's own management of the master password off (ManageMasterUserPassword
+    /// false, in the same call that sets Capstan's password) instead of refusing an
+    /// instance that has it on.
+    #[serde(default)]
+    pub turn_off_rds_managed_password: bool,
+}
+
+/// The engine an RDS instance runs, for the login test.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum RdsEngine {
+    /// PostgreSQL or Aurora PostgreSQL.
+    #[default]
+    Postgres,
+    /// MySQL, MariaDB or Aurora MySQL.
+    Mysql,
+}
+
+/// Where the login test connects.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RdsEndpoint {
+    /// Host name or IP address (no brackets around IPv6).
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub host: String,
+    /// TCP port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// TLS of the login test.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum RdsTls {
+    /// No TLS (an endpoint reached through a tunnel that encrypts).
+    Disable,
+    /// TLS without a certificate check.
+    Require,
+    /// TLS with a certificate that a trusted CA signed for the host name.
+    #[default]
+    VerifyFull,
+}
+
+impl RdsMasterPasswordTarget {
+    /// The database of the login test and the template variable.
+    pub fn effective_database(&self) -> Option<&str> {
+        match (&self.database, self.engine) {
+            (Some(d), _) => Some(d),
+            (None, RdsEngine::Postgres) => Some("postgres"),
+            (None, RdsEngine::Mysql) => None,
+        }
+    }
+}
+
 /// The `none` target: nothing outside the backend changes.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ValueOnlyTarget {}
@@ -189,6 +294,14 @@ impl Target {
                 .into_iter()
                 .filter(|v| *v != Variable::Database || m.database.is_some())
                 .collect(),
+            Target::RdsMasterPassword(r) => Variable::ALL
+                .into_iter()
+                .filter(|v| match v {
+                    Variable::Host | Variable::Port => r.endpoint.is_some(),
+                    Variable::Database => r.effective_database().is_some(),
+                    _ => true,
+                })
+                .collect(),
             Target::ValueOnly(_) => vec![Variable::Password],
         }
     }
@@ -198,15 +311,18 @@ impl Target {
         match self {
             Self::Postgres(_) => TargetKind::Postgres,
             Self::Mysql(_) => TargetKind::Mysql,
+            Self::RdsMasterPassword(_) => TargetKind::RdsMasterPassword,
             Self::ValueOnly(_) => TargetKind::None,
         }
     }
 
-    /// The database username (first role), if this is a database target.
+    /// The database username (first role; the master user of RDS), if the target has
+    /// users.
     pub fn username(&self) -> Option<&str> {
         match self {
             Self::Postgres(t) => Some(&t.username),
             Self::Mysql(t) => Some(&t.username),
+            Self::RdsMasterPassword(t) => Some(&t.master_username),
             Self::ValueOnly(_) => None,
         }
     }
@@ -216,12 +332,21 @@ impl Target {
         match self {
             Self::Postgres(_) => Some(63),
             Self::Mysql(_) => Some(32),
-            Self::ValueOnly(_) => None,
+            Self::RdsMasterPassword(_) | Self::ValueOnly(_) => None,
         }
     }
 
-    /// Whether the target is a database (the only kind alternating users applies to).
+    /// Whether the target is a database whose users Capstan manages (the only kind
+    /// alternating users applies to; an RDS instance has one master user).
     pub fn is_database(&self) -> bool {
-        self.username().is_some()
+        matches!(self, Self::Postgres(_) | Self::Mysql(_))
+    }
+
+    /// The ClusterConnection the target itself is reached through, if any.
+    pub fn connection(&self) -> Option<&ConnectionRef> {
+        match self {
+            Self::RdsMasterPassword(t) => Some(&t.connection_ref),
+            Self::Postgres(_) | Self::Mysql(_) | Self::ValueOnly(_) => None,
+        }
     }
 }

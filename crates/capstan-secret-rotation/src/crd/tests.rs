@@ -209,6 +209,7 @@ fn every_cel_rule_sits_where_it_applies() {
         ("spec.generator", RULE_GENERATOR_LENGTH_FITS_CLASSES),
         ("spec.backend.vault", RULE_PENDING_PATH_DIFFERS),
         ("spec.backend.kubernetes", RULE_PENDING_SECRET_DIFFERS),
+        ("spec.target.rdsMasterPassword", RULE_RDS_ONE_RESOURCE),
     ];
     for (path, rule) in placed {
         assert!(has_rule(path, rule), "{path} lacks {rule}");
@@ -435,12 +436,40 @@ fn cel_rules_refuse_bad_specs() {
         (
             "no target",
             |v| v["spec"]["target"] = json!({}),
-            "exactly one of postgres, mysql or none",
+            "exactly one of postgres, mysql, rdsMasterPassword or none",
         ),
         (
             "two targets",
             |v| v["spec"]["target"]["none"] = json!({}),
-            "exactly one of postgres, mysql or none",
+            "exactly one of postgres, mysql, rdsMasterPassword or none",
+        ),
+        (
+            "an RDS target naming neither an instance nor a cluster",
+            |v| {
+                v["spec"]["target"] = json!({"rdsMasterPassword": {
+                    "connectionRef": {"name": "aws"}, "masterUsername": "master"}});
+                v["spec"]["strategy"] = json!({"singleUser": {}});
+            },
+            "exactly one of dbInstanceIdentifier or dbClusterIdentifier",
+        ),
+        (
+            "an RDS target naming both an instance and a cluster",
+            |v| {
+                v["spec"]["target"] = json!({"rdsMasterPassword": {
+                    "connectionRef": {"name": "aws"}, "masterUsername": "master",
+                    "dbInstanceIdentifier": "shop", "dbClusterIdentifier": "shop"}});
+                v["spec"]["strategy"] = json!({"singleUser": {}});
+            },
+            "exactly one of dbInstanceIdentifier or dbClusterIdentifier",
+        ),
+        (
+            "alternating users of an RDS master",
+            |v| {
+                v["spec"]["target"] = json!({"rdsMasterPassword": {
+                    "connectionRef": {"name": "aws"}, "masterUsername": "master",
+                    "dbInstanceIdentifier": "shop"}});
+            },
+            "strategy.alternatingUsers needs a database target",
         ),
         (
             "two strategies",

@@ -6,6 +6,8 @@
 //!   plaintext never reaches the server, its logs or `pg_stat_activity`.
 //! - [`MysqlTarget`]: a MySQL/MariaDB account; see its module for how the password is
 //!   sent.
+//! - [`RdsMasterTarget`]: the master password of an RDS instance or Aurora cluster,
+//!   through the RDS API; see its module.
 //! - [`NoTarget`]: nothing to set (API keys, tokens).
 //!
 //! [`TargetError`] separates a definitive refusal of the value itself
@@ -17,12 +19,14 @@
 
 mod mysql;
 mod postgres;
+mod rds;
 
 use capstan_core::error::Categorized;
 use capstan_core::redact::SecretValue;
 
 pub use mysql::{MysqlPasswordForm, MysqlTarget, mysql_native_password_hash};
 pub use postgres::{PostgresTarget, PostgresTls};
+pub use rds::{FENCE_TAG as RDS_FENCE_TAG, RdsMasterTarget};
 
 /// What a rotated credential is set on.
 #[async_trait::async_trait]
@@ -182,6 +186,15 @@ pub enum TargetError {
         /// Which fences (attempt numbers only).
         detail: String,
     },
+    /// Another system rotates this password (RDS's own `ManageMasterUserPassword`): two
+    /// rotators would lock each other's consumers out, so nothing is changed.
+    #[error("{target}: {detail}")]
+    ManagedByRds {
+        /// The instance or cluster.
+        target: String,
+        /// What to do about it.
+        detail: String,
+    },
     /// Anything else that retrying does not fix (bad TLS settings or CA bundle, an
     /// invalid username, an unexpected server error).
     #[error("{target}: {detail}")]
@@ -213,6 +226,7 @@ impl TargetError {
             TargetError::AccessDenied { .. } => crate::reasons::TARGET_ACCESS_DENIED,
             TargetError::Unavailable { .. } => crate::reasons::TARGET_UNAVAILABLE,
             TargetError::Fenced { .. } => crate::reasons::TARGET_FENCED,
+            TargetError::ManagedByRds { .. } => crate::reasons::RDS_MANAGES_PASSWORD,
             TargetError::Invalid { .. } => crate::reasons::TARGET_INVALID,
         }
     }
@@ -241,7 +255,9 @@ impl TargetError {
                 user,
                 detail: s(detail),
             },
-            e @ (TargetError::NotFound { .. } | TargetError::Fenced { .. }) => e,
+            e @ (TargetError::NotFound { .. }
+            | TargetError::Fenced { .. }
+            | TargetError::ManagedByRds { .. }) => e,
             TargetError::AccessDenied { target, detail } => TargetError::AccessDenied {
                 target,
                 detail: s(detail),
@@ -267,6 +283,7 @@ impl Categorized for TargetError {
             TargetError::AccessDenied { .. } => "target_access_denied",
             TargetError::Unavailable { .. } => "target_unavailable",
             TargetError::Fenced { .. } => "target_fenced",
+            TargetError::ManagedByRds { .. } => "rds_manages_password",
             TargetError::Invalid { .. } => "target_invalid",
         }
     }
@@ -444,6 +461,10 @@ mod tests {
             TargetError::Fenced {
                 target: t(),
                 user: "u".into(),
+                detail: "d".into(),
+            },
+            TargetError::ManagedByRds {
+                target: t(),
                 detail: "d".into(),
             },
             TargetError::Invalid {
