@@ -16,7 +16,8 @@
 #    on Ctrl-C prints a summary (rotations, scaling decisions, runs) and tears
 #    everything down. Capstan's raw log stays in .demo/capstan.log.
 #    With --ci: checks the verdict and exits: connections reachable; the Vault API key
-#    rotated; the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
+#    rotated; the shop's RDS master password changed on its database (through the
+#    emulator's RDS model); the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
 #    DATABASE_URL that logs in, the api Deployment restarted for it; the ECS service
 #    scaled up on a CPU spike; a tenant refused by a connection that does not list it,
 #    and one refused a Vault path outside its connection's scope; the shop's Pipeline
@@ -138,6 +139,27 @@ k -n payments create secret generic orders-db-admin --from-literal=username="$PG
 k -n payments create deployment api --image=registry.example.com/orders-api:1.0 \
   --dry-run=client -o yaml | k apply -f - >/dev/null
 
+echo "==> the shop's RDS instance shop-db: role shop_master in the local PostgreSQL, mapped by"
+echo "    the emulator's RDS model (tests/env/moto_ext), which applies a password change after 3 s"
+psql -q -v ON_ERROR_STOP=1 "$POSTGRES_URL" >/dev/null <<'SQL'
+CREATE ROLE shop_master LOGIN PASSWORD 'initial-master-password';
+SQL
+"${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import json, os
+import boto3
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+# The login the RDS model changes master passwords with (RDS's own rdsadmin).
+boto3.client("secretsmanager", **kw).create_secret(
+    Name="moto-postgres-admin",
+    SecretString=json.dumps({"username": os.environ["PGUSER"], "password": os.environ["PGPASSWORD"]}))
+boto3.client("rds", **kw).create_db_instance(
+    DBInstanceIdentifier="shop-db", DBInstanceClass="db.t3.micro", Engine="postgres",
+    MasterUsername="shop_master", MasterUserPassword="initial-master-password",
+    Tags=[{"Key": "capstan.dev/moto-postgres", "Value": f"{os.environ['PGHOST']}:{os.environ['PGPORT']}"},
+          {"Key": "capstan.dev/moto-postgres-admin", "Value": "moto-postgres-admin"},
+          {"Key": "capstan.dev/moto-apply-seconds", "Value": "3"}])
+PY
+
 echo "==> applying manifests/examples (the production-shaped connections are skipped; the"
 echo "    orders database example is pointed at the local PostgreSQL without TLS)"
 for f in manifests/examples/*.yaml; do
@@ -150,6 +172,10 @@ for f in manifests/examples/*.yaml; do
       sed -e "s|host: orders.cluster-abc.eu-west-1.rds.amazonaws.com|host: $PGHOST|" \
         -e "s|port: 5432|port: $PGPORT|" -e "s|sslMode: verifyFull|sslMode: disable|" \
         -e "s|sslmode=verify-full|sslmode=disable|" "$f" | k apply -f - ;;
+    *14-secretrotation-rds-master.yaml)
+      # The emulated instance's endpoint is not reachable: log in at the local PostgreSQL.
+      sed -e '/caSecretRef:/,+1d' \
+        -e "s|tls: verifyFull|tls: disable\n      endpoint: {host: \"$PGHOST\", port: $PGPORT}|" "$f" | k apply -f - ;;
     *) k apply -f "$f" ;;
   esac
 done
@@ -227,6 +253,19 @@ else echo "    FAIL: the delivered DATABASE_URL does not log in" >&2; ok=false; 
 restarted=$(k -n payments get deployment api -o jsonpath='{.spec.template.metadata.annotations.capstan\.dev/restarted-for}')
 if [ -n "$restarted" ]; then echo "    ok: Deployment payments/api restarted for version $restarted"
 else echo "    FAIL: Deployment payments/api was not restarted" >&2; ok=false; fi
+verdict secretrotation shop shop-db-master CredentialCurrent
+master=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import json, os
+import boto3
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+value = boto3.client("secretsmanager", **kw).get_secret_value(SecretId="shop/db-master")["SecretString"]
+print(json.loads(value)["password"])
+PY
+)
+if PGPASSWORD="$master" psql -At -h "$PGHOST" -p "$PGPORT" -U shop_master -d postgres -c 'select 1' >/dev/null 2>&1 \
+  && ! PGPASSWORD=initial-master-password psql -At -h "$PGHOST" -p "$PGPORT" -U shop_master -d postgres -c 'select 1' >/dev/null 2>&1; then
+  echo "    ok: RDS shop-db's master password changed on the database (the value in Secrets Manager logs in, the old one does not)"
+else echo "    FAIL: the master password in Secrets Manager does not log in, or the old one still does" >&2; ok=false; fi
 verdict servicescaling shop web Evaluated
 scaled=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
 import os, time
