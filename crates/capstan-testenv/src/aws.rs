@@ -31,7 +31,18 @@ pub struct Aws {
     endpoint_url: String,
     port: u16,
     log: PathBuf,
+    /// The access key every call is signed with: the test credentials, or on a server
+    /// with IAM authentication enforced the admin key made while it was open.
+    key: (String, String),
 }
+
+/// The IAM user whose access key signs every call to a server with IAM authentication
+/// enforced ([`TestEnv::aws_iam_enforced`](crate::TestEnv::aws_iam_enforced)).
+pub const ADMIN_USER: &str = "capstan-testenv-admin";
+
+/// Unauthenticated actions a server with IAM authentication enforced allows: the three
+/// that make its admin (CreateUser, CreateAccessKey, PutUserPolicy).
+const BOOTSTRAP_ACTIONS: u32 = 3;
 
 impl Aws {
     /// The endpoint for every AWS service, `http://127.0.0.1:<port>`.
@@ -49,15 +60,16 @@ impl Aws {
         TEST_REGION
     }
 
-    /// Static test credentials.
+    /// The credentials every call is signed with: static test credentials (any key is
+    /// accepted), or with IAM authentication enforced, the admin's access key.
     pub fn credentials(&self) -> Credentials {
-        Credentials::new(
-            TEST_ACCESS_KEY_ID,
-            TEST_SECRET_ACCESS_KEY,
-            None,
-            None,
-            "capstan-testenv",
-        )
+        Credentials::new(&self.key.0, &self.key.1, None, None, "capstan-testenv")
+    }
+
+    /// The access key id and secret of [`Aws::credentials`] (a ClusterConnection's
+    /// credentials Secret holds them).
+    pub fn access_key(&self) -> (&str, &str) {
+        (&self.key.0, &self.key.1)
     }
 
     /// The moto log (requests, and tracebacks of calls moto fails on).
@@ -124,7 +136,10 @@ impl Aws {
 }
 
 /// Starts moto through `tests/env/moto_launcher.py`, which loads `tests/env/moto_ext/`.
-pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<Aws> {
+/// With `iam_enforced`, moto checks every request's signature and IAM policies
+/// (`INITIAL_NO_AUTH_ACTION_COUNT`) once the admin user [`ADMIN_USER`], its access key
+/// and an allow-all policy exist; the server's calls are signed with that key.
+pub(crate) async fn start(ctx: &Ctx<'_>, iam_enforced: bool) -> Result<Aws> {
     let python = paths::venv_python()?;
     let launcher = paths::tests_env_dir().join("moto_launcher.py");
     if !launcher.is_file() {
@@ -133,7 +148,9 @@ pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<Aws> {
             format!("{} is missing", launcher.display()),
         ));
     }
-    let dir = ctx.sup.service_dir("moto")?;
+    let dir = ctx
+        .sup
+        .service_dir(if iam_enforced { "moto-iam" } else { "moto" })?;
     with_port_retry(|| async {
         let started = Instant::now();
         let port = ctx.sup.free_port()?;
@@ -145,6 +162,12 @@ pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<Aws> {
             .current_dir(&dir)
             .env("PYTHONUNBUFFERED", "1")
             .env("HOME", &dir);
+        if iam_enforced {
+            cmd.env(
+                "INITIAL_NO_AUTH_ACTION_COUNT",
+                BOOTSTRAP_ACTIONS.to_string(),
+            );
+        }
         let spawned = ctx.sup.spawn("moto", &mut cmd, &log, &[port])?;
         let http = probe_client()
             .build()
@@ -159,12 +182,56 @@ pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<Aws> {
             || http_ok(&http, &probe, None),
         )
         .await?;
-        ctx.record("moto", started.elapsed());
-        Ok(Aws {
+        let mut aws = Aws {
             endpoint_url,
             port,
             log,
-        })
+            key: (
+                TEST_ACCESS_KEY_ID.to_owned(),
+                TEST_SECRET_ACCESS_KEY.to_owned(),
+            ),
+        };
+        if iam_enforced {
+            aws.key = bootstrap_admin(&aws).await?;
+        }
+        ctx.record(
+            if iam_enforced { "moto-iam" } else { "moto" },
+            started.elapsed(),
+        );
+        Ok(aws)
     })
     .await
+}
+
+/// Makes the admin of a server with IAM authentication enforced, in the unauthenticated
+/// actions it allows: the user, its access key and an inline policy allowing everything.
+async fn bootstrap_admin(aws: &Aws) -> Result<(String, String)> {
+    let iam = aws_sdk_iam::Client::new(&aws.sdk_config().await);
+    let err = |what: &str, e: String| Error::other(format!("moto IAM bootstrap: {what}"), e);
+    iam.create_user()
+        .user_name(ADMIN_USER)
+        .send()
+        .await
+        .map_err(|e| err("CreateUser", format!("{e:?}")))?;
+    let key = iam
+        .create_access_key()
+        .user_name(ADMIN_USER)
+        .send()
+        .await
+        .map_err(|e| err("CreateAccessKey", format!("{e:?}")))?;
+    let key = key
+        .access_key()
+        .ok_or_else(|| err("CreateAccessKey", "no key in the answer".into()))?;
+    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+    iam.put_user_policy()
+        .user_name(ADMIN_USER)
+        .policy_name("everything")
+        .policy_document(policy)
+        .send()
+        .await
+        .map_err(|e| err("PutUserPolicy", format!("{e:?}")))?;
+    Ok((
+        key.access_key_id().to_owned(),
+        key.secret_access_key().to_owned(),
+    ))
 }

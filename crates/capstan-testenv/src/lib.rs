@@ -217,6 +217,7 @@ pub struct TestEnv {
     created: Instant,
     kube: Cell<Kube>,
     aws: Cell<Aws>,
+    aws_iam_enforced: Cell<Aws>,
     vault: Cell<Vault>,
     postgres: Cell<Postgres>,
     mariadb: Cell<MariaDb>,
@@ -242,6 +243,7 @@ impl TestEnv {
             created: Instant::now(),
             kube: OnceCell::new(),
             aws: OnceCell::new(),
+            aws_iam_enforced: OnceCell::new(),
             vault: OnceCell::new(),
             postgres: OnceCell::new(),
             mariadb: OnceCell::new(),
@@ -289,8 +291,19 @@ impl TestEnv {
 
     /// moto, started if needed.
     pub async fn aws(&self) -> Result<&Aws> {
-        self.start(&self.aws, |ctx| async move { aws::start(&ctx).await })
+        self.start(&self.aws, |ctx| async move { aws::start(&ctx, false).await })
             .await
+    }
+
+    /// A second moto, started if needed, that enforces IAM authentication: unknown,
+    /// deleted and (through the harness's model) inactive access keys are refused, and
+    /// signatures and policies are checked. Its [`Aws::credentials`] are an admin's
+    /// access key. For the tests of access keys; everything else uses [`TestEnv::aws`].
+    pub async fn aws_iam_enforced(&self) -> Result<&Aws> {
+        self.start(&self.aws_iam_enforced, |ctx| async move {
+            aws::start(&ctx, true).await
+        })
+        .await
     }
 
     /// The OpenBao dev server, started if needed.

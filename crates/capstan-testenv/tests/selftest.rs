@@ -297,6 +297,61 @@ async fn moto_answers_sts_get_caller_identity_without_retries() -> TestResult {
     Ok(())
 }
 
+/// The moto that enforces IAM authentication refuses an unknown key, a key made
+/// inactive (the harness's model: moto alone accepts it) and a deleted key, and accepts
+/// the key again once reactivated.
+#[tokio::test]
+async fn moto_with_iam_enforced_refuses_unknown_inactive_and_deleted_keys() -> TestResult {
+    let aws = TestEnv::get().aws_iam_enforced().await?;
+    let config = aws.sdk_config().await;
+    let iam = aws_sdk_iam::Client::new(&config);
+    let user = "selftest-keys";
+    iam.create_user().user_name(user).send().await?;
+    let key = iam.create_access_key().user_name(user).send().await?;
+    let key = key.access_key().expect("key").clone();
+    let sts_as = |id: &str, secret: &str| {
+        let creds = aws_credential_types::Credentials::new(id, secret, None, None, "selftest");
+        aws_sdk_sts::Client::new(
+            &config
+                .clone()
+                .into_builder()
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(creds),
+                )
+                .build(),
+        )
+    };
+    let works = |id: String, secret: String| {
+        let sts = sts_as(&id, &secret);
+        async move { sts.get_caller_identity().send().await.is_ok() }
+    };
+    let (id, secret) = (
+        key.access_key_id().to_owned(),
+        key.secret_access_key().to_owned(),
+    );
+    assert!(works(id.clone(), secret.clone()).await, "a fresh key works");
+    assert!(!works("AKIAUNKNOWN0000000000".into(), secret.clone()).await, "unknown key");
+    assert!(!works(id.clone(), "wrong-secret".into()).await, "bad signature");
+    let set = |status: aws_sdk_iam::types::StatusType| {
+        iam.update_access_key()
+            .user_name(user)
+            .access_key_id(&id)
+            .status(status)
+            .send()
+    };
+    set(aws_sdk_iam::types::StatusType::Inactive).await?;
+    assert!(!works(id.clone(), secret.clone()).await, "inactive key refused");
+    set(aws_sdk_iam::types::StatusType::Active).await?;
+    assert!(works(id.clone(), secret.clone()).await, "reactivated key works");
+    iam.delete_access_key()
+        .user_name(user)
+        .access_key_id(&id)
+        .send()
+        .await?;
+    assert!(!works(id.clone(), secret.clone()).await, "deleted key refused");
+    Ok(())
+}
+
 #[tokio::test]
 async fn openbao_answers_health_and_kv_v2() -> TestResult {
     let vault = TestEnv::get().vault().await?;
