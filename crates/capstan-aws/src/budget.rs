@@ -28,6 +28,7 @@
 //! | `autoscaling` | Application Auto Scaling (all calls) | 5 (10) | Application Auto Scaling API quotas |
 //! | `rds-read` | DescribeDBInstances, DescribeDBClusters | 5 (10) | RDS API throttling: a token bucket per account and region |
 //! | `rds-write` | ModifyDBInstance, ModifyDBCluster, AddTagsToResource | 1 (2) | RDS API throttling |
+//! | `iam` | GetUser, ListAccessKeys, CreateAccessKey, UpdateAccessKey, DeleteAccessKey, and STS GetCallerIdentity testing a key | 2 (4) | IAM API throttling: one control plane per account, shared by every region |
 //!
 //! `capstan run --aws-budget family=RATE[/BURST],...` overrides them.
 
@@ -56,6 +57,8 @@ pub const AUTOSCALING: &str = "autoscaling";
 pub const RDS_READ: &str = "rds-read";
 /// RDS writes (ModifyDBInstance, ModifyDBCluster, AddTagsToResource).
 pub const RDS_WRITE: &str = "rds-write";
+/// IAM access key calls, and STS GetCallerIdentity testing a key.
+pub const IAM: &str = "iam";
 
 /// Every family, with its default rate.
 pub fn default_rates() -> BTreeMap<String, Rate> {
@@ -70,6 +73,7 @@ pub fn default_rates() -> BTreeMap<String, Rate> {
         (AUTOSCALING.to_owned(), r(5.0, 10)),
         (RDS_READ.to_owned(), r(5.0, 10)),
         (RDS_WRITE.to_owned(), r(1.0, 2)),
+        (IAM.to_owned(), r(2.0, 4)),
     ])
 }
 

@@ -17,6 +17,7 @@ pub mod cloudwatch;
 pub mod ecr;
 pub mod ecs;
 pub mod ecs_deploy;
+pub mod iam;
 pub mod rds;
 pub mod secrets_manager;
 

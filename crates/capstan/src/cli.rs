@@ -193,7 +193,7 @@ pub struct RunArgs {
     /// requests per second, shared by every controller and every connection in one AWS
     /// account and region, served fairly between namespaces). Families: ecs-read,
     /// ecs-write, cloudwatch-read, secretsmanager-read, secretsmanager-write,
-    /// autoscaling, rds-read, rds-write. Defaults stay under AWS's published rates (see the README).
+    /// autoscaling, rds-read, rds-write, iam. Defaults stay under AWS's published rates (see the README).
     #[arg(long, env = "CAPSTAN_AWS_BUDGET", value_delimiter = ',')]
     pub aws_budget: Vec<String>,
 }
