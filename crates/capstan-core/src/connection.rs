@@ -543,7 +543,7 @@ mod tests {
         for needle in [
             "an aws connection's scopes grant secretsManager and ecs, not vault",
             "a vault connection's scopes grant vault, not secretsManager or ecs",
-            "a scope must grant secretsManager, vault, ecs or rds",
+            "a scope must grant secretsManager, vault, ecs, rds or iam",
             "*** is ambiguous",
             "namespaces must list names or a selector",
         ] {

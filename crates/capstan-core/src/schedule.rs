@@ -347,13 +347,23 @@ pub const MIN_TENANT_DURATION_STR: &str = "1s";
 /// the pattern's own error. [`check_min_duration`] is the same check in code.
 pub fn rule_min_duration() -> String {
     let pattern = DURATION_PATTERN.replace('\\', "\\\\");
+    format!(
+        "!self.matches('{pattern}') || (self != '0' && {} >= 1.0)",
+        cel_seconds("self")
+    )
+}
+
+/// A CEL expression for the length in seconds (a double) of the duration string
+/// `expr` (a field the schema bounds and the pattern [`DURATION_PATTERN`] checks), for
+/// rules that compare two durations.
+pub fn cel_seconds(expr: &str) -> String {
     let secs = |scale: &str, unit_len: usize| {
         format!("double(c.substring(0, size(c) - {unit_len})){scale}")
     };
     format!(
-        "!self.matches('{pattern}') || (self != '0' && self.findAll('[0-9.]+(ns|us|ms|s|m|h|d)').map(c, \
+        "{expr}.findAll('[0-9.]+(ns|us|ms|s|m|h|d)').map(c, \
          c.endsWith('ns') ? {ns} : c.endsWith('us') ? {us} : c.endsWith('ms') ? {ms} : \
-         c.endsWith('s') ? {s} : c.endsWith('m') ? {m} : c.endsWith('h') ? {h} : {d}).sum() >= 1.0)",
+         c.endsWith('s') ? {s} : c.endsWith('m') ? {m} : c.endsWith('h') ? {h} : {d}).sum()",
         ns = secs(" / 1000000000.0", 2),
         us = secs(" / 1000000.0", 2),
         ms = secs(" / 1000.0", 2),

@@ -34,6 +34,9 @@
 //! - RDS: the DB instance's or cluster's ARN as RDS reports it
 //!   (`arn:aws:rds:<region>:<account>:db:<id>`, `...:cluster:<id>`), read before
 //!   anything changes, so a pattern can pin the account and region.
+//! - IAM: the user's path and name as IAM reports them, `<path><name>`
+//!   (`/services/shop/reporting`), so a path prefix is a pattern like
+//!   `/services/${namespace}/*` (or `/services/**`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,19 +64,20 @@ pub const VAULT_PATTERN: &str =
 /// ECS patterns: `<cluster>/<service>`, each of name characters, `*` and `${namespace}`.
 pub const ECS_PATTERN: &str =
     r"^([A-Za-z0-9_*-]|\$\{namespace\})+/([A-Za-z0-9_*-]|\$\{namespace\})+$";
+/// IAM patterns: a user's `<path><name>`, with `*` and `${namespace}`.
+pub const IAM_PATTERN: &str = r"^/([A-Za-z0-9+=,.@_/*-]|\$\{namespace\})*$";
 /// RDS patterns: ARNs of DB instances and clusters, with `*` and `${namespace}`.
 pub const RDS_PATTERN: &str = r"^arn:([A-Za-z0-9:_*-]|\$\{namespace\})+$";
 
 pub(crate) const RULE_NO_TRIPLE_STAR: &str = "self.all(p, !p.contains('***'))";
-pub(crate) const RULE_SCOPE_GRANTS: &str =
-    "has(self.secretsManager) || has(self.vault) || has(self.ecs) || has(self.rds)";
+pub(crate) const RULE_SCOPE_GRANTS: &str = "has(self.secretsManager) || has(self.vault) || has(self.ecs) || has(self.rds) || has(self.iam)";
 pub(crate) const RULE_SCOPE_NAMESPACES_NOT_EMPTY: &str = "!has(self.namespaces) || (has(self.namespaces.names) && size(self.namespaces.names) > 0) || has(self.namespaces.selector)";
 
 /// What the namespaces a scope applies to may touch through the connection.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new(RULE_SCOPE_GRANTS).message("a scope must grant secretsManager, vault, ecs or rds"),
+    validation = Rule::new(RULE_SCOPE_GRANTS).message("a scope must grant secretsManager, vault, ecs, rds or iam"),
     validation = Rule::new(RULE_SCOPE_NAMESPACES_NOT_EMPTY).message("namespaces must list names or a selector; omit it to apply the scope to every namespace the connection allows").field_path(".namespaces")
 )]
 pub struct ConnectionScope {
@@ -96,6 +100,23 @@ pub struct ConnectionScope {
     /// connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rds: Option<RdsScope>,
+    /// IAM users whose access keys may be rotated (AWS connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam: Option<IamScope>,
+}
+
+/// IAM users a scope grants.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IamScope {
+    /// Patterns of `<path><userName>`, e.g. `/services/${namespace}/*`: a path prefix
+    /// keeps tenants away from administrators and other teams' users.
+    #[schemars(
+        length(min = 1, max = MAX_PATTERNS),
+        inner(length(min = 1, max = 576), regex(pattern = IAM_PATTERN))
+    )]
+    #[x_kube(validation = Rule::new(RULE_NO_TRIPLE_STAR).message("*** is ambiguous: write * (within a segment) or ** (across /)"))]
+    pub users: Vec<String>,
 }
 
 /// RDS instances and clusters a scope grants.
@@ -179,6 +200,13 @@ pub enum ScopedResource {
     },
     /// An RDS DB instance or cluster, by the ARN RDS reports.
     Rds(String),
+    /// An IAM user, by the path and name IAM reports.
+    IamUser {
+        /// The user's path (`/`, `/services/shop/`).
+        path: String,
+        /// The user's name.
+        name: String,
+    },
 }
 
 impl fmt::Display for ScopedResource {
@@ -192,6 +220,9 @@ impl fmt::Display for ScopedResource {
                 write!(f, "ECS service {service:?} of cluster {cluster:?}")
             }
             ScopedResource::Rds(arn) => write!(f, "RDS resource {arn:?}"),
+            ScopedResource::IamUser { path, name } => {
+                write!(f, "IAM user {:?}", format!("{path}{name}"))
+            }
         }
     }
 }
@@ -225,6 +256,11 @@ impl ScopedResource {
                 )
                 .then(|| arn.clone())
             }
+            ScopedResource::IamUser { path, name } => (path.starts_with('/')
+                && path.ends_with('/')
+                && !name.is_empty()
+                && !name.contains('/'))
+            .then(|| format!("{path}{name}")),
         }
     }
 
@@ -256,6 +292,9 @@ impl ScopedResource {
                 scope.ecs.as_ref().map_or(&[], |s| s.services.as_slice())
             }
             ScopedResource::Rds(_) => scope.rds.as_ref().map_or(&[], |s| s.resources.as_slice()),
+            ScopedResource::IamUser { .. } => {
+                scope.iam.as_ref().map_or(&[], |s| s.users.as_slice())
+            }
         }
     }
 }

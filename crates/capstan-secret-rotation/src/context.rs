@@ -37,7 +37,8 @@ use crate::crd::{
     AdminSecretRef, Backend, CaSecretRef, RotationOutcome, SecretRotationSpec, Target,
 };
 use crate::reasons;
-use crate::targets::{CredentialTarget, NoTarget, PostgresTarget, RdsMasterTarget};
+use crate::targets::{CredentialTarget, IamKeyTarget, NoTarget, PostgresTarget, RdsMasterTarget};
+use capstan_aws::iam::SdkIam;
 use capstan_aws::rds::SdkRds;
 use capstan_core::scope::ScopedResource;
 
@@ -167,6 +168,8 @@ pub struct Context {
     pub ecs: ClientCache<SdkEcs>,
     /// RDS clients per connection (the `rdsMasterPassword` target).
     pub rds: ClientCache<SdkRds>,
+    /// IAM clients per connection (the `iamAccessKey` target).
+    pub iam: ClientCache<SdkIam>,
     /// Consecutive transient failures per object (`namespace/name`), for the backoff.
     pub failures: Mutex<HashMap<String, u32>>,
     /// Objects whose rotation is overdue, for the gauge.
@@ -223,6 +226,9 @@ impl Context {
         let rds = aws_cache(&rt, &options, |config, budget| {
             SdkRds::from_config(config).with_budget(budget)
         });
+        let iam = aws_cache(&rt, &options, |config, budget| {
+            SdkIam::from_config(config).with_budget(budget)
+        });
         Self {
             rt,
             metrics,
@@ -230,6 +236,7 @@ impl Context {
             secrets_manager,
             ecs,
             rds,
+            iam,
             failures: Mutex::new(HashMap::new()),
             overdue: Mutex::new(BTreeSet::new()),
             stuck: Mutex::new(BTreeSet::new()),
@@ -524,6 +531,21 @@ async fn build_target(
                 .await
                 .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
             check_scope(ctx, namespace, connection, ScopedResource::Rds(state.arn)).await?;
+            Ok(Box::new(t))
+        }
+        Target::IamAccessKey(k) => {
+            let iam = aws_clients(&ctx.iam, connection, &k.connection_ref.name).await?;
+            let t = IamKeyTarget::new(iam, k);
+            // The scopes name users by path: IAM says which path this user has.
+            let user = t
+                .user()
+                .await
+                .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            let resource = ScopedResource::IamUser {
+                path: user.path,
+                name: k.user_name.clone(),
+            };
+            check_scope(ctx, namespace, connection, resource).await?;
             Ok(Box::new(t))
         }
         Target::ValueOnly(_) => Ok(Box::new(NoTarget)),

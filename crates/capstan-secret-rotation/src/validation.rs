@@ -27,6 +27,7 @@ pub fn validate(spec: &SecretRotationSpec) -> Result<(), Vec<FieldError>> {
     check_strategy(spec, &mut errors);
     check_schedule(&spec.schedule, &mut errors);
     check_generator(&spec.generator, &mut errors);
+    check_target(spec, &mut errors);
     if let Some(delivery) = &spec.delivery {
         check_delivery(spec, delivery, &mut errors);
     }
@@ -78,6 +79,27 @@ fn check_references(spec: &SecretRotationSpec, errors: &mut Vec<FieldError>) {
             "spec.backend.kubernetes.secretName",
             "too long to derive the pending Secret's name; set pendingSecretName",
         ));
+    }
+}
+
+/// What the schema cannot say about a target: an IAM key's grace period within the
+/// interval (the admission rule's twin, for objects stored before it).
+fn check_target(spec: &SecretRotationSpec, errors: &mut Vec<FieldError>) {
+    if let Target::IamAccessKey(k) = &spec.target {
+        let path = "spec.target.iamAccessKey.gracePeriod";
+        match k.grace() {
+            Err(e) => errors.push(FieldError::new(path, e)),
+            Ok(grace) => {
+                if let Some(Ok(interval)) = spec.schedule.interval.as_ref().map(|i| i.duration())
+                    && grace > interval
+                {
+                    errors.push(FieldError::new(
+                        path,
+                        "must not be longer than schedule.interval: the previous key must be gone before the next rotation",
+                    ));
+                }
+            }
+        }
     }
 }
 

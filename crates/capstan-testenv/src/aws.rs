@@ -222,7 +222,8 @@ async fn bootstrap_admin(aws: &Aws) -> Result<(String, String)> {
     let key = key
         .access_key()
         .ok_or_else(|| err("CreateAccessKey", "no key in the answer".into()))?;
-    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+    let policy =
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
     iam.put_user_policy()
         .user_name(ADMIN_USER)
         .policy_name("everything")

@@ -291,8 +291,11 @@ impl TestEnv {
 
     /// moto, started if needed.
     pub async fn aws(&self) -> Result<&Aws> {
-        self.start(&self.aws, |ctx| async move { aws::start(&ctx, false).await })
-            .await
+        self.start(
+            &self.aws,
+            |ctx| async move { aws::start(&ctx, false).await },
+        )
+        .await
     }
 
     /// A second moto, started if needed, that enforces IAM authentication: unknown,

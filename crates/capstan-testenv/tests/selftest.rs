@@ -330,8 +330,14 @@ async fn moto_with_iam_enforced_refuses_unknown_inactive_and_deleted_keys() -> T
         key.secret_access_key().to_owned(),
     );
     assert!(works(id.clone(), secret.clone()).await, "a fresh key works");
-    assert!(!works("AKIAUNKNOWN0000000000".into(), secret.clone()).await, "unknown key");
-    assert!(!works(id.clone(), "wrong-secret".into()).await, "bad signature");
+    assert!(
+        !works("AKIAUNKNOWN0000000000".into(), secret.clone()).await,
+        "unknown key"
+    );
+    assert!(
+        !works(id.clone(), "wrong-secret".into()).await,
+        "bad signature"
+    );
     let set = |status: aws_sdk_iam::types::StatusType| {
         iam.update_access_key()
             .user_name(user)
@@ -340,15 +346,24 @@ async fn moto_with_iam_enforced_refuses_unknown_inactive_and_deleted_keys() -> T
             .send()
     };
     set(aws_sdk_iam::types::StatusType::Inactive).await?;
-    assert!(!works(id.clone(), secret.clone()).await, "inactive key refused");
+    assert!(
+        !works(id.clone(), secret.clone()).await,
+        "inactive key refused"
+    );
     set(aws_sdk_iam::types::StatusType::Active).await?;
-    assert!(works(id.clone(), secret.clone()).await, "reactivated key works");
+    assert!(
+        works(id.clone(), secret.clone()).await,
+        "reactivated key works"
+    );
     iam.delete_access_key()
         .user_name(user)
         .access_key_id(&id)
         .send()
         .await?;
-    assert!(!works(id.clone(), secret.clone()).await, "deleted key refused");
+    assert!(
+        !works(id.clone(), secret.clone()).await,
+        "deleted key refused"
+    );
     Ok(())
 }
 

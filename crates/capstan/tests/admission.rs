@@ -127,6 +127,28 @@ async fn invalid_secret_rotations_are_refused_with_the_field_path() {
             "spec.strategy",
         ),
         (
+            "an IAM key's grace period longer than the interval",
+            |v| {
+                v["spec"]["target"] = json!({"iamAccessKey": {"connectionRef": {"name": "aws"}, "userName": "reporting", "gracePeriod": "2d"}});
+                v["spec"]["schedule"] = json!({"interval": "1d23h59m59s"});
+            },
+            "spec.target.iamAccessKey.gracePeriod",
+        ),
+        (
+            "an IAM key's grace period of nothing",
+            |v| {
+                v["spec"]["target"] = json!({"iamAccessKey": {"connectionRef": {"name": "aws"}, "userName": "reporting", "gracePeriod": "0s"}});
+            },
+            "spec.target.iamAccessKey.gracePeriod",
+        ),
+        (
+            "an IAM user name IAM would refuse",
+            |v| {
+                v["spec"]["target"] = json!({"iamAccessKey": {"connectionRef": {"name": "aws"}, "userName": "a/b", "gracePeriod": "1h"}});
+            },
+            "spec.target.iamAccessKey.userName",
+        ),
+        (
             "aws backend without a connection",
             |v| {
                 v["spec"]

@@ -731,7 +731,7 @@ async fn malformed_scopes_are_refused_at_admission() {
                 &aws,
                 json!([{ "namespaces": { "names": ["shop"] } }]),
             ),
-            "a scope must grant secretsManager, vault, ecs or rds",
+            "a scope must grant secretsManager, vault, ecs, rds or iam",
         ),
         (
             attempt(

@@ -509,3 +509,38 @@ fn rds_arns_are_matched_whole_and_only_well_formed_ones() {
         &ScopedResource::Rds("arn:aws:rds:eu-west-1:123456789012:db:shop-main".into())
     ));
 }
+
+#[test]
+fn iam_users_are_matched_by_path_and_name() {
+    let scopes = vec![ConnectionScope {
+        iam: Some(IamScope {
+            users: vec!["/services/${namespace}/*".into()],
+        }),
+        ..ConnectionScope::default()
+    }];
+    let ok = |path: &str, name: &str, ns: &str| {
+        permits(
+            Some(&scopes),
+            ns,
+            &labels(&[]),
+            &ScopedResource::IamUser {
+                path: path.into(),
+                name: name.into(),
+            },
+        )
+    };
+    assert!(ok("/services/shop/", "reporting", "shop"));
+    assert!(!ok("/services/shop/", "reporting", "payments"));
+    assert!(
+        !ok("/", "admin", "shop"),
+        "an administrator at the root is not granted"
+    );
+    assert!(
+        !ok("/services/shop/deep/", "x", "shop"),
+        "* stays within one segment"
+    );
+    assert!(
+        !ok("services/shop/", "x", "shop"),
+        "a path IAM would not report"
+    );
+}

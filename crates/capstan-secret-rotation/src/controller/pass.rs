@@ -33,6 +33,12 @@ pub mod events {
     pub const ROTATION_FAILED: &str = "RotationFailed";
     /// A reference (admin Secret, database, Vault path, AWS secret) cannot be resolved.
     pub const REFERENCE_UNRESOLVED: &str = "ReferenceUnresolved";
+    /// The credentials the last rotation replaced were deactivated (IAM access keys).
+    pub const PREVIOUS_DEACTIVATED: &str = "PreviousCredentialDeactivated";
+    /// The credentials the last rotation replaced were deleted after the grace period.
+    pub const PREVIOUS_DELETED: &str = "PreviousCredentialDeleted";
+    /// Retiring the replaced credentials failed; retried.
+    pub const RETIRE_FAILED: &str = "RetireFailed";
 }
 
 /// How often a rotation waiting for its rollouts looks again.

@@ -22,7 +22,7 @@ use super::steps::run_steps;
 use crate::backend::Version;
 use crate::context::{Clients, Connections, Context, RefError, build_clients};
 use crate::crd::{
-    ROTATE_NOW_ANNOTATION, RotationTrigger, SecretRotation, SecretRotationStatus, Target,
+    ROTATE_NOW_ANNOTATION, Retiring, RotationTrigger, SecretRotation, SecretRotationStatus, Target,
     condition_types as ct, reasons,
 };
 use crate::rotation::{self, Plan, Policy};
@@ -230,6 +230,18 @@ async fn decide(
     let plan = rotation::plan(&pass.policy, &status, token, pass.created, now);
     if let Plan::Wait { reason, until } = plan {
         let mut st = status.clone();
+        let mut until = until;
+        if let Some(ret) = status.retiring.clone() {
+            // Nothing is called while the replaced credentials wait out their grace.
+            if (!ret.deactivated || now >= ret.delete_after)
+                && let Some(action) = retire(pass, w, &mut st, &ret, now, connections).await?
+            {
+                return Ok(action);
+            }
+            if let Some(r) = &st.retiring {
+                until = Some(until.map_or(r.delete_after, |u| u.min(r.delete_after)));
+            }
+        }
         pass.finish_status(&mut st, reason, None);
         if st != status {
             w.write(&st).await?;
@@ -245,6 +257,61 @@ async fn decide(
             start(pass, w, status, &clients, now, (trigger, token)).await
         }
         _ => run_steps(pass, w, &clients, false).await,
+    }
+}
+
+/// Retires the credentials the last rotation replaced: deactivates them, or deletes
+/// them once `deleteAfter` has passed, and records that in `st`. `Some` is the action
+/// of a pass that ends here (an unresolved reference, a failure retried later).
+async fn retire(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    st: &mut SecretRotationStatus,
+    ret: &Retiring,
+    now: DateTime<Utc>,
+    connections: Connections<'_>,
+) -> Result<Option<Action>, Error> {
+    let clients = match clients_or_report(pass, w, connections).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(Some(action)),
+    };
+    let delete = now >= ret.delete_after;
+    match clients.target.retire(&ret.keep, delete).await {
+        Ok(changed) => {
+            pass.ctx.succeeded(&pass.key);
+            if delete {
+                st.retiring = None;
+            } else if let Some(r) = st.retiring.as_mut() {
+                r.deactivated = true;
+            }
+            if !changed.is_empty() {
+                let (reason, what) = if delete {
+                    (events::PREVIOUS_DELETED, "deleted after the grace period")
+                } else {
+                    (
+                        events::PREVIOUS_DEACTIVATED,
+                        "deactivated; deleted at the end of the grace period",
+                    )
+                };
+                tracing::info!(kind = "SecretRotation", object = %pass.key, keep = %ret.keep, changed = %changed.join(","), "replaced credentials {what}");
+                pass.event(
+                    EventType::Normal,
+                    reason,
+                    format!("{} {what} ({} stays)", changed.join(", "), ret.keep),
+                )
+                .await;
+            }
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::info!(kind = "SecretRotation", object = %pass.key, reason = e.reason(), "retiring the replaced credentials failed, will retry: {e}");
+            pass.event(EventType::Warning, events::RETIRE_FAILED, e.to_string())
+                .await;
+            Ok(Some(Action::requeue(rotation::retry_after(
+                pass.ctx.failed(&pass.key),
+                &pass.key,
+            ))))
+        }
     }
 }
 

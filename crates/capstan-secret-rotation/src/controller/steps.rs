@@ -16,8 +16,8 @@ use crate::audit::{self, DeliveryAction, StepOutcome, Subject};
 use crate::backend::{BackendError, Credential, RotationId, SecretBackend, Version};
 use crate::context::Clients;
 use crate::crd::{
-    Delivery, EcsService, RotationFailure, RotationInProgress, RotationOutcome, RotationStep,
-    RotationSummary, SecretDelivery, SecretRotationStatus, reasons,
+    Delivery, EcsService, Retiring, RotationFailure, RotationInProgress, RotationOutcome,
+    RotationStep, RotationSummary, SecretDelivery, SecretRotationStatus, reasons,
 };
 use crate::delivery::{self, ecs};
 use crate::generator::PasswordGenerator;
@@ -200,7 +200,7 @@ async fn already_set(
     r: &RotationInProgress,
 ) -> Result<Option<String>, StepResult> {
     let v = pending(clients.backend.as_ref(), &pass.id(r)).await?;
-    let user = r.username.clone().unwrap_or_default();
+    let user = login_of(&v, r.username.as_deref().unwrap_or_default());
     match clients.target.test_login(&user, &v.credential.value).await {
         Ok(()) => Ok(Some(v.id)),
         Err(TargetError::LoginFailed { .. }) => Ok(None),
@@ -291,7 +291,12 @@ async fn resume(
             {
                 st.previous_version = st.current_version.take();
                 st.current_version = current.as_ref().map(|v| v.id.clone());
-                st.active_username = r.username.clone();
+                // As promote sets it: the stored credential's username (an issued
+                // key's id), else the rotation's.
+                st.active_username = current
+                    .as_ref()
+                    .and_then(|v| v.credential.username.clone())
+                    .or_else(|| r.username.clone());
             }
             if r.pending_version.is_none() {
                 r.pending_version = pending_id;
@@ -384,13 +389,19 @@ async fn execute(
     let target = clients.target.as_ref();
     let user = r.username.clone().unwrap_or_default();
     match r.step {
-        RotationStep::CreatePending => create_pending(pass, st, r, backend, &id).await,
+        RotationStep::CreatePending => create_pending(pass, st, r, clients, &id).await,
         RotationStep::SetTarget => match pending(backend, &id).await {
-            Ok(v) => set_target(pass, r, target, &user, v).await,
+            Ok(v) => {
+                let user = login_of(&v, &user);
+                set_target(pass, r, target, &user, v).await
+            }
             Err(res) => res,
         },
         RotationStep::TestTarget => match pending(backend, &id).await {
-            Ok(v) => match target.test_login(&user, &v.credential.value).await {
+            Ok(v) => match target
+                .test_login(&login_of(&v, &user), &v.credential.value)
+                .await
+            {
                 Ok(()) => StepResult::Done(Some(v.id)),
                 Err(e) => from_target(e, true),
             },
@@ -399,6 +410,15 @@ async fn execute(
         RotationStep::Finish => promote(st, r, backend, &id).await,
         RotationStep::Deliver => deliver(pass, w, r, clients).await,
     }
+}
+
+/// Whom a stored value logs in as: its own username (an issued credential's key id;
+/// for database users the same as the rotation's), else the rotation's.
+fn login_of(v: &Version, user: &str) -> String {
+    v.credential
+        .username
+        .clone()
+        .unwrap_or_else(|| user.to_owned())
 }
 
 /// The pending value of this attempt; gone is [`pending_lost`].
@@ -410,19 +430,33 @@ async fn pending(backend: &dyn SecretBackend, id: &RotationId) -> Result<Version
     }
 }
 
-/// CreatePending: a fresh value from the generator, stored as pending.
+/// CreatePending: a fresh value from the generator (or issued by the target, for an
+/// IAM access key), stored as pending.
 async fn create_pending(
     pass: &Pass<'_>,
     st: &mut SecretRotationStatus,
     r: &RotationInProgress,
-    backend: &dyn SecretBackend,
+    clients: &Clients,
     id: &RotationId,
 ) -> StepResult {
-    let generator = match PasswordGenerator::new(&pass.obj.spec.generator) {
-        Ok(g) => g,
-        Err(e) => return transient(reasons::INVALID_GENERATOR, e),
+    let backend = clients.backend.as_ref();
+    let credential = if clients.target.issues_values() {
+        // The credentials the backend holds are never touched to make room.
+        let keep: Vec<String> = match backend.current().await {
+            Ok(v) => v.and_then(|v| v.credential.username).into_iter().collect(),
+            Err(e) => return from_backend(e),
+        };
+        match clients.target.issue(&keep, r.started).await {
+            Ok((username, value)) => Credential::new(Some(username), value),
+            Err(e) => return from_target(e, false),
+        }
+    } else {
+        let generator = match PasswordGenerator::new(&pass.obj.spec.generator) {
+            Ok(g) => g,
+            Err(e) => return transient(reasons::INVALID_GENERATOR, e),
+        };
+        Credential::new(r.username.clone(), generator.generate())
     };
-    let credential = Credential::new(r.username.clone(), generator.generate());
     match backend.put_pending(id, &credential).await {
         Ok(v) => {
             if let Some(rec) = st.rotation.as_mut() {
@@ -632,6 +666,16 @@ async fn finish(
     st.rotation = None;
     st.last_rotation_time = Some(now);
     st.rotation_count += 1;
+    // The credentials this rotation replaced are retired next (deactivated now,
+    // deleted after the grace period), from the status, so a restart goes on with it.
+    st.retiring = match (retire_grace(pass), &st.active_username) {
+        (Some(grace), Some(keep)) => Some(Retiring {
+            keep: keep.clone(),
+            deactivated: false,
+            delete_after: now + grace,
+        }),
+        _ => None,
+    };
     if r.rotate_now_token.is_some() {
         st.completed_rotate_now_token
             .clone_from(&r.rotate_now_token);
@@ -665,7 +709,22 @@ async fn finish(
         ),
     )
     .await;
+    if st.retiring.is_some() {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     Ok(requeue_at(st.next_rotation_time, now))
+}
+
+/// The grace period of the credentials a rotation replaces, for targets that retire
+/// them (IAM access keys).
+pub(super) fn retire_grace(pass: &Pass<'_>) -> Option<chrono::Duration> {
+    match &pass.obj.spec.target {
+        crate::crd::Target::IamAccessKey(k) => k
+            .grace()
+            .ok()
+            .and_then(|d| chrono::Duration::from_std(d).ok()),
+        _ => None,
+    }
 }
 
 /// Attempts used up: discard the pending value and, with a single user whose password

@@ -45,6 +45,8 @@ pub const HH_MM_PATTERN: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]$";
 /// Database user/role names that need no quoting in SQL.
 pub(crate) const DB_USERNAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
 pub(super) const HOST_PATTERN: &str = r"^[A-Za-z0-9:]([A-Za-z0-9.:-]*[A-Za-z0-9])?$";
+/// IAM user names.
+pub(super) const IAM_USER_PATTERN: &str = r"^[A-Za-z0-9+=,.@_-]+$";
 /// RDS instance and cluster identifiers: a letter, then letters, digits and hyphens.
 pub(super) const RDS_IDENTIFIER_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9-]*$";
 pub(super) const DB_NAME_PATTERN: &str = r"^[A-Za-z0-9_.$-]+$";
@@ -67,7 +69,7 @@ pub(crate) const RULE_SINGLE_USER_ACKNOWLEDGED: &str = "!(has(self.delivery) && 
 pub(crate) const RULE_ECS_NEEDS_CONNECTION: &str = "!has(self.delivery) || !has(self.delivery.ecsServices) || size(self.delivery.ecsServices) == 0 || has(self.delivery.ecsConnectionRef) || has(self.connectionRef)";
 pub(crate) const RULE_DELIVERY_SECRET_NOT_BACKEND: &str = "!has(self.backend.kubernetes) || !has(self.delivery) || !has(self.delivery.secret) || (self.delivery.secret.name != self.backend.kubernetes.secretName && self.delivery.secret.name != (has(self.backend.kubernetes.pendingSecretName) ? self.backend.kubernetes.pendingSecretName : self.backend.kubernetes.secretName + '-pending'))";
 pub(crate) const RULE_ONE_BACKEND: &str = "(has(self.awsSecretsManager) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) == 1";
-pub(crate) const RULE_ONE_TARGET: &str = "(has(self.postgres) ? 1 : 0) + (has(self.mysql) ? 1 : 0) + (has(self.rdsMasterPassword) ? 1 : 0) + (has(self.none) ? 1 : 0) == 1";
+pub(crate) const RULE_ONE_TARGET: &str = "(has(self.postgres) ? 1 : 0) + (has(self.mysql) ? 1 : 0) + (has(self.rdsMasterPassword) ? 1 : 0) + (has(self.iamAccessKey) ? 1 : 0) + (has(self.none) ? 1 : 0) == 1";
 pub(crate) const RULE_RDS_ONE_RESOURCE: &str =
     "has(self.dbInstanceIdentifier) != has(self.dbClusterIdentifier)";
 pub(crate) const RULE_ONE_STRATEGY: &str =
@@ -80,6 +82,31 @@ pub(crate) const RULE_TIME_ZONE_WITH_CRON: &str = "!has(self.timeZone) || has(se
 /// `0d` is refused too. A string the pattern refuses is left to the pattern's own error.
 pub(crate) fn rule_min_interval() -> String {
     capstan_core::schedule::rule_min_duration()
+}
+
+/// Grace periods: whole `s`, `m`, `h` and `d` components (cheap for CEL to add up).
+pub(crate) const GRACE_PATTERN: &str = r"^([0-9]{1,7}[smhd])+$";
+
+/// The seconds of a grace period (a string [`GRACE_PATTERN`] admits) in CEL.
+fn grace_seconds(expr: &str) -> String {
+    format!(
+        "{expr}.findAll('[0-9]+[smhd]').map(c, double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum()"
+    )
+}
+
+/// `gracePeriod >= 1s`.
+pub(crate) const RULE_GRACE_MIN: &str = "!self.matches('^([0-9]{1,7}[smhd])+$') || self.findAll('[0-9]+[smhd]').map(c, double(c.substring(0, size(c) - 1))).sum() >= 1.0";
+
+/// `target.iamAccessKey.gracePeriod` at most `schedule.interval`: the previous key is
+/// gone before the next rotation is due (a cron schedule is checked by the controller).
+pub(crate) fn rule_grace_within_interval() -> String {
+    format!(
+        "!has(self.target.iamAccessKey) || !has(self.schedule.interval) || {} <= {}",
+        grace_seconds("self.target.iamAccessKey.gracePeriod"),
+        // The interval's whole-second components only (sub-second ones count 0): a
+        // lower bound, far cheaper for the API server's cost estimate than exact.
+        "self.schedule.interval.findAll('[0-9.]+(ns|us|ms|s|m|h|d)').map(c, c.endsWith('ns') || c.endsWith('us') || c.endsWith('ms') ? 0.0 : double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum()"
+    )
 }
 
 pub(crate) const RULE_WINDOW_NOT_EMPTY: &str = "self.start != self.end";

@@ -113,6 +113,9 @@ use super::target::*;
         .message("delivery.ecsServices needs an AWS ClusterConnection: set delivery.ecsConnectionRef, or connectionRef")
         .field_path(".delivery")
         .reason(Reason::FieldValueRequired),
+    validation = Rule::new(rule_grace_within_interval())
+        .message("target.iamAccessKey.gracePeriod must not be longer than schedule.interval: the previous key must be gone before the next rotation")
+        .field_path(".target.iamAccessKey.gracePeriod"),
     validation = Rule::new(RULE_DELIVERY_SECRET_NOT_BACKEND)
         .message("delivery.secret.name must differ from the kubernetes backend's Secret and pending Secret")
         .field_path(".delivery")
@@ -133,7 +136,7 @@ pub struct SecretRotationSpec {
 
     /// What the credential is set on: exactly one of `postgres`, `mysql` or `none` (an
     /// API key or token that is only generated, stored and delivered).
-    #[x_kube(validation = Rule::new(RULE_ONE_TARGET).message("exactly one of postgres, mysql, rdsMasterPassword or none must be set"))]
+    #[x_kube(validation = Rule::new(RULE_ONE_TARGET).message("exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey or none must be set"))]
     pub target: Target,
 
     /// How a database credential is switched: `singleUser` (one role, its password

@@ -42,6 +42,8 @@ pub enum TargetKind {
     Mysql,
     /// `target.rdsMasterPassword`.
     RdsMasterPassword,
+    /// `target.iamAccessKey`.
+    IamAccessKey,
     /// `target.none`.
     None,
 }
@@ -53,6 +55,7 @@ impl TargetKind {
             Self::Postgres => "postgres",
             Self::Mysql => "mysql",
             Self::RdsMasterPassword => "rdsMasterPassword",
+            Self::IamAccessKey => "iamAccessKey",
             Self::None => "none",
         }
     }
@@ -116,6 +119,24 @@ pub struct SecretRotationStatus {
     /// `Ready` stays True during a rotation, so waiting on it returns at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_rotate_now_token: Option<String>,
+    /// The credentials replaced by the last rotation, while they are retired (an IAM
+    /// user's previous access key: deactivated once the new one is delivered, deleted
+    /// at `deleteAfter`). Unset when nothing is left to retire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring: Option<Retiring>,
+}
+
+/// What is left of retiring the credentials a rotation replaced.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retiring {
+    /// The credential that stays (the access key id delivered).
+    pub keep: String,
+    /// Whether the others have been deactivated.
+    #[serde(default)]
+    pub deactivated: bool,
+    /// When the others are deleted (the rotation's end plus the grace period).
+    pub delete_after: DateTime<Utc>,
 }
 
 /// Steps of a rotation, in order (AWS's createSecret, setSecret, testSecret,

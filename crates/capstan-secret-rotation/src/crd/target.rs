@@ -23,6 +23,9 @@ pub enum Target {
     /// The master password of an Amazon RDS DB instance or Aurora DB cluster, changed
     /// with ModifyDBInstance/ModifyDBCluster and tested by logging in at its endpoint.
     RdsMasterPassword(RdsMasterPasswordTarget),
+    /// An IAM user's access key: AWS issues the new key, Capstan tests it with STS,
+    /// delivers it, deactivates the previous one and deletes it after a grace period.
+    IamAccessKey(IamAccessKeyTarget),
     /// No target: an API key or token that is generated, stored and delivered only.
     #[serde(rename = "none")]
     ValueOnly(ValueOnlyTarget),
@@ -232,6 +235,23 @@ pub enum RdsTls {
     VerifyFull,
 }
 
+impl IamAccessKeyTarget {
+    /// The grace period (the schema's pattern is a subset of [`parse_duration`]'s).
+    ///
+    /// [`parse_duration`]: capstan_core::schedule::parse_duration
+    pub fn grace(&self) -> Result<std::time::Duration, String> {
+        capstan_core::schedule::parse_duration(&self.grace_period)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                if d < std::time::Duration::from_secs(1) {
+                    Err("must be at least 1s".into())
+                } else {
+                    Ok(d)
+                }
+            })
+    }
+}
+
 impl RdsMasterPasswordTarget {
     /// The database of the login test and the template variable.
     pub fn effective_database(&self) -> Option<&str> {
@@ -241,6 +261,32 @@ impl RdsMasterPasswordTarget {
             (None, RdsEngine::Mysql) => None,
         }
     }
+}
+
+/// `target.iamAccessKey`: the access key of one IAM user.
+///
+/// IAM issues the key (CreateAccessKey), so the generator is not used: the stored
+/// credential's `username` is the access key id and its value the secret access key.
+/// Capstan tests it with STS GetCallerIdentity (retried while IAM's eventual
+/// consistency refuses a fresh key), delivers it, then deactivates the user's other
+/// key and deletes it once `gracePeriod` has passed. IAM allows two keys per user and
+/// Capstan never needs a third.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IamAccessKeyTarget {
+    /// The AWS ClusterConnection through which IAM is called. Its scopes must grant this
+    /// namespace the user (`scopes[].iam.users`, matched against `<path><userName>`).
+    pub connection_ref: ConnectionRef,
+    /// The IAM user (`UserName`).
+    #[schemars(length(min = 1, max = 64), regex(pattern = IAM_USER_PATTERN))]
+    pub user_name: String,
+    /// How long the previous key stays, deactivated, after the new one is delivered,
+    /// before it is deleted (a way back while it is inactive): whole seconds, minutes,
+    /// hours and days (`30s`, `1h`, `7d`, `1d12h`). At least 1s and at most the
+    /// rotation interval.
+    #[schemars(length(min = 2, max = 8), regex(pattern = GRACE_PATTERN))]
+    #[x_kube(validation = Rule::new(RULE_GRACE_MIN).message("gracePeriod must be at least 1s"))]
+    pub grace_period: String,
 }
 
 /// The `none` target: nothing outside the backend changes.
@@ -302,6 +348,7 @@ impl Target {
                     _ => true,
                 })
                 .collect(),
+            Target::IamAccessKey(_) => vec![Variable::Username, Variable::Password],
             Target::ValueOnly(_) => vec![Variable::Password],
         }
     }
@@ -312,6 +359,7 @@ impl Target {
             Self::Postgres(_) => TargetKind::Postgres,
             Self::Mysql(_) => TargetKind::Mysql,
             Self::RdsMasterPassword(_) => TargetKind::RdsMasterPassword,
+            Self::IamAccessKey(_) => TargetKind::IamAccessKey,
             Self::ValueOnly(_) => TargetKind::None,
         }
     }
@@ -323,7 +371,7 @@ impl Target {
             Self::Postgres(t) => Some(&t.username),
             Self::Mysql(t) => Some(&t.username),
             Self::RdsMasterPassword(t) => Some(&t.master_username),
-            Self::ValueOnly(_) => None,
+            Self::IamAccessKey(_) | Self::ValueOnly(_) => None,
         }
     }
 
@@ -332,7 +380,7 @@ impl Target {
         match self {
             Self::Postgres(_) => Some(63),
             Self::Mysql(_) => Some(32),
-            Self::RdsMasterPassword(_) | Self::ValueOnly(_) => None,
+            Self::RdsMasterPassword(_) | Self::IamAccessKey(_) | Self::ValueOnly(_) => None,
         }
     }
 
@@ -346,6 +394,7 @@ impl Target {
     pub fn connection(&self) -> Option<&ConnectionRef> {
         match self {
             Self::RdsMasterPassword(t) => Some(&t.connection_ref),
+            Self::IamAccessKey(t) => Some(&t.connection_ref),
             Self::Postgres(_) | Self::Mysql(_) | Self::ValueOnly(_) => None,
         }
     }

@@ -192,6 +192,7 @@ fn every_cel_rule_sits_where_it_applies() {
         RULE_SINGLE_USER_ACKNOWLEDGED,
         RULE_ECS_NEEDS_CONNECTION,
         RULE_DELIVERY_SECRET_NOT_BACKEND,
+        &rule_grace_within_interval(),
     ];
     for rule in spec_rules {
         assert!(has_rule("spec", rule), "spec lacks {rule}");
@@ -210,6 +211,7 @@ fn every_cel_rule_sits_where_it_applies() {
         ("spec.backend.vault", RULE_PENDING_PATH_DIFFERS),
         ("spec.backend.kubernetes", RULE_PENDING_SECRET_DIFFERS),
         ("spec.target.rdsMasterPassword", RULE_RDS_ONE_RESOURCE),
+        ("spec.target.iamAccessKey.gracePeriod", RULE_GRACE_MIN),
     ];
     for (path, rule) in placed {
         assert!(has_rule(path, rule), "{path} lacks {rule}");
@@ -436,12 +438,12 @@ fn cel_rules_refuse_bad_specs() {
         (
             "no target",
             |v| v["spec"]["target"] = json!({}),
-            "exactly one of postgres, mysql, rdsMasterPassword or none",
+            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey or none",
         ),
         (
             "two targets",
             |v| v["spec"]["target"]["none"] = json!({}),
-            "exactly one of postgres, mysql, rdsMasterPassword or none",
+            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey or none",
         ),
         (
             "an RDS target naming neither an instance nor a cluster",
@@ -470,6 +472,27 @@ fn cel_rules_refuse_bad_specs() {
                     "dbInstanceIdentifier": "shop"}});
             },
             "strategy.alternatingUsers needs a database target",
+        ),
+        (
+            "an IAM key's grace period longer than the interval",
+            |v| {
+                v["spec"]["target"] = json!({"iamAccessKey": {
+                    "connectionRef": {"name": "aws"}, "userName": "reporting",
+                    "gracePeriod": "1d1s"}});
+                v["spec"]["strategy"] = json!({"singleUser": {}});
+                v["spec"]["schedule"] = json!({"interval": "24h"});
+            },
+            "gracePeriod must not be longer than schedule.interval",
+        ),
+        (
+            "an IAM key's grace period under a second",
+            |v| {
+                v["spec"]["target"] = json!({"iamAccessKey": {
+                    "connectionRef": {"name": "aws"}, "userName": "reporting",
+                    "gracePeriod": "0s"}});
+                v["spec"]["strategy"] = json!({"singleUser": {}});
+            },
+            "gracePeriod must be at least 1s",
         ),
         (
             "two strategies",
@@ -671,4 +694,22 @@ fn cel_rules_stay_within_the_cost_budget() {
         let warnings = kube::core::cel::estimate_rule_cost(&rule, &compiled);
         assert!(warnings.is_empty(), "{rule}: {warnings:?}");
     }
+}
+
+/// A grace period as long as the interval, written in other units, passes; one second
+/// more does not.
+#[test]
+fn an_iam_grace_period_may_equal_the_interval() {
+    let with = |grace: &str, interval: &str| {
+        let mut v = example_value();
+        v["spec"]["target"] = json!({"iamAccessKey": {
+            "connectionRef": {"name": "aws"}, "userName": "reporting", "gracePeriod": grace}});
+        v["spec"]["strategy"] = json!({"singleUser": {"acceptLoginFailuresUntilRestart": true}});
+        v["spec"]["schedule"] = json!({"interval": interval});
+        cel_failures(&v)
+    };
+    assert_eq!(with("1d", "24h"), Vec::<String>::new());
+    assert_eq!(with("90m", "1.5h"), Vec::<String>::new());
+    assert_eq!(with("7d", "720h"), Vec::<String>::new());
+    assert_eq!(with("1d1s", "24h").len(), 1);
 }

@@ -8,6 +8,8 @@
 //!   sent.
 //! - [`RdsMasterTarget`]: the master password of an RDS instance or Aurora cluster,
 //!   through the RDS API; see its module.
+//! - [`IamKeyTarget`]: an IAM user's access key, which IAM issues
+//!   ([`CredentialTarget::issue`]); see its module.
 //! - [`NoTarget`]: nothing to set (API keys, tokens).
 //!
 //! [`TargetError`] separates a definitive refusal of the value itself
@@ -17,6 +19,7 @@
 //! a newer attempt already set this user) from both. Usernames reach SQL only quoted ([`quote_pg_ident`],
 //! [`quote_mysql_string`]); no error message carries a password.
 
+mod iam;
 mod mysql;
 mod postgres;
 mod rds;
@@ -24,6 +27,7 @@ mod rds;
 use capstan_core::error::Categorized;
 use capstan_core::redact::SecretValue;
 
+pub use iam::{CONSISTENCY_WAIT as IAM_CONSISTENCY_WAIT, IamKeyTarget};
 pub use mysql::{MysqlPasswordForm, MysqlTarget, mysql_native_password_hash};
 pub use postgres::{PostgresTarget, PostgresTls};
 pub use rds::{FENCE_TAG as RDS_FENCE_TAG, RdsMasterTarget};
@@ -58,6 +62,41 @@ pub trait CredentialTarget: Send + Sync + std::fmt::Debug {
     }
     /// Logs in as `username` with `password` and runs a trivial query. Ok(()) or a TargetError.
     async fn test_login(&self, username: &str, password: &SecretValue) -> Result<(), TargetError>;
+
+    /// Whether the target issues each new value itself (an IAM access key): CreatePending
+    /// then calls [`CredentialTarget::issue`] instead of the generator.
+    fn issues_values(&self) -> bool {
+        false
+    }
+
+    /// Issues a new credential: its username (an access key id) and its value. `keep`:
+    /// the credentials the backend holds, never touched; `since`: when this rotation
+    /// started, so that an unheld credential issued after it is known as an earlier
+    /// attempt's leftover.
+    async fn issue(
+        &self,
+        keep: &[String],
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(String, SecretValue), TargetError> {
+        let _ = (keep, since);
+        Err(TargetError::Invalid {
+            target: format!("{self:?}"),
+            detail: "this target does not issue values".into(),
+        })
+    }
+
+    /// How long the credentials a rotation replaced stay (inactive) before
+    /// [`CredentialTarget::retire`] deletes them; `None` when nothing is retired.
+    fn grace_period(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Retires every credential but `keep`: deactivates them, or with `delete`, deletes
+    /// them. Idempotent; returns the credentials it changed (ids, never values).
+    async fn retire(&self, keep: &str, delete: bool) -> Result<Vec<String>, TargetError> {
+        let _ = (keep, delete);
+        Ok(Vec::new())
+    }
 }
 
 /// A fencing token: which attempt of which SecretRotation writes a password. Ordered by
