@@ -16,7 +16,8 @@
 #    on Ctrl-C prints a summary (rotations, scaling decisions, runs) and tears
 #    everything down. Capstan's raw log stays in .demo/capstan.log.
 #    With --ci: checks the verdict and exits: connections reachable; the Vault API key
-#    rotated; the shop's RDS master password changed on its database (through the
+#    rotated; the card numbers' transit key rotated to version 2 and delivered as its
+#    name and version; the shop's RDS master password changed on its database (through the
 #    emulator's RDS model); the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
 #    DATABASE_URL that logs in, the api Deployment restarted for it; the ECS service
 #    scaled up on a CPU spike; a tenant refused by a connection that does not list it,
@@ -160,6 +161,17 @@ boto3.client("rds", **kw).create_db_instance(
           {"Key": "capstan.dev/moto-apply-seconds", "Value": "3"}])
 PY
 
+echo "==> the card numbers' transit key in OpenBao (version 1)"
+"${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import json, os, urllib.request
+def bao(path, body):
+    req = urllib.request.Request(f"{os.environ['VAULT_ADDR']}/v1/{path}", data=json.dumps(body).encode(),
+                                 headers={"X-Vault-Token": os.environ["VAULT_TOKEN"]}, method="POST")
+    urllib.request.urlopen(req).read()
+bao("sys/mounts/transit", {"type": "transit"})
+bao("transit/keys/card-numbers", {})
+PY
+
 echo "==> applying manifests/examples (the production-shaped connections are skipped; the"
 echo "    orders database example is pointed at the local PostgreSQL without TLS)"
 for f in manifests/examples/*.yaml; do
@@ -253,6 +265,11 @@ else echo "    FAIL: the delivered DATABASE_URL does not log in" >&2; ok=false; 
 restarted=$(k -n payments get deployment api -o jsonpath='{.spec.template.metadata.annotations.capstan\.dev/restarted-for}')
 if [ -n "$restarted" ]; then echo "    ok: Deployment payments/api restarted for version $restarted"
 else echo "    FAIL: Deployment payments/api was not restarted" >&2; ok=false; fi
+verdict secretrotation payments card-encryption-key CredentialCurrent
+version=$(k -n payments get secret card-encryption-key -o jsonpath='{.data.TRANSIT_KEY_VERSION}' | base64 -d)
+latest=$(python3 -c 'import json, os, urllib.request; r = urllib.request.Request(os.environ["VAULT_ADDR"] + "/v1/transit/keys/card-numbers", headers={"X-Vault-Token": os.environ["VAULT_TOKEN"]}); print(json.load(urllib.request.urlopen(r))["data"]["latest_version"])')
+if [ "$version" = "2" ] && [ "$latest" = "2" ]; then echo "    ok: transit key card-numbers rotated to version 2, delivered as its name and version (no key material)"
+else echo "    FAIL: transit key delivered version '$version', Vault's latest '$latest' (expected 2)" >&2; ok=false; fi
 verdict secretrotation shop shop-db-master CredentialCurrent
 master=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
 import json, os

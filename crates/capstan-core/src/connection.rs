@@ -42,8 +42,8 @@ use crate::scope::{ConnectionScope, MAX_SCOPES, ScopedResource, permits};
 )]
 #[x_kube(
     validation = Rule::new("has(self.aws) != has(self.vault)").message("exactly one of aws or vault must be set").reason(Reason::FieldValueRequired),
-    validation = Rule::new(RULE_AWS_SCOPES).message("an aws connection's scopes grant secretsManager and ecs, not vault").field_path(".scopes"),
-    validation = Rule::new(RULE_VAULT_SCOPES).message("a vault connection's scopes grant vault, not secretsManager or ecs").field_path(".scopes"),
+    validation = Rule::new(RULE_AWS_SCOPES).message("an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault or transit").field_path(".scopes"),
+    validation = Rule::new(RULE_VAULT_SCOPES).message("a vault connection's scopes grant vault and transit, not secretsManager, ecs, rds or iam").field_path(".scopes"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterConnectionSpec {
@@ -70,8 +70,8 @@ pub struct ClusterConnectionSpec {
 }
 
 const RULE_AWS_SCOPES: &str =
-    "!has(self.aws) || !has(self.scopes) || self.scopes.all(s, !has(s.vault))";
-const RULE_VAULT_SCOPES: &str = "!has(self.vault) || !has(self.scopes) || self.scopes.all(s, !has(s.secretsManager) && !has(s.ecs))";
+    "!has(self.aws) || !has(self.scopes) || self.scopes.all(s, !has(s.vault) && !has(s.transit))";
+const RULE_VAULT_SCOPES: &str = "!has(self.vault) || !has(self.scopes) || self.scopes.all(s, !has(s.secretsManager) && !has(s.ecs) && !has(s.rds) && !has(s.iam))";
 
 /// An AWS account and region.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -541,9 +541,9 @@ mod tests {
     fn crd_carries_the_scope_rules() {
         let json = serde_json::to_string(&ClusterConnection::crd()).unwrap_or_default();
         for needle in [
-            "an aws connection's scopes grant secretsManager and ecs, not vault",
-            "a vault connection's scopes grant vault, not secretsManager or ecs",
-            "a scope must grant secretsManager, vault, ecs, rds or iam",
+            "an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault or transit",
+            "a vault connection's scopes grant vault and transit, not secretsManager, ecs, rds or iam",
+            "a scope must grant secretsManager, vault, ecs, rds, iam or transit",
             "*** is ambiguous",
             "namespaces must list names or a selector",
         ] {

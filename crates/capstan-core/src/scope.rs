@@ -34,6 +34,7 @@
 //! - RDS: the DB instance's or cluster's ARN as RDS reports it
 //!   (`arn:aws:rds:<region>:<account>:db:<id>`, `...:cluster:<id>`), read before
 //!   anything changes, so a pattern can pin the account and region.
+//! - Vault transit keys: `<mount>/<key>`.
 //! - IAM: the user's path and name as IAM reports them, `<path><name>`
 //!   (`/services/shop/reporting`), so a path prefix is a pattern like
 //!   `/services/${namespace}/*` (or `/services/**`).
@@ -70,14 +71,14 @@ pub const IAM_PATTERN: &str = r"^/([A-Za-z0-9+=,.@_/*-]|\$\{namespace\})*$";
 pub const RDS_PATTERN: &str = r"^arn:([A-Za-z0-9:_*-]|\$\{namespace\})+$";
 
 pub(crate) const RULE_NO_TRIPLE_STAR: &str = "self.all(p, !p.contains('***'))";
-pub(crate) const RULE_SCOPE_GRANTS: &str = "has(self.secretsManager) || has(self.vault) || has(self.ecs) || has(self.rds) || has(self.iam)";
+pub(crate) const RULE_SCOPE_GRANTS: &str = "has(self.secretsManager) || has(self.vault) || has(self.ecs) || has(self.rds) || has(self.iam) || has(self.transit)";
 pub(crate) const RULE_SCOPE_NAMESPACES_NOT_EMPTY: &str = "!has(self.namespaces) || (has(self.namespaces.names) && size(self.namespaces.names) > 0) || has(self.namespaces.selector)";
 
 /// What the namespaces a scope applies to may touch through the connection.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new(RULE_SCOPE_GRANTS).message("a scope must grant secretsManager, vault, ecs, rds or iam"),
+    validation = Rule::new(RULE_SCOPE_GRANTS).message("a scope must grant secretsManager, vault, ecs, rds, iam or transit"),
     validation = Rule::new(RULE_SCOPE_NAMESPACES_NOT_EMPTY).message("namespaces must list names or a selector; omit it to apply the scope to every namespace the connection allows").field_path(".namespaces")
 )]
 pub struct ConnectionScope {
@@ -103,6 +104,22 @@ pub struct ConnectionScope {
     /// IAM users whose access keys may be rotated (AWS connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iam: Option<IamScope>,
+    /// Vault/OpenBao transit keys that may be rotated (Vault connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit: Option<TransitScope>,
+}
+
+/// Vault transit keys a scope grants.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitScope {
+    /// Patterns of `<mount>/<key>`, e.g. `transit/${namespace}-*`.
+    #[schemars(
+        length(min = 1, max = MAX_PATTERNS),
+        inner(length(min = 1, max = 512), regex(pattern = VAULT_PATTERN))
+    )]
+    #[x_kube(validation = Rule::new(RULE_NO_TRIPLE_STAR).message("*** is ambiguous: write * (within a segment) or ** (across /)"))]
+    pub keys: Vec<String>,
 }
 
 /// IAM users a scope grants.
@@ -200,6 +217,13 @@ pub enum ScopedResource {
     },
     /// An RDS DB instance or cluster, by the ARN RDS reports.
     Rds(String),
+    /// A Vault transit key.
+    TransitKey {
+        /// The transit mount.
+        mount: String,
+        /// The key's name.
+        key: String,
+    },
     /// An IAM user, by the path and name IAM reports.
     IamUser {
         /// The user's path (`/`, `/services/shop/`).
@@ -222,6 +246,9 @@ impl fmt::Display for ScopedResource {
             ScopedResource::Rds(arn) => write!(f, "RDS resource {arn:?}"),
             ScopedResource::IamUser { path, name } => {
                 write!(f, "IAM user {:?}", format!("{path}{name}"))
+            }
+            ScopedResource::TransitKey { mount, key } => {
+                write!(f, "Vault transit key {:?}", format!("{mount}/{key}"))
             }
         }
     }
@@ -255,6 +282,15 @@ impl ScopedResource {
                     ["arn", _, "rds", _, _, "db" | "cluster", id] if !id.is_empty()
                 )
                 .then(|| arn.clone())
+            }
+            ScopedResource::TransitKey { mount, key } => {
+                let joined = format!("{}/{key}", mount.trim_matches('/'));
+                (!key.is_empty()
+                    && !key.contains('/')
+                    && !joined
+                        .split('/')
+                        .any(|s| s == "." || s == ".." || s.is_empty()))
+                .then_some(joined)
             }
             ScopedResource::IamUser { path, name } => (path.starts_with('/')
                 && path.ends_with('/')
@@ -294,6 +330,9 @@ impl ScopedResource {
             ScopedResource::Rds(_) => scope.rds.as_ref().map_or(&[], |s| s.resources.as_slice()),
             ScopedResource::IamUser { .. } => {
                 scope.iam.as_ref().map_or(&[], |s| s.users.as_slice())
+            }
+            ScopedResource::TransitKey { .. } => {
+                scope.transit.as_ref().map_or(&[], |s| s.keys.as_slice())
             }
         }
     }

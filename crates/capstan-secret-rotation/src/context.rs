@@ -37,7 +37,9 @@ use crate::crd::{
     AdminSecretRef, Backend, CaSecretRef, RotationOutcome, SecretRotationSpec, Target,
 };
 use crate::reasons;
-use crate::targets::{CredentialTarget, IamKeyTarget, NoTarget, PostgresTarget, RdsMasterTarget};
+use crate::targets::{
+    CredentialTarget, IamKeyTarget, NoTarget, PostgresTarget, RdsMasterTarget, TransitKeyTarget,
+};
 use capstan_aws::iam::SdkIam;
 use capstan_aws::rds::SdkRds;
 use capstan_core::scope::ScopedResource;
@@ -422,7 +424,6 @@ async fn build_backend(
     connection: Option<&ClusterConnection>,
 ) -> Result<Box<dyn SecretBackend>, RefError> {
     let client = &ctx.rt.client;
-    let own = &ctx.rt.own_namespace;
     let conn_name = || {
         spec.connection_ref
             .as_ref()
@@ -436,37 +437,7 @@ async fn build_backend(
             k,
         ))),
         Backend::Vault(v) => {
-            let vault = connection
-                .and_then(|c| c.spec.vault.as_ref())
-                .ok_or_else(|| {
-                    RefError::new(
-                        reasons::CONNECTION_WRONG_KIND,
-                        format!(
-                            "ClusterConnection {:?} is not a Vault connection",
-                            conn_name()
-                        ),
-                    )
-                })?;
-            let ca =
-                match &vault.ca_secret_ref {
-                    None => None,
-                    Some(r) => Some(read_key(client, own, r, "ca.crt").await.map_err(|e| {
-                        RefError::new(reasons::VAULT_CA_UNAVAILABLE, e.to_string())
-                    })?),
-                };
-            let mut vc = VaultClient::from_connection(
-                vault,
-                SecretValue::new(String::new()),
-                ca.as_ref().map(|c| c.expose().as_bytes()),
-            )
-            .map_err(|e| RefError::from_backend(&e))?;
-            let conn = connection.ok_or_else(|| {
-                RefError::new(
-                    reasons::CONNECTION_WRONG_KIND,
-                    "no Vault connection".to_owned(),
-                )
-            })?;
-            vault_login(ctx, conn, vault, &mut vc).await?;
+            let vc = vault_client(ctx, connection, &conn_name()).await?;
             let kv = VaultKvBackend::new(vc, v).map_err(|e| RefError::from_backend(&e))?;
             Ok(Box::new(kv))
         }
@@ -475,6 +446,41 @@ async fn build_backend(
             Ok(Box::new(AwsSecretsManagerBackend::new(sm, a)))
         }
     }
+}
+
+/// A logged-in client of the Vault ClusterConnection `name` (`connection`, as the gate
+/// resolved it).
+async fn vault_client(
+    ctx: &Context,
+    connection: Option<&ClusterConnection>,
+    name: &str,
+) -> Result<VaultClient, RefError> {
+    let client = &ctx.rt.client;
+    let own = &ctx.rt.own_namespace;
+    let (conn, vault) = connection
+        .and_then(|c| c.spec.vault.as_ref().map(|v| (c, v)))
+        .ok_or_else(|| {
+            RefError::new(
+                reasons::CONNECTION_WRONG_KIND,
+                format!("ClusterConnection {name:?} is not a Vault connection"),
+            )
+        })?;
+    let ca = match &vault.ca_secret_ref {
+        None => None,
+        Some(r) => Some(
+            read_key(client, own, r, "ca.crt")
+                .await
+                .map_err(|e| RefError::new(reasons::VAULT_CA_UNAVAILABLE, e.to_string()))?,
+        ),
+    };
+    let mut vc = VaultClient::from_connection(
+        vault,
+        SecretValue::new(String::new()),
+        ca.as_ref().map(|c| c.expose().as_bytes()),
+    )
+    .map_err(|e| RefError::from_backend(&e))?;
+    vault_login(ctx, conn, vault, &mut vc).await?;
+    Ok(vc)
 }
 
 async fn read_admin(
@@ -532,6 +538,20 @@ async fn build_target(
                 .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
             check_scope(ctx, namespace, connection, ScopedResource::Rds(state.arn)).await?;
             Ok(Box::new(t))
+        }
+        Target::VaultTransitKey(k) => {
+            check_scope(
+                ctx,
+                namespace,
+                connection,
+                ScopedResource::TransitKey {
+                    mount: k.mount.clone(),
+                    key: k.key.clone(),
+                },
+            )
+            .await?;
+            let vc = vault_client(ctx, connection, &k.connection_ref.name).await?;
+            Ok(Box::new(TransitKeyTarget::new(vc, k)))
         }
         Target::IamAccessKey(k) => {
             let iam = aws_clients(&ctx.iam, connection, &k.connection_ref.name).await?;

@@ -100,7 +100,9 @@ pub fn template_values<'a>(
             r.endpoint.as_ref().and_then(|e| u16::try_from(e.port).ok()),
             r.effective_database(),
         ),
-        Target::IamAccessKey(_) | Target::ValueOnly(_) => (None, None, None),
+        Target::IamAccessKey(_) | Target::VaultTransitKey(_) | Target::ValueOnly(_) => {
+            (None, None, None)
+        }
     };
     TemplateValues {
         password,

@@ -381,6 +381,7 @@ pub fn start(
         step: RotationStep::CreatePending,
         pending_version: None,
         username,
+        preexisting: None,
     }
 }
 

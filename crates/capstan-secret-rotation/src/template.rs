@@ -23,10 +23,18 @@ pub enum Variable {
     Port,
     /// The database name.
     Database,
+    /// A transit key's name (`key`).
+    Key,
+    /// A transit key's delivered version (`version`).
+    Version,
+    /// An IAM access key's id (`access_key_id`).
+    AccessKeyId,
+    /// An IAM access key's secret (`secret_access_key`).
+    SecretAccessKey,
 }
 
 impl Variable {
-    /// Every variable.
+    /// The variables of database targets.
     pub const ALL: [Variable; 5] = [
         Self::Password,
         Self::Username,
@@ -43,6 +51,10 @@ impl Variable {
             "host" => Self::Host,
             "port" => Self::Port,
             "database" => Self::Database,
+            "key" => Self::Key,
+            "version" => Self::Version,
+            "access_key_id" => Self::AccessKeyId,
+            "secret_access_key" => Self::SecretAccessKey,
             _ => return None,
         })
     }
@@ -55,6 +67,10 @@ impl Variable {
             Self::Host => "host",
             Self::Port => "port",
             Self::Database => "database",
+            Self::Key => "key",
+            Self::Version => "version",
+            Self::AccessKeyId => "access_key_id",
+            Self::SecretAccessKey => "secret_access_key",
         }
     }
 }
@@ -85,7 +101,9 @@ pub enum TemplateError {
     #[error("`{{{{` at byte {0} is not closed by `}}}}`")]
     Unclosed(usize),
     /// A placeholder naming no known variable.
-    #[error("unknown variable `{0}` (known: password, value, username, host, port, database)")]
+    #[error(
+        "unknown variable `{0}` (known: password, value, username, host, port, database, key, version, access_key_id, secret_access_key)"
+    )]
     UnknownVariable(String),
     /// A filter other than `urlencode`.
     #[error("unknown filter `{0}` (known: urlencode)")]
@@ -154,7 +172,12 @@ impl Template {
                 Part::Variable(variable, filter) => {
                     let port;
                     let value: &str = match variable {
-                        Variable::Password => values.password.expose(),
+                        Variable::Password | Variable::Version | Variable::SecretAccessKey => {
+                            values.password.expose()
+                        }
+                        Variable::Key | Variable::AccessKeyId => {
+                            values.username.ok_or(TemplateError::Unavailable("key"))?
+                        }
                         Variable::Username => values
                             .username
                             .ok_or(TemplateError::Unavailable("username"))?,

@@ -691,11 +691,11 @@ async fn malformed_scopes_are_refused_at_admission() {
     let cases = [
         (
             attempt("aws", &aws, json!([{ "vault": { "paths": ["secret/*"] } }])),
-            "an aws connection's scopes grant secretsManager and ecs, not vault",
+            "an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault or transit",
         ),
         (
             attempt("vault", &vault, json!([{ "ecs": { "services": ["a/b"] } }])),
-            "a vault connection's scopes grant vault, not secretsManager or ecs",
+            "a vault connection's scopes grant vault and transit, not secretsManager, ecs, rds or iam",
         ),
         (
             attempt(
@@ -731,7 +731,7 @@ async fn malformed_scopes_are_refused_at_admission() {
                 &aws,
                 json!([{ "namespaces": { "names": ["shop"] } }]),
             ),
-            "a scope must grant secretsManager, vault, ecs, rds or iam",
+            "a scope must grant secretsManager, vault, ecs, rds, iam or transit",
         ),
         (
             attempt(

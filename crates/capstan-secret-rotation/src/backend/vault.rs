@@ -176,6 +176,23 @@ impl VaultClient {
         Ok(Duration::from_secs(lease))
     }
 
+    /// One API call for a target (transit, database roles): the JSON body of a 2xx
+    /// answer, else the error Vault's status and message say.
+    pub(crate) async fn request(
+        &self,
+        what: &str,
+        method: Method,
+        api_path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, BackendError> {
+        let (status, value) = self.call(what, method, api_path, body).await?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(classify(what, status, &value))
+        }
+    }
+
     /// One API call; returns the status and the JSON body (`Null` when empty).
     async fn call(
         &self,

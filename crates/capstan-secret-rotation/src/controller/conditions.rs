@@ -244,6 +244,7 @@ mod tests {
             started: at("2026-01-01T12:00:00Z"),
             pending_version: None,
             username: None,
+            preexisting: None,
         }
     }
 

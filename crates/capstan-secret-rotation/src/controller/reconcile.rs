@@ -168,10 +168,14 @@ async fn gate(
     let target_connection = match obj.spec.target.connection() {
         None => None,
         Some(r) if same(&r.name) => connection.clone(),
-        Some(r) => match connection_gate(&ctx.rt, ns, Some(r), ConnectionKind::Aws, &[]).await? {
-            Gate::Refused(conds) => return Ok(Err(conds)),
-            Gate::Proceed(conn, _) => conn,
-        },
+        Some(r) => {
+            match connection_gate(&ctx.rt, ns, Some(r), obj.spec.target.connection_kind(), &[])
+                .await?
+            {
+                Gate::Refused(conds) => return Ok(Err(conds)),
+                Gate::Proceed(conn, _) => conn,
+            }
+        }
     };
     Ok(Ok(Gated {
         connection,

@@ -137,6 +137,12 @@ pub(super) async fn run_steps(
             Some(result) => result,
             None => execute(pass, w, &mut st, &r, clients).await,
         };
+        // What the step recorded about the target stays with the rotation (every attempt).
+        if let Some(rec) = st.rotation.as_ref().filter(|rec| rec.id == r.id)
+            && r.preexisting.is_none()
+        {
+            r.preexisting.clone_from(&rec.preexisting);
+        }
         match result {
             StepResult::Done(version) => {
                 record_done(pass, &mut trail, &mut r, version);
@@ -389,7 +395,15 @@ async fn execute(
     let target = clients.target.as_ref();
     let user = r.username.clone().unwrap_or_default();
     match r.step {
-        RotationStep::CreatePending => create_pending(pass, st, r, clients, &id).await,
+        RotationStep::CreatePending => {
+            if clients.target.issues_values()
+                && r.preexisting.is_none()
+                && let Err(result) = record_inventory(w, st, clients).await
+            {
+                return result;
+            }
+            create_pending(pass, st, r, clients, &id).await
+        }
         RotationStep::SetTarget => match pending(backend, &id).await {
             Ok(v) => {
                 let user = login_of(&v, &user);
@@ -409,6 +423,34 @@ async fn execute(
         },
         RotationStep::Finish => promote(st, r, backend, &id).await,
         RotationStep::Deliver => deliver(pass, w, r, clients).await,
+    }
+}
+
+/// Records the target's credentials in the rotation's status before it first issues
+/// one ([`RotationInProgress::preexisting`]), with a write conditioned on the object
+/// read, as a claim.
+async fn record_inventory(
+    w: &mut Writer,
+    st: &mut SecretRotationStatus,
+    clients: &Clients,
+) -> Result<(), StepResult> {
+    let inventory = clients
+        .target
+        .inventory()
+        .await
+        .map_err(|e| from_target(e, false))?;
+    if let Some(rec) = st.rotation.as_mut() {
+        rec.preexisting = Some(inventory);
+    }
+    match w.write(st).await {
+        Ok(()) => Ok(()),
+        Err(Error::ClaimLost(msg)) => Err(StepResult::ClaimLost(msg)),
+        // The target's own reason: its credentials could not be recorded, so none is
+        // issued yet.
+        Err(e) => Err(transient(
+            reasons::TARGET_UNAVAILABLE,
+            format!("recording the target's credentials before issuing one: {e}"),
+        )),
     }
 }
 
@@ -446,7 +488,12 @@ async fn create_pending(
             Ok(v) => v.and_then(|v| v.credential.username).into_iter().collect(),
             Err(e) => return from_backend(e),
         };
-        match clients.target.issue(&keep, r.started).await {
+        let preexisting = st
+            .rotation
+            .as_ref()
+            .and_then(|rec| rec.preexisting.clone())
+            .unwrap_or_default();
+        match clients.target.issue(&keep, &preexisting).await {
             Ok((username, value)) => Credential::new(Some(username), value),
             Err(e) => return from_target(e, false),
         }

@@ -136,7 +136,7 @@ pub struct SecretRotationSpec {
 
     /// What the credential is set on: exactly one of `postgres`, `mysql` or `none` (an
     /// API key or token that is only generated, stored and delivered).
-    #[x_kube(validation = Rule::new(RULE_ONE_TARGET).message("exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey or none must be set"))]
+    #[x_kube(validation = Rule::new(RULE_ONE_TARGET).message("exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey or none must be set"))]
     pub target: Target,
 
     /// How a database credential is switched: `singleUser` (one role, its password

@@ -44,6 +44,8 @@ pub enum TargetKind {
     RdsMasterPassword,
     /// `target.iamAccessKey`.
     IamAccessKey,
+    /// `target.vaultTransitKey`.
+    VaultTransitKey,
     /// `target.none`.
     None,
 }
@@ -56,6 +58,7 @@ impl TargetKind {
             Self::Mysql => "mysql",
             Self::RdsMasterPassword => "rdsMasterPassword",
             Self::IamAccessKey => "iamAccessKey",
+            Self::VaultTransitKey => "vaultTransitKey",
             Self::None => "none",
         }
     }
@@ -221,6 +224,12 @@ pub struct RotationInProgress {
     /// The database user whose password this rotation sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// For targets that issue values (IAM access keys, transit key versions): their
+    /// credentials (key ids, the latest version) before this rotation first issued one,
+    /// recorded before it did. Anything issued beyond them and not stored is this
+    /// rotation's leftover, found without guessing from clocks after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preexisting: Option<Vec<String>>,
 }
 
 /// A failed attempt. Built only by [`RotationFailure::new`], which scrubs every secret

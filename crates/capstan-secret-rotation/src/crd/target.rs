@@ -26,6 +26,9 @@ pub enum Target {
     /// An IAM user's access key: AWS issues the new key, Capstan tests it with STS,
     /// delivers it, deactivates the previous one and deletes it after a grace period.
     IamAccessKey(IamAccessKeyTarget),
+    /// A Vault/OpenBao transit key: a new version per rotation; its name and version
+    /// are delivered, never key material.
+    VaultTransitKey(VaultTransitKeyTarget),
     /// No target: an API key or token that is generated, stored and delivered only.
     #[serde(rename = "none")]
     ValueOnly(ValueOnlyTarget),
@@ -289,6 +292,40 @@ pub struct IamAccessKeyTarget {
     pub grace_period: String,
 }
 
+/// `target.vaultTransitKey`: a transit key of a Vault/OpenBao.
+///
+/// Each rotation makes a new key version (`rotate`) and delivers the key's name and that
+/// version (template variables `key` and `version`), never key material. The minimum
+/// versions are raised only to what a person names here, never on a timer: Capstan
+/// cannot know whether data under older versions has been rewrapped.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultTransitKeyTarget {
+    /// The Vault ClusterConnection. Its scopes must grant this namespace the key
+    /// (`scopes[].vault.transitKeys`, `<mount>/<key>`).
+    pub connection_ref: ConnectionRef,
+    /// The transit secrets engine's mount.
+    #[serde(default = "default_transit_mount")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = VAULT_PATH_PATTERN))]
+    pub mount: String,
+    /// The key's name (the key must exist: Capstan rotates it, it does not create it).
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
+    pub key: String,
+    /// Raise `min_decryption_version` to this: ciphertexts of older versions stop
+    /// decrypting. Set it only once they have been rewrapped. Never lowered by Capstan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_decryption_version: Option<i64>,
+    /// Raise `min_encryption_version` to this (0 or unset: encrypt with the latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_encryption_version: Option<i64>,
+}
+
+fn default_transit_mount() -> String {
+    "transit".to_owned()
+}
+
 /// The `none` target: nothing outside the backend changes.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ValueOnlyTarget {}
@@ -348,7 +385,13 @@ impl Target {
                     _ => true,
                 })
                 .collect(),
-            Target::IamAccessKey(_) => vec![Variable::Username, Variable::Password],
+            Target::IamAccessKey(_) => vec![
+                Variable::Username,
+                Variable::Password,
+                Variable::AccessKeyId,
+                Variable::SecretAccessKey,
+            ],
+            Target::VaultTransitKey(_) => vec![Variable::Key, Variable::Version],
             Target::ValueOnly(_) => vec![Variable::Password],
         }
     }
@@ -360,6 +403,7 @@ impl Target {
             Self::Mysql(_) => TargetKind::Mysql,
             Self::RdsMasterPassword(_) => TargetKind::RdsMasterPassword,
             Self::IamAccessKey(_) => TargetKind::IamAccessKey,
+            Self::VaultTransitKey(_) => TargetKind::VaultTransitKey,
             Self::ValueOnly(_) => TargetKind::None,
         }
     }
@@ -371,7 +415,7 @@ impl Target {
             Self::Postgres(t) => Some(&t.username),
             Self::Mysql(t) => Some(&t.username),
             Self::RdsMasterPassword(t) => Some(&t.master_username),
-            Self::IamAccessKey(_) | Self::ValueOnly(_) => None,
+            Self::IamAccessKey(_) | Self::VaultTransitKey(_) | Self::ValueOnly(_) => None,
         }
     }
 
@@ -380,7 +424,10 @@ impl Target {
         match self {
             Self::Postgres(_) => Some(63),
             Self::Mysql(_) => Some(32),
-            Self::RdsMasterPassword(_) | Self::IamAccessKey(_) | Self::ValueOnly(_) => None,
+            Self::RdsMasterPassword(_)
+            | Self::IamAccessKey(_)
+            | Self::VaultTransitKey(_)
+            | Self::ValueOnly(_) => None,
         }
     }
 
@@ -390,11 +437,20 @@ impl Target {
         matches!(self, Self::Postgres(_) | Self::Mysql(_))
     }
 
+    /// The kind of system [`Target::connection`] must point at.
+    pub fn connection_kind(&self) -> capstan_core::connection::ConnectionKind {
+        match self {
+            Self::VaultTransitKey(_) => capstan_core::connection::ConnectionKind::Vault,
+            _ => capstan_core::connection::ConnectionKind::Aws,
+        }
+    }
+
     /// The ClusterConnection the target itself is reached through, if any.
     pub fn connection(&self) -> Option<&ConnectionRef> {
         match self {
             Self::RdsMasterPassword(t) => Some(&t.connection_ref),
             Self::IamAccessKey(t) => Some(&t.connection_ref),
+            Self::VaultTransitKey(t) => Some(&t.connection_ref),
             Self::Postgres(_) | Self::Mysql(_) | Self::ValueOnly(_) => None,
         }
     }

@@ -438,12 +438,12 @@ fn cel_rules_refuse_bad_specs() {
         (
             "no target",
             |v| v["spec"]["target"] = json!({}),
-            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey or none",
+            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey or none",
         ),
         (
             "two targets",
             |v| v["spec"]["target"]["none"] = json!({}),
-            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey or none",
+            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey or none",
         ),
         (
             "an RDS target naming neither an instance nor a cluster",

@@ -7,8 +7,9 @@
 //! IAM allows two keys per user, and the protocol never needs a third. Before it
 //! creates one, `issue` looks at the user's keys and deletes each one the backend does
 //! not hold that is either inactive (the previous key in its grace period, or one
-//! someone deactivated) or was created after this rotation started (the key of an
-//! attempt that died before storing it, or whose test failed). An active key that
+//! someone deactivated) or was not there before this rotation first issued one (the
+//! rotation records the user's key ids in its status first): the key of an attempt
+//! that died before storing it, or whose test failed. An active key that
 //! Capstan does not hold and did not make is somebody's: with two such, or one beside
 //! the current, the rotation is refused with a message naming it, and nothing is
 //! created.
@@ -27,7 +28,6 @@ use std::time::Duration;
 
 use capstan_aws::iam::{IamError, SdkIam};
 use capstan_core::redact::SecretValue;
-use chrono::{DateTime, Utc};
 
 use super::{CredentialTarget, TargetError};
 use crate::crd;
@@ -152,18 +152,21 @@ impl CredentialTarget for IamKeyTarget {
         true
     }
 
+    async fn inventory(&self) -> Result<Vec<String>, TargetError> {
+        let keys = self.iam.keys(&self.user).await.map_err(|e| self.error(e))?;
+        Ok(keys.into_iter().map(|k| k.id).collect())
+    }
+
     async fn issue(
         &self,
         keep: &[String],
-        since: DateTime<Utc>,
+        preexisting: &[String],
     ) -> Result<(String, SecretValue), TargetError> {
         let keys = self.iam.keys(&self.user).await.map_err(|e| self.error(e))?;
-        // IAM's CreateDate has whole seconds: a key made in the second the rotation
-        // started counts as made after it.
-        let since = since.timestamp();
         let mut left = Vec::new();
         for k in keys.iter().filter(|k| !keep.contains(&k.id)) {
-            if !k.active || k.created >= since {
+            // Inactive, or made by this rotation (not there before it first issued one).
+            if !k.active || !preexisting.contains(&k.id) {
                 self.iam
                     .delete_key(&self.user, &k.id)
                     .await

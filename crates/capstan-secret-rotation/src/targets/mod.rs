@@ -10,6 +10,7 @@
 //!   through the RDS API; see its module.
 //! - [`IamKeyTarget`]: an IAM user's access key, which IAM issues
 //!   ([`CredentialTarget::issue`]); see its module.
+//! - [`TransitKeyTarget`]: a Vault/OpenBao transit key's version; see its module.
 //! - [`NoTarget`]: nothing to set (API keys, tokens).
 //!
 //! [`TargetError`] separates a definitive refusal of the value itself
@@ -23,6 +24,7 @@ mod iam;
 mod mysql;
 mod postgres;
 mod rds;
+mod transit;
 
 use capstan_core::error::Categorized;
 use capstan_core::redact::SecretValue;
@@ -31,6 +33,7 @@ pub use iam::{CONSISTENCY_WAIT as IAM_CONSISTENCY_WAIT, IamKeyTarget};
 pub use mysql::{MysqlPasswordForm, MysqlTarget, mysql_native_password_hash};
 pub use postgres::{PostgresTarget, PostgresTls};
 pub use rds::{FENCE_TAG as RDS_FENCE_TAG, RdsMasterTarget};
+pub use transit::{KeyInfo as TransitKeyInfo, TransitKeyTarget};
 
 /// What a rotated credential is set on.
 #[async_trait::async_trait]
@@ -69,16 +72,23 @@ pub trait CredentialTarget: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// The target's credentials as [`CredentialTarget::issue`] sees them (key ids, the
+    /// latest version), recorded before a rotation first issues one.
+    async fn inventory(&self) -> Result<Vec<String>, TargetError> {
+        Ok(Vec::new())
+    }
+
     /// Issues a new credential: its username (an access key id) and its value. `keep`:
-    /// the credentials the backend holds, never touched; `since`: when this rotation
-    /// started, so that an unheld credential issued after it is known as an earlier
-    /// attempt's leftover.
+    /// the usernames of the credentials the backend holds, never
+    /// touched; `preexisting`: the [`CredentialTarget::inventory`] recorded before this
+    /// rotation first issued one, so that anything issued since and not stored is
+    /// known as an earlier attempt's leftover.
     async fn issue(
         &self,
         keep: &[String],
-        since: chrono::DateTime<chrono::Utc>,
+        preexisting: &[String],
     ) -> Result<(String, SecretValue), TargetError> {
-        let _ = (keep, since);
+        let _ = (keep, preexisting);
         Err(TargetError::Invalid {
             target: format!("{self:?}"),
             detail: "this target does not issue values".into(),
