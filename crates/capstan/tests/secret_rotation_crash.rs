@@ -91,21 +91,8 @@ impl Setup {
 
     /// Starts a manager that aborts after `step`'s side effect, and waits for it.
     async fn crash_after(&self, step: &str, identity: &str) -> common::Manager {
-        let fp = format!("secret-rotation::after-{step}=return");
-        let mut crashing = common::start_with_env(
-            self.kube,
-            identity,
-            &self.args(),
-            &[("FAILPOINTS", fp.as_str())],
-        )
-        .await;
-        let status = tokio::time::timeout(TIMEOUT, crashing.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("not crashed after {step}:\n{}", crashing.all_logs()))
-            .expect("wait");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(6), "aborted (SIGABRT) after {step}");
-        crashing
+        let point = format!("secret-rotation::after-{step}");
+        common::crash_at(self.kube, identity, &self.args(), &point).await
     }
 
     /// Waits until `count` rotations have finished and none is in progress.

@@ -183,15 +183,7 @@ impl Setup {
     }
 
     async fn events(&self, name: &str) -> Vec<(String, String)> {
-        let api: Api<k8s_openapi::api::events::v1::Event> = self.ns.api(self.kube.client().await);
-        api.list(&Default::default())
-            .await
-            .expect("events")
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect()
+        common::events_about(&self.kube.client().await, self.ns.name(), name).await
     }
 }
 
@@ -415,20 +407,7 @@ async fn a_kill_after_each_side_effect_never_makes_a_third_key() {
         if n > 1 {
             rotate_now(&t.api, "crash", &format!("crash-{n}")).await;
         }
-        let fp = format!("{point}=return");
-        let mut crashing = common::start_with_env(
-            t.kube,
-            &format!("sr-iam-crash-{n}"),
-            &args,
-            &[("FAILPOINTS", fp.as_str())],
-        )
-        .await;
-        let status = tokio::time::timeout(TIMEOUT, crashing.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("not crashed at {point}:\n{}", crashing.all_logs()))
-            .expect("wait");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(6), "aborted at {point}");
+        common::crash_at(t.kube, &format!("sr-iam-crash-{n}"), &args, point).await;
         assert!(t.keys(&user).await.len() <= 2, "{point}: at most two keys");
         let m = start(t.kube, &ns, &format!("sr-iam-resume-{n}")).await;
         await_rotations(&t.api, "crash", n, &m).await;

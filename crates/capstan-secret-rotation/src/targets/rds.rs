@@ -149,6 +149,22 @@ impl RdsMasterTarget {
         Ok(state)
     }
 
+    /// ModifyDBInstance/ModifyDBCluster with the password (and RDS's own management
+    /// turned off when the spec says so), then the wait until RDS has applied it.
+    async fn modify(&self, password: &SecretValue) -> Result<(), TargetError> {
+        let state = self
+            .rds
+            .set_master_password(
+                &self.resource,
+                password,
+                self.spec.turn_off_rds_managed_password,
+            )
+            .await
+            .map_err(|e| self.error(e).scrubbed(&[password]))?;
+        capstan_core::failpoints::crash_point("secret-rotation::rds-after-modify");
+        self.settle(state).await.map(|_| ())
+    }
+
     /// Where the login test connects: the override, or the endpoint RDS reports.
     fn endpoint(&self, state: Option<&RdsState>) -> Result<(String, i32), TargetError> {
         if let Some(e) = &self.spec.endpoint {
@@ -262,16 +278,7 @@ impl CredentialTarget for RdsMasterTarget {
         password: &SecretValue,
     ) -> Result<(), TargetError> {
         self.ensure_user(username, None).await?;
-        let state = self
-            .rds
-            .set_master_password(
-                &self.resource,
-                password,
-                self.spec.turn_off_rds_managed_password,
-            )
-            .await
-            .map_err(|e| self.error(e).scrubbed(&[password]))?;
-        self.settle(state).await.map(|_| ())
+        self.modify(password).await
     }
 
     async fn set_password_fenced(
@@ -326,17 +333,7 @@ impl CredentialTarget for RdsMasterTarget {
                 .map_err(|e| self.error(e))?;
         }
         capstan_core::failpoints::crash_point("secret-rotation::rds-before-modify");
-        let state = self
-            .rds
-            .set_master_password(
-                &self.resource,
-                password,
-                self.spec.turn_off_rds_managed_password,
-            )
-            .await
-            .map_err(|e| self.error(e).scrubbed(&[password]))?;
-        capstan_core::failpoints::crash_point("secret-rotation::rds-after-modify");
-        self.settle(state).await.map(|_| ())
+        self.modify(password).await
     }
 
     async fn test_login(&self, username: &str, password: &SecretValue) -> Result<(), TargetError> {

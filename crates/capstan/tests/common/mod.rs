@@ -171,6 +171,35 @@ pub async fn start_with_env(
     start_with_level(kube, identity, DEFAULT_LEVEL, extra, env).await
 }
 
+/// Starts a manager with the failpoint `point=return` and waits until it aborts there
+/// (SIGABRT), as a crash right after that side effect would; returns it for its logs.
+#[allow(dead_code)]
+pub async fn crash_at(kube: &'static Kube, identity: &str, extra: &[&str], point: &str) -> Manager {
+    let fp = format!("{point}=return");
+    let mut crashing = start_with_env(kube, identity, extra, &[("FAILPOINTS", fp.as_str())]).await;
+    let status = tokio::time::timeout(Duration::from_secs(90), crashing.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("not crashed at {point}:\n{}", crashing.all_logs()))
+        .expect("wait");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(6), "aborted (SIGABRT) at {point}");
+    crashing
+}
+
+/// The Events about object `name` in `ns`, as (reason, note).
+#[allow(dead_code)]
+pub async fn events_about(client: &kube::Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
 /// Starts `capstan run` with a chosen `--log-level` filter (the leak canary runs at plain
 /// `debug`, every crate), extra arguments and environment; waits until its admin server
 /// listens.
