@@ -42,8 +42,8 @@ use crate::scope::{ConnectionScope, MAX_SCOPES, ScopedResource, permits};
 )]
 #[x_kube(
     validation = Rule::new("has(self.aws) != has(self.vault)").message("exactly one of aws or vault must be set").reason(Reason::FieldValueRequired),
-    validation = Rule::new(RULE_AWS_SCOPES).message("an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault or transit").field_path(".scopes"),
-    validation = Rule::new(RULE_VAULT_SCOPES).message("a vault connection's scopes grant vault and transit, not secretsManager, ecs, rds or iam").field_path(".scopes"),
+    validation = Rule::new(RULE_AWS_SCOPES).message("an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault, transit or vaultDatabase").field_path(".scopes"),
+    validation = Rule::new(RULE_VAULT_SCOPES).message("a vault connection's scopes grant vault, transit and vaultDatabase, not secretsManager, ecs, rds or iam").field_path(".scopes"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterConnectionSpec {
@@ -69,8 +69,7 @@ pub struct ClusterConnectionSpec {
     pub vault: Option<VaultConnection>,
 }
 
-const RULE_AWS_SCOPES: &str =
-    "!has(self.aws) || !has(self.scopes) || self.scopes.all(s, !has(s.vault) && !has(s.transit))";
+const RULE_AWS_SCOPES: &str = "!has(self.aws) || !has(self.scopes) || self.scopes.all(s, !has(s.vault) && !has(s.transit) && !has(s.vaultDatabase))";
 const RULE_VAULT_SCOPES: &str = "!has(self.vault) || !has(self.scopes) || self.scopes.all(s, !has(s.secretsManager) && !has(s.ecs) && !has(s.rds) && !has(s.iam))";
 
 /// An AWS account and region.
@@ -541,9 +540,9 @@ mod tests {
     fn crd_carries_the_scope_rules() {
         let json = serde_json::to_string(&ClusterConnection::crd()).unwrap_or_default();
         for needle in [
-            "an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault or transit",
-            "a vault connection's scopes grant vault and transit, not secretsManager, ecs, rds or iam",
-            "a scope must grant secretsManager, vault, ecs, rds, iam or transit",
+            "an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault, transit or vaultDatabase",
+            "a vault connection's scopes grant vault, transit and vaultDatabase, not secretsManager, ecs, rds or iam",
+            "a scope must grant secretsManager, vault, ecs, rds, iam, transit or vaultDatabase",
             "*** is ambiguous",
             "namespaces must list names or a selector",
         ] {

@@ -35,6 +35,9 @@
 //!   (`arn:aws:rds:<region>:<account>:db:<id>`, `...:cluster:<id>`), read before
 //!   anything changes, so a pattern can pin the account and region.
 //! - Vault transit keys: `<mount>/<key>`.
+//! - Vault database roles: `<mount>/<role>`, the role being named
+//!   `<namespace>-<name>` after the object that declares it, so a pattern like
+//!   `database/${namespace}-*` keeps each tenant to its own roles in a shared mount.
 //! - IAM: the user's path and name as IAM reports them, `<path><name>`
 //!   (`/services/shop/reporting`), so a path prefix is a pattern like
 //!   `/services/${namespace}/*` (or `/services/**`).
@@ -71,14 +74,14 @@ pub const IAM_PATTERN: &str = r"^/([A-Za-z0-9+=,.@_/*-]|\$\{namespace\})*$";
 pub const RDS_PATTERN: &str = r"^arn:([A-Za-z0-9:_*-]|\$\{namespace\})+$";
 
 pub(crate) const RULE_NO_TRIPLE_STAR: &str = "self.all(p, !p.contains('***'))";
-pub(crate) const RULE_SCOPE_GRANTS: &str = "has(self.secretsManager) || has(self.vault) || has(self.ecs) || has(self.rds) || has(self.iam) || has(self.transit)";
+pub(crate) const RULE_SCOPE_GRANTS: &str = "has(self.secretsManager) || has(self.vault) || has(self.ecs) || has(self.rds) || has(self.iam) || has(self.transit) || has(self.vaultDatabase)";
 pub(crate) const RULE_SCOPE_NAMESPACES_NOT_EMPTY: &str = "!has(self.namespaces) || (has(self.namespaces.names) && size(self.namespaces.names) > 0) || has(self.namespaces.selector)";
 
 /// What the namespaces a scope applies to may touch through the connection.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new(RULE_SCOPE_GRANTS).message("a scope must grant secretsManager, vault, ecs, rds, iam or transit"),
+    validation = Rule::new(RULE_SCOPE_GRANTS).message("a scope must grant secretsManager, vault, ecs, rds, iam, transit or vaultDatabase"),
     validation = Rule::new(RULE_SCOPE_NAMESPACES_NOT_EMPTY).message("namespaces must list names or a selector; omit it to apply the scope to every namespace the connection allows").field_path(".namespaces")
 )]
 pub struct ConnectionScope {
@@ -107,6 +110,23 @@ pub struct ConnectionScope {
     /// Vault/OpenBao transit keys that may be rotated (Vault connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transit: Option<TransitScope>,
+    /// Vault/OpenBao database secrets engine roles that may be declared and rotated
+    /// (Vault connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_database: Option<VaultDatabaseScope>,
+}
+
+/// Vault database roles a scope grants.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultDatabaseScope {
+    /// Patterns of `<mount>/<role>`, e.g. `database/${namespace}-*`.
+    #[schemars(
+        length(min = 1, max = MAX_PATTERNS),
+        inner(length(min = 1, max = 512), regex(pattern = VAULT_PATTERN))
+    )]
+    #[x_kube(validation = Rule::new(RULE_NO_TRIPLE_STAR).message("*** is ambiguous: write * (within a segment) or ** (across /)"))]
+    pub roles: Vec<String>,
 }
 
 /// Vault transit keys a scope grants.
@@ -224,6 +244,13 @@ pub enum ScopedResource {
         /// The key's name.
         key: String,
     },
+    /// A Vault database secrets engine role (and the connection named after it).
+    VaultDatabaseRole {
+        /// The database mount.
+        mount: String,
+        /// The role's name.
+        role: String,
+    },
     /// An IAM user, by the path and name IAM reports.
     IamUser {
         /// The user's path (`/`, `/services/shop/`).
@@ -249,6 +276,9 @@ impl fmt::Display for ScopedResource {
             }
             ScopedResource::TransitKey { mount, key } => {
                 write!(f, "Vault transit key {:?}", format!("{mount}/{key}"))
+            }
+            ScopedResource::VaultDatabaseRole { mount, role } => {
+                write!(f, "Vault database role {:?}", format!("{mount}/{role}"))
             }
         }
     }
@@ -283,10 +313,11 @@ impl ScopedResource {
                 )
                 .then(|| arn.clone())
             }
-            ScopedResource::TransitKey { mount, key } => {
-                let joined = format!("{}/{key}", mount.trim_matches('/'));
-                (!key.is_empty()
-                    && !key.contains('/')
+            ScopedResource::TransitKey { mount, key: name }
+            | ScopedResource::VaultDatabaseRole { mount, role: name } => {
+                let joined = format!("{}/{name}", mount.trim_matches('/'));
+                (!name.is_empty()
+                    && !name.contains('/')
                     && !joined
                         .split('/')
                         .any(|s| s == "." || s == ".." || s.is_empty()))
@@ -334,6 +365,10 @@ impl ScopedResource {
             ScopedResource::TransitKey { .. } => {
                 scope.transit.as_ref().map_or(&[], |s| s.keys.as_slice())
             }
+            ScopedResource::VaultDatabaseRole { .. } => scope
+                .vault_database
+                .as_ref()
+                .map_or(&[], |s| s.roles.as_slice()),
         }
     }
 }

@@ -691,11 +691,19 @@ async fn malformed_scopes_are_refused_at_admission() {
     let cases = [
         (
             attempt("aws", &aws, json!([{ "vault": { "paths": ["secret/*"] } }])),
-            "an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault or transit",
+            "an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault, transit or vaultDatabase",
+        ),
+        (
+            attempt(
+                "aws",
+                &aws,
+                json!([{ "vaultDatabase": { "roles": ["database/*"] } }]),
+            ),
+            "an aws connection's scopes grant secretsManager, ecs, rds and iam, not vault, transit or vaultDatabase",
         ),
         (
             attempt("vault", &vault, json!([{ "ecs": { "services": ["a/b"] } }])),
-            "a vault connection's scopes grant vault and transit, not secretsManager, ecs, rds or iam",
+            "a vault connection's scopes grant vault, transit and vaultDatabase, not secretsManager, ecs, rds or iam",
         ),
         (
             attempt(
@@ -731,7 +739,7 @@ async fn malformed_scopes_are_refused_at_admission() {
                 &aws,
                 json!([{ "namespaces": { "names": ["shop"] } }]),
             ),
-            "a scope must grant secretsManager, vault, ecs, rds, iam or transit",
+            "a scope must grant secretsManager, vault, ecs, rds, iam, transit or vaultDatabase",
         ),
         (
             attempt(

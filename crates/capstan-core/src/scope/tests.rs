@@ -544,3 +544,46 @@ fn iam_users_are_matched_by_path_and_name() {
         "a path IAM would not report"
     );
 }
+
+#[test]
+fn vault_database_roles_are_mount_slash_role_and_apart_from_transit_keys() {
+    let scopes = vec![ConnectionScope {
+        vault_database: Some(VaultDatabaseScope {
+            roles: vec!["database/${namespace}-*".into()],
+        }),
+        ..ConnectionScope::default()
+    }];
+    let ok = |mount: &str, role: &str, ns: &str| {
+        permits(
+            Some(&scopes),
+            ns,
+            &labels(&[]),
+            &ScopedResource::VaultDatabaseRole {
+                mount: mount.into(),
+                role: role.into(),
+            },
+        )
+    };
+    assert!(ok("database", "shop-orders", "shop"));
+    assert!(!ok("database", "payments-orders", "shop"));
+    assert!(!ok("database-admin", "shop-orders", "shop"));
+    assert!(!ok("database", "shop-a/../b", "shop"), "a path segment");
+    // A database scope grants no transit key of the same name, and the reverse.
+    assert!(!permits(
+        Some(&scopes),
+        "shop",
+        &labels(&[]),
+        &ScopedResource::TransitKey {
+            mount: "database".into(),
+            key: "shop-orders".into(),
+        }
+    ));
+    assert_eq!(
+        ScopedResource::VaultDatabaseRole {
+            mount: "database".into(),
+            role: "shop-orders".into()
+        }
+        .to_string(),
+        "Vault database role \"database/shop-orders\""
+    );
+}
