@@ -39,6 +39,7 @@ use crate::crd::{
 use crate::reasons;
 use crate::targets::{
     CredentialTarget, IamKeyTarget, NoTarget, PostgresTarget, RdsMasterTarget, TransitKeyTarget,
+    VaultStaticRoleTarget,
 };
 use capstan_aws::iam::SdkIam;
 use capstan_aws::rds::SdkRds;
@@ -188,6 +189,9 @@ pub struct Context {
     /// Vault tokens from logins (AppRole), per ClusterConnection, reused until near
     /// the end of their lease so that reconciles do not each create a token.
     pub vault_tokens: Mutex<HashMap<String, CachedToken>>,
+    /// When each object's target configuration was last read back for drift (kept in
+    /// memory: a restart checks every object once, then on its interval).
+    pub drift_checked: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
 }
 
 /// A token a Vault login returned.
@@ -245,6 +249,7 @@ impl Context {
             audit_written: crate::audit::Written::default(),
             settings,
             vault_tokens: Mutex::new(HashMap::new()),
+            drift_checked: Mutex::new(HashMap::new()),
             fresh: Arc::default(),
         }
     }
@@ -273,6 +278,27 @@ impl Context {
         self.set_overdue(key, false);
         self.set_stuck(key, false);
         self.audit_written.forget(key);
+        self.drift_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// When `key`'s target configuration was last checked for drift.
+    pub fn drift_checked_at(&self, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.drift_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Records a drift check of `key` at `at`.
+    pub fn set_drift_checked(&self, key: &str, at: chrono::DateTime<chrono::Utc>) {
+        self.drift_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned(), at);
     }
 
     /// Records whether `key`'s rotation is stuck and updates the gauge.
@@ -359,12 +385,12 @@ pub struct Connections<'a> {
 /// `delivery.ecsServices`, the ECS client from the ECS connection.
 pub async fn build_clients(
     ctx: &Context,
-    namespace: &str,
+    (namespace, name): (&str, &str),
     spec: &SecretRotationSpec,
     connections: Connections<'_>,
 ) -> Result<Clients, RefError> {
     let backend = build_backend(ctx, namespace, spec, connections.main).await?;
-    let target = build_target(ctx, namespace, &spec.target, connections.target).await?;
+    let target = build_target(ctx, (namespace, name), &spec.target, connections.target).await?;
     let ecs = match spec.ecs_connection() {
         None => None,
         Some(r) => Some(aws_clients(&ctx.ecs, connections.ecs, &r.name).await?),
@@ -522,11 +548,29 @@ async fn read_ca(
 
 async fn build_target(
     ctx: &Context,
-    namespace: &str,
+    (namespace, name): (&str, &str),
     target: &Target,
     connection: Option<&ClusterConnection>,
 ) -> Result<Box<dyn CredentialTarget>, RefError> {
     match target {
+        Target::VaultDatabaseStaticRole(r) => {
+            let role = VaultStaticRoleTarget::object_name(namespace, name);
+            check_scope(
+                ctx,
+                namespace,
+                connection,
+                ScopedResource::VaultDatabaseRole {
+                    mount: r.mount.clone(),
+                    role,
+                },
+            )
+            .await?;
+            let admin = read_admin(ctx, namespace, &r.admin_secret_ref).await?;
+            let vc = vault_client(ctx, connection, &r.connection_ref.name).await?;
+            let t = VaultStaticRoleTarget::new(vc, r, (namespace, name), admin, None)
+                .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            Ok(Box::new(t))
+        }
         Target::RdsMasterPassword(r) => {
             let rds = aws_clients(&ctx.rds, connection, &r.connection_ref.name).await?;
             let ca = read_ca(ctx, namespace, r.ca_secret_ref.as_ref()).await?;

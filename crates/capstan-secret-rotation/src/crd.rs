@@ -56,6 +56,10 @@ pub mod condition_types {
     /// The scheduled rotation time passed without a successful rotation (failing,
     /// suspended, or waiting for the window): what a compliance alert watches.
     pub const OVERDUE: &str = "Overdue";
+    /// The target's declared configuration (a Vault database connection and static
+    /// role) matches what was read back at the last drift check; `DriftCorrected` when
+    /// it did not and was written back, False with the error when that failed.
+    pub const TARGET_IN_SYNC: &str = "TargetInSync";
 }
 
 /// Condition reasons (CamelCase, stable: alerts and `kubectl wait` match on them): all of

@@ -100,6 +100,11 @@ pub fn template_values<'a>(
             r.endpoint.as_ref().and_then(|e| u16::try_from(e.port).ok()),
             r.effective_database(),
         ),
+        Target::VaultDatabaseStaticRole(v) => (
+            Some(v.host.as_str()),
+            u16::try_from(v.port).ok(),
+            Some(v.database.as_str()),
+        ),
         Target::IamAccessKey(_) | Target::VaultTransitKey(_) | Target::ValueOnly(_) => {
             (None, None, None)
         }

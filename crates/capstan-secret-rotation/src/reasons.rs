@@ -19,6 +19,9 @@ pub const ROTATION_FAILED: &str = "RotationFailed";
 pub const SCHEDULED: &str = "Scheduled";
 /// Rotating=True: started by a new `capstan.dev/rotate-now` token.
 pub const ROTATE_NOW_REQUESTED: &str = "RotateNowRequested";
+/// Rotating=True: the target's credential was rotated outside Capstan (Vault's own
+/// static-role rotation) and what it holds now is being delivered.
+pub const TARGET_ROTATED: &str = "TargetRotated";
 /// Rotating=True: the first rotation after creation.
 pub const INITIAL_ROTATION: &str = "InitialRotation";
 /// Rotating=True: a failed attempt is being retried.
@@ -109,6 +112,14 @@ pub const TARGET_INVALID: &str = "TargetInvalid";
 /// RDS manages the master password itself (`ManageMasterUserPassword`) and the spec does
 /// not turn that off.
 pub const RDS_MANAGES_PASSWORD: &str = "RdsManagesPassword";
+/// A Vault connection or role with this object's name exists but this object did not
+/// declare it: it is not adopted.
+pub const TARGET_CLAIMED: &str = "TargetClaimed";
+/// `TargetInSync`: the target's declared configuration (a Vault connection and static
+/// role) matched what was read back.
+pub const IN_SYNC: &str = "InSync";
+/// `TargetInSync`: drift was found and the declared state written back.
+pub const DRIFT_CORRECTED: &str = "DriftCorrected";
 
 /// The `outcome` of an audit line of a rotation step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -85,6 +85,28 @@ fn check_references(spec: &SecretRotationSpec, errors: &mut Vec<FieldError>) {
 /// What the schema cannot say about a target: an IAM key's grace period within the
 /// interval (the admission rule's twin, for objects stored before it).
 fn check_target(spec: &SecretRotationSpec, errors: &mut Vec<FieldError>) {
+    if let Target::VaultDatabaseStaticRole(r) = &spec.target {
+        let path = "spec.target.vaultDatabaseStaticRole.rotationPeriod";
+        match r.rotation_period() {
+            Err(e) => errors.push(FieldError::new(path, e)),
+            Ok(period) => {
+                if let Some(Ok(interval)) = spec.schedule.interval.as_ref().map(|i| i.duration())
+                    && period < interval * 2
+                {
+                    errors.push(FieldError::new(
+                        path,
+                        "must be at least twice schedule.interval: Capstan's schedule rotates first, Vault's own rotation is the exception",
+                    ));
+                }
+            }
+        }
+        if let Err(e) = r.drift_check() {
+            errors.push(FieldError::new(
+                "spec.target.vaultDatabaseStaticRole.driftCheckInterval",
+                e,
+            ));
+        }
+    }
     if let Target::IamAccessKey(k) = &spec.target {
         let path = "spec.target.iamAccessKey.gracePeriod";
         match k.grace() {

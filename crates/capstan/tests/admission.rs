@@ -142,6 +142,28 @@ async fn invalid_secret_rotations_are_refused_with_the_field_path() {
             "spec.target.iamAccessKey.gracePeriod",
         ),
         (
+            "a Vault static role rotated by Vault before Capstan's schedule",
+            |v| {
+                v["spec"]["target"] = json!({"vaultDatabaseStaticRole": {"connectionRef": {"name": "vault"}, "host": "db", "database": "app", "adminSecretRef": {"name": "admin"}, "username": "app", "rotationPeriod": "47h"}});
+                v["spec"]["schedule"] = json!({"interval": "24h"});
+            },
+            "spec.target.vaultDatabaseStaticRole.rotationPeriod",
+        ),
+        (
+            "a Vault static role whose drift is checked more often than the floor",
+            |v| {
+                v["spec"]["target"] = json!({"vaultDatabaseStaticRole": {"connectionRef": {"name": "vault"}, "host": "db", "database": "app", "adminSecretRef": {"name": "admin"}, "username": "app", "rotationPeriod": "60d", "driftCheckInterval": "4s"}});
+            },
+            "spec.target.vaultDatabaseStaticRole.driftCheckInterval",
+        ),
+        (
+            "a Vault static role without its admin Secret",
+            |v| {
+                v["spec"]["target"] = json!({"vaultDatabaseStaticRole": {"connectionRef": {"name": "vault"}, "host": "db", "database": "app", "username": "app", "rotationPeriod": "60d"}});
+            },
+            "spec.target.vaultDatabaseStaticRole.adminSecretRef",
+        ),
+        (
             "an IAM user name IAM would refuse",
             |v| {
                 v["spec"]["target"] = json!({"iamAccessKey": {"connectionRef": {"name": "aws"}, "userName": "a/b", "gracePeriod": "1h"}});

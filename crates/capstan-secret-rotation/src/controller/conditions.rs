@@ -132,6 +132,7 @@ fn rotating(
                 (false, RotationTrigger::Initial) => reasons::INITIAL_ROTATION,
                 (false, RotationTrigger::Schedule) => reasons::SCHEDULED,
                 (false, RotationTrigger::RotateNow) => reasons::ROTATE_NOW_REQUESTED,
+                (false, RotationTrigger::TargetRotated) => reasons::TARGET_ROTATED,
             };
             Desired::new(
                 ct::ROTATING,

@@ -39,6 +39,11 @@ pub mod events {
     pub const PREVIOUS_DELETED: &str = "PreviousCredentialDeleted";
     /// Retiring the replaced credentials failed; retried.
     pub const RETIRE_FAILED: &str = "RetireFailed";
+    /// The target's configuration (a Vault connection or static role) had drifted from
+    /// the declared state and was written back.
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
+    /// Reading the target's configuration back, or writing it, failed.
+    pub const DRIFT_CHECK_FAILED: &str = "DriftCheckFailed";
 }
 
 /// How often a rotation waiting for its rollouts looks again.

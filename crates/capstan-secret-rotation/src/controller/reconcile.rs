@@ -246,6 +246,27 @@ async fn decide(
                 until = Some(until.map_or(r.delete_after, |u| u.min(r.delete_after)));
             }
         }
+        if let Some(every) = drift_interval(pass, reason) {
+            let due = pass
+                .ctx
+                .drift_checked_at(&pass.key)
+                .is_none_or(|t| now >= t + every);
+            if due {
+                match check_drift(pass, w, &mut st, now, connections).await? {
+                    Drift::Checked => {}
+                    Drift::Stop(action) => return Ok(action),
+                    Drift::RotatedOutside(clients) => {
+                        let trigger = (RotationTrigger::TargetRotated, None);
+                        return start(pass, w, st, &clients, now, trigger).await;
+                    }
+                }
+            }
+            let next = pass
+                .ctx
+                .drift_checked_at(&pass.key)
+                .map_or(now + every, |t| t + every);
+            until = Some(until.map_or(next, |u| u.min(next)));
+        }
         pass.finish_status(&mut st, reason, None);
         if st != status {
             w.write(&st).await?;
@@ -261,6 +282,138 @@ async fn decide(
             start(pass, w, status, &clients, now, (trigger, token)).await
         }
         _ => run_steps(pass, w, &clients, false).await,
+    }
+}
+
+/// How often the target's configuration is checked for drift between rotations, if it
+/// is (a Vault static role; never while suspended).
+fn drift_interval(pass: &Pass<'_>, reason: &str) -> Option<chrono::Duration> {
+    if reason == reasons::SUSPENDED {
+        return None;
+    }
+    match &pass.obj.spec.target {
+        Target::VaultDatabaseStaticRole(r) => r
+            .drift_check()
+            .ok()
+            .and_then(|d| chrono::Duration::from_std(d).ok()),
+        _ => None,
+    }
+}
+
+/// What a drift check found.
+enum Drift {
+    /// The configuration was read back (and corrected where it drifted).
+    Checked,
+    /// The target's credential is no longer the stored one: deliver what it holds.
+    RotatedOutside(Clients),
+    /// The pass ends here (an unresolved reference).
+    Stop(Action),
+}
+
+/// Reads the target's declared configuration back, writes what drifted, and says so
+/// in `TargetInSync` and a `DriftCorrected` Event; then asks whether the credential
+/// was rotated outside Capstan (Vault's own `rotation_period`).
+async fn check_drift(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    st: &mut SecretRotationStatus,
+    now: DateTime<Utc>,
+    connections: Connections<'_>,
+) -> Result<Drift, Error> {
+    let clients = match clients_or_report(pass, w, connections).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(Drift::Stop(action)),
+    };
+    pass.ctx.set_drift_checked(&pass.key, now);
+    let generation = pass.obj.meta().generation;
+    let was = conditions::find(&st.conditions, ct::TARGET_IN_SYNC).map(|c| c.status.clone());
+    let corrections = match clients.target.correct_drift().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(kind = "SecretRotation", object = %pass.key, reason = e.reason(), "drift check failed: {e}");
+            conditions::set(
+                &mut st.conditions,
+                Desired::new(ct::TARGET_IN_SYNC, false, e.reason(), e.to_string()),
+                generation,
+                now,
+            );
+            if was.as_deref() != Some("False") {
+                pass.event(
+                    EventType::Warning,
+                    events::DRIFT_CHECK_FAILED,
+                    e.to_string(),
+                )
+                .await;
+            }
+            return Ok(Drift::Checked);
+        }
+    };
+    if corrections.is_empty() {
+        conditions::set(
+            &mut st.conditions,
+            Desired::new(
+                ct::TARGET_IN_SYNC,
+                true,
+                reasons::IN_SYNC,
+                "the target's configuration matches the declared state".to_owned(),
+            ),
+            generation,
+            now,
+        );
+    } else {
+        let what: Vec<String> = corrections
+            .iter()
+            .map(|c| {
+                if c.created {
+                    format!("{} (recreated)", c.what)
+                } else {
+                    c.what.clone()
+                }
+            })
+            .collect();
+        let message = format!(
+            "drifted from the declared state and written back: {}",
+            what.join(", ")
+        );
+        tracing::warn!(kind = "SecretRotation", object = %pass.key, corrected = %what.join(","), "target configuration drifted; declared state written back");
+        conditions::set(
+            &mut st.conditions,
+            Desired::new(
+                ct::TARGET_IN_SYNC,
+                true,
+                reasons::DRIFT_CORRECTED,
+                message.clone(),
+            ),
+            generation,
+            now,
+        );
+        pass.event(EventType::Warning, events::DRIFT_CORRECTED, message)
+            .await;
+    }
+    let stored = match clients.backend.current().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(kind = "SecretRotation", object = %pass.key, "reading the stored value for the drift check failed: {e}");
+            return Ok(Drift::Checked);
+        }
+    };
+    let Some(stored) = stored else {
+        return Ok(Drift::Checked);
+    };
+    match clients
+        .target
+        .rotated_outside(&stored.credential.value)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(kind = "SecretRotation", object = %pass.key, "the target's credential was rotated outside Capstan; delivering it");
+            Ok(Drift::RotatedOutside(clients))
+        }
+        Ok(false) => Ok(Drift::Checked),
+        Err(e) => {
+            tracing::info!(kind = "SecretRotation", object = %pass.key, reason = e.reason(), "reading the target's credential failed: {e}");
+            Ok(Drift::Checked)
+        }
     }
 }
 
@@ -402,7 +555,8 @@ async fn clients_or_report(
     connections: Connections<'_>,
 ) -> Result<Result<Clients, Action>, Error> {
     let ns = pass.obj.namespace().unwrap_or_default();
-    match build_clients(pass.ctx, &ns, &pass.obj.spec, connections).await {
+    let name = pass.obj.name_any();
+    match build_clients(pass.ctx, (&ns, &name), &pass.obj.spec, connections).await {
         Ok(c) => Ok(Ok(c)),
         Err(e) => report_unresolved(pass, w, e).await.map(Err),
     }

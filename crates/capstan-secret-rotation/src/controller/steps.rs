@@ -434,9 +434,10 @@ async fn record_inventory(
     st: &mut SecretRotationStatus,
     clients: &Clients,
 ) -> Result<(), StepResult> {
+    let stored = clients.backend.current().await.map_err(from_backend)?;
     let inventory = clients
         .target
-        .inventory()
+        .inventory(stored.as_ref().map(|v| &v.credential.value))
         .await
         .map_err(|e| from_target(e, false))?;
     if let Some(rec) = st.rotation.as_mut() {

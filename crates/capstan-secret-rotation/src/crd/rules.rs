@@ -69,7 +69,7 @@ pub(crate) const RULE_SINGLE_USER_ACKNOWLEDGED: &str = "!(has(self.delivery) && 
 pub(crate) const RULE_ECS_NEEDS_CONNECTION: &str = "!has(self.delivery) || !has(self.delivery.ecsServices) || size(self.delivery.ecsServices) == 0 || has(self.delivery.ecsConnectionRef) || has(self.connectionRef)";
 pub(crate) const RULE_DELIVERY_SECRET_NOT_BACKEND: &str = "!has(self.backend.kubernetes) || !has(self.delivery) || !has(self.delivery.secret) || (self.delivery.secret.name != self.backend.kubernetes.secretName && self.delivery.secret.name != (has(self.backend.kubernetes.pendingSecretName) ? self.backend.kubernetes.pendingSecretName : self.backend.kubernetes.secretName + '-pending'))";
 pub(crate) const RULE_ONE_BACKEND: &str = "(has(self.awsSecretsManager) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) == 1";
-pub(crate) const RULE_ONE_TARGET: &str = "(has(self.postgres) ? 1 : 0) + (has(self.mysql) ? 1 : 0) + (has(self.rdsMasterPassword) ? 1 : 0) + (has(self.iamAccessKey) ? 1 : 0) + (has(self.vaultTransitKey) ? 1 : 0) + (has(self.none) ? 1 : 0) == 1";
+pub(crate) const RULE_ONE_TARGET: &str = "(has(self.postgres) ? 1 : 0) + (has(self.mysql) ? 1 : 0) + (has(self.rdsMasterPassword) ? 1 : 0) + (has(self.iamAccessKey) ? 1 : 0) + (has(self.vaultTransitKey) ? 1 : 0) + (has(self.vaultDatabaseStaticRole) ? 1 : 0) + (has(self.none) ? 1 : 0) == 1";
 pub(crate) const RULE_RDS_ONE_RESOURCE: &str =
     "has(self.dbInstanceIdentifier) != has(self.dbClusterIdentifier)";
 pub(crate) const RULE_ONE_STRATEGY: &str =
@@ -97,15 +97,32 @@ fn grace_seconds(expr: &str) -> String {
 /// `gracePeriod >= 1s`.
 pub(crate) const RULE_GRACE_MIN: &str = "!self.matches('^([0-9]{1,7}[smhd])+$') || self.findAll('[0-9]+[smhd]').map(c, double(c.substring(0, size(c) - 1))).sum() >= 1.0";
 
+/// `rotationPeriod >= 10s`.
+pub(crate) const RULE_ROTATION_PERIOD_MIN: &str = "!self.matches('^([0-9]{1,7}[smhd])+$') || self.findAll('[0-9]+[smhd]').map(c, double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum() >= 10.0";
+/// `driftCheckInterval >= 5s`.
+pub(crate) const RULE_DRIFT_CHECK_MIN: &str = "!self.matches('^([0-9]{1,7}[smhd])+$') || self.findAll('[0-9]+[smhd]').map(c, double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum() >= 5.0";
+
+/// The whole-second components of `schedule.interval` (sub-second ones count 0): a
+/// lower bound, far cheaper for the API server's cost estimate than exact.
+const INTERVAL_LOWER_BOUND: &str = "self.schedule.interval.findAll('[0-9.]+(ns|us|ms|s|m|h|d)').map(c, c.endsWith('ns') || c.endsWith('us') || c.endsWith('ms') ? 0.0 : double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum()";
+
+/// `target.vaultDatabaseStaticRole.rotationPeriod` at least twice `schedule.interval`:
+/// Capstan's schedule rotates first, Vault's own rotation is the exception (a cron
+/// schedule, and the sub-second part of an interval, are checked by the controller).
+pub(crate) fn rule_rotation_period_vs_interval() -> String {
+    format!(
+        "!has(self.target.vaultDatabaseStaticRole) || !has(self.schedule.interval) || {} >= 2.0 * {INTERVAL_LOWER_BOUND}",
+        grace_seconds("self.target.vaultDatabaseStaticRole.rotationPeriod"),
+    )
+}
+
 /// `target.iamAccessKey.gracePeriod` at most `schedule.interval`: the previous key is
 /// gone before the next rotation is due (a cron schedule is checked by the controller).
 pub(crate) fn rule_grace_within_interval() -> String {
     format!(
         "!has(self.target.iamAccessKey) || !has(self.schedule.interval) || {} <= {}",
         grace_seconds("self.target.iamAccessKey.gracePeriod"),
-        // The interval's whole-second components only (sub-second ones count 0): a
-        // lower bound, far cheaper for the API server's cost estimate than exact.
-        "self.schedule.interval.findAll('[0-9.]+(ns|us|ms|s|m|h|d)').map(c, c.endsWith('ns') || c.endsWith('us') || c.endsWith('ms') ? 0.0 : double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum()"
+        INTERVAL_LOWER_BOUND
     )
 }
 

@@ -116,6 +116,9 @@ use super::target::*;
     validation = Rule::new(rule_grace_within_interval())
         .message("target.iamAccessKey.gracePeriod must not be longer than schedule.interval: the previous key must be gone before the next rotation")
         .field_path(".target.iamAccessKey.gracePeriod"),
+    validation = Rule::new(rule_rotation_period_vs_interval())
+        .message("target.vaultDatabaseStaticRole.rotationPeriod must be at least twice schedule.interval: Capstan's schedule rotates first, Vault's own rotation is the exception")
+        .field_path(".target.vaultDatabaseStaticRole.rotationPeriod"),
     validation = Rule::new(RULE_DELIVERY_SECRET_NOT_BACKEND)
         .message("delivery.secret.name must differ from the kubernetes backend's Secret and pending Secret")
         .field_path(".delivery")
@@ -136,7 +139,7 @@ pub struct SecretRotationSpec {
 
     /// What the credential is set on: exactly one of `postgres`, `mysql` or `none` (an
     /// API key or token that is only generated, stored and delivered).
-    #[x_kube(validation = Rule::new(RULE_ONE_TARGET).message("exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey or none must be set"))]
+    #[x_kube(validation = Rule::new(RULE_ONE_TARGET).message("exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole or none must be set"))]
     pub target: Target,
 
     /// How a database credential is switched: `singleUser` (one role, its password

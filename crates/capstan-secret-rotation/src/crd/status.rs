@@ -46,6 +46,8 @@ pub enum TargetKind {
     IamAccessKey,
     /// `target.vaultTransitKey`.
     VaultTransitKey,
+    /// `target.vaultDatabaseStaticRole`.
+    VaultDatabaseStaticRole,
     /// `target.none`.
     None,
 }
@@ -59,6 +61,7 @@ impl TargetKind {
             Self::RdsMasterPassword => "rdsMasterPassword",
             Self::IamAccessKey => "iamAccessKey",
             Self::VaultTransitKey => "vaultTransitKey",
+            Self::VaultDatabaseStaticRole => "vaultDatabaseStaticRole",
             Self::None => "none",
         }
     }
@@ -197,6 +200,9 @@ pub enum RotationTrigger {
     Schedule,
     /// A new `capstan.dev/rotate-now` token.
     RotateNow,
+    /// The target's credential changed outside Capstan (a Vault static role that Vault
+    /// rotated on its own): the value it holds now is delivered.
+    TargetRotated,
 }
 
 /// A rotation in progress, persisted after every step so that a restarted controller

@@ -29,6 +29,10 @@ pub enum Target {
     /// A Vault/OpenBao transit key: a new version per rotation; its name and version
     /// are delivered, never key material.
     VaultTransitKey(VaultTransitKeyTarget),
+    /// A Vault/OpenBao database static role: Capstan declares the database connection
+    /// and the role in Vault, triggers `rotate-role` on its schedule and delivers
+    /// `static-creds`; Vault holds the password.
+    VaultDatabaseStaticRole(VaultDatabaseStaticRoleTarget),
     /// No target: an API key or token that is generated, stored and delivered only.
     #[serde(rename = "none")]
     ValueOnly(ValueOnlyTarget),
@@ -326,6 +330,107 @@ fn default_transit_mount() -> String {
     "transit".to_owned()
 }
 
+/// `target.vaultDatabaseStaticRole`: a PostgreSQL user whose password a Vault/OpenBao
+/// database secrets engine holds and rotates (a static role).
+///
+/// Capstan declares, under the names `<namespace>-<name>`, the engine's connection to
+/// the database (`<mount>/config/...`, with the admin login of `adminSecretRef`) and the
+/// static role (`<mount>/static-roles/...`), and keeps both at the declared state:
+/// every `driftCheckInterval` it reads them back, rewrites what differs and says so in
+/// the `TargetInSync` condition and a `DriftCorrected` Event. It never adopts a
+/// connection or role it did not create (each carries its owner in a SQL comment of its
+/// statements). Each rotation triggers `rotate-role`, reads `static-creds`, logs in
+/// with them and delivers them. Vault also rotates the role itself every
+/// `rotationPeriod` (required by Vault, at least twice the interval here): Capstan
+/// notices at the next drift check that the stored password is no longer Vault's and
+/// delivers Vault's.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultDatabaseStaticRoleTarget {
+    /// The Vault ClusterConnection. Its scopes must grant this namespace the role
+    /// (`scopes[].vaultDatabase.roles`, `<mount>/<namespace>-<name>`).
+    pub connection_ref: ConnectionRef,
+    /// The database secrets engine's mount.
+    #[serde(default = "default_database_mount")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = VAULT_PATH_PATTERN))]
+    pub mount: String,
+    /// The PostgreSQL server Vault connects to (and Capstan logs in to, to test).
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_postgres_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The database Vault's connection and the login test use; the `database` template
+    /// variable.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DB_NAME_PATTERN))]
+    pub database: String,
+    /// TLS of both Vault's connection and the login test, as libpq's `sslmode`.
+    #[serde(default)]
+    pub ssl_mode: PostgresSslMode,
+    /// Secret in this namespace with the administrative login Vault's connection uses
+    /// to run the rotation statements.
+    pub admin_secret_ref: AdminSecretRef,
+    /// The PostgreSQL role whose password Vault holds.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DB_USERNAME_PATTERN))]
+    pub username: String,
+    /// The statements Vault runs to set the password (`{{name}}`, `{{password}}`).
+    /// Default: `ALTER ROLE "{{name}}" WITH PASSWORD '{{password}}'`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 4096)))]
+    pub rotation_statements: Vec<String>,
+    /// How often Vault rotates the role by itself (Vault requires one): whole seconds,
+    /// minutes, hours and days, at least twice `schedule.interval`, so that Capstan's
+    /// schedule rotates first and Vault's own rotation is the exception.
+    #[schemars(length(min = 2, max = 8), regex(pattern = GRACE_PATTERN))]
+    #[x_kube(validation = Rule::new(RULE_ROTATION_PERIOD_MIN).message("rotationPeriod must be at least 10s"))]
+    pub rotation_period: String,
+    /// How often Capstan reads the connection and the role back, repairs drift and
+    /// checks whether Vault rotated on its own: whole seconds, minutes, hours and days,
+    /// at least 5s. Default 5m.
+    #[serde(default = "default_drift_check_interval")]
+    #[schemars(length(min = 2, max = 8), regex(pattern = GRACE_PATTERN))]
+    #[x_kube(validation = Rule::new(RULE_DRIFT_CHECK_MIN).message("driftCheckInterval must be at least 5s"))]
+    pub drift_check_interval: String,
+}
+
+fn default_database_mount() -> String {
+    "database".to_owned()
+}
+
+fn default_drift_check_interval() -> String {
+    "5m".to_owned()
+}
+
+/// The least `rotationPeriod` (Vault's own floor is 5s).
+pub const MIN_ROTATION_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+/// The least `driftCheckInterval`.
+pub const MIN_DRIFT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl VaultDatabaseStaticRoleTarget {
+    fn parse(s: &str, floor: std::time::Duration) -> Result<std::time::Duration, String> {
+        capstan_core::schedule::parse_duration(s)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                if d < floor {
+                    Err(format!("must be at least {}s", floor.as_secs()))
+                } else {
+                    Ok(d)
+                }
+            })
+    }
+
+    /// Vault's own rotation period.
+    pub fn rotation_period(&self) -> Result<std::time::Duration, String> {
+        Self::parse(&self.rotation_period, MIN_ROTATION_PERIOD)
+    }
+
+    /// How often drift is checked.
+    pub fn drift_check(&self) -> Result<std::time::Duration, String> {
+        Self::parse(&self.drift_check_interval, MIN_DRIFT_CHECK_INTERVAL)
+    }
+}
+
 /// The `none` target: nothing outside the backend changes.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ValueOnlyTarget {}
@@ -392,6 +497,7 @@ impl Target {
                 Variable::SecretAccessKey,
             ],
             Target::VaultTransitKey(_) => vec![Variable::Key, Variable::Version],
+            Target::VaultDatabaseStaticRole(_) => Variable::ALL.to_vec(),
             Target::ValueOnly(_) => vec![Variable::Password],
         }
     }
@@ -404,6 +510,7 @@ impl Target {
             Self::RdsMasterPassword(_) => TargetKind::RdsMasterPassword,
             Self::IamAccessKey(_) => TargetKind::IamAccessKey,
             Self::VaultTransitKey(_) => TargetKind::VaultTransitKey,
+            Self::VaultDatabaseStaticRole(_) => TargetKind::VaultDatabaseStaticRole,
             Self::ValueOnly(_) => TargetKind::None,
         }
     }
@@ -415,6 +522,7 @@ impl Target {
             Self::Postgres(t) => Some(&t.username),
             Self::Mysql(t) => Some(&t.username),
             Self::RdsMasterPassword(t) => Some(&t.master_username),
+            Self::VaultDatabaseStaticRole(t) => Some(&t.username),
             Self::IamAccessKey(_) | Self::VaultTransitKey(_) | Self::ValueOnly(_) => None,
         }
     }
@@ -425,6 +533,7 @@ impl Target {
             Self::Postgres(_) => Some(63),
             Self::Mysql(_) => Some(32),
             Self::RdsMasterPassword(_)
+            | Self::VaultDatabaseStaticRole(_)
             | Self::IamAccessKey(_)
             | Self::VaultTransitKey(_)
             | Self::ValueOnly(_) => None,
@@ -440,7 +549,9 @@ impl Target {
     /// The kind of system [`Target::connection`] must point at.
     pub fn connection_kind(&self) -> capstan_core::connection::ConnectionKind {
         match self {
-            Self::VaultTransitKey(_) => capstan_core::connection::ConnectionKind::Vault,
+            Self::VaultTransitKey(_) | Self::VaultDatabaseStaticRole(_) => {
+                capstan_core::connection::ConnectionKind::Vault
+            }
             _ => capstan_core::connection::ConnectionKind::Aws,
         }
     }
@@ -451,6 +562,7 @@ impl Target {
             Self::RdsMasterPassword(t) => Some(&t.connection_ref),
             Self::IamAccessKey(t) => Some(&t.connection_ref),
             Self::VaultTransitKey(t) => Some(&t.connection_ref),
+            Self::VaultDatabaseStaticRole(t) => Some(&t.connection_ref),
             Self::Postgres(_) | Self::Mysql(_) | Self::ValueOnly(_) => None,
         }
     }

@@ -193,6 +193,7 @@ fn every_cel_rule_sits_where_it_applies() {
         RULE_ECS_NEEDS_CONNECTION,
         RULE_DELIVERY_SECRET_NOT_BACKEND,
         &rule_grace_within_interval(),
+        &rule_rotation_period_vs_interval(),
     ];
     for rule in spec_rules {
         assert!(has_rule("spec", rule), "spec lacks {rule}");
@@ -212,6 +213,14 @@ fn every_cel_rule_sits_where_it_applies() {
         ("spec.backend.kubernetes", RULE_PENDING_SECRET_DIFFERS),
         ("spec.target.rdsMasterPassword", RULE_RDS_ONE_RESOURCE),
         ("spec.target.iamAccessKey.gracePeriod", RULE_GRACE_MIN),
+        (
+            "spec.target.vaultDatabaseStaticRole.rotationPeriod",
+            RULE_ROTATION_PERIOD_MIN,
+        ),
+        (
+            "spec.target.vaultDatabaseStaticRole.driftCheckInterval",
+            RULE_DRIFT_CHECK_MIN,
+        ),
     ];
     for (path, rule) in placed {
         assert!(has_rule(path, rule), "{path} lacks {rule}");
@@ -438,12 +447,12 @@ fn cel_rules_refuse_bad_specs() {
         (
             "no target",
             |v| v["spec"]["target"] = json!({}),
-            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey or none",
+            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole or none",
         ),
         (
             "two targets",
             |v| v["spec"]["target"]["none"] = json!({}),
-            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey or none",
+            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole or none",
         ),
         (
             "an RDS target naming neither an instance nor a cluster",

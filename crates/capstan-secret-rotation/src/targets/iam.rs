@@ -152,7 +152,7 @@ impl CredentialTarget for IamKeyTarget {
         true
     }
 
-    async fn inventory(&self) -> Result<Vec<String>, TargetError> {
+    async fn inventory(&self, _stored: Option<&SecretValue>) -> Result<Vec<String>, TargetError> {
         let keys = self.iam.keys(&self.user).await.map_err(|e| self.error(e))?;
         Ok(keys.into_iter().map(|k| k.id).collect())
     }

@@ -11,6 +11,8 @@
 //! - [`IamKeyTarget`]: an IAM user's access key, which IAM issues
 //!   ([`CredentialTarget::issue`]); see its module.
 //! - [`TransitKeyTarget`]: a Vault/OpenBao transit key's version; see its module.
+//! - [`VaultStaticRoleTarget`]: a Vault/OpenBao database static role, declared and
+//!   kept in sync by Capstan; see its module.
 //! - [`NoTarget`]: nothing to set (API keys, tokens).
 //!
 //! [`TargetError`] separates a definitive refusal of the value itself
@@ -25,6 +27,7 @@ mod mysql;
 mod postgres;
 mod rds;
 mod transit;
+mod vault_static;
 
 use capstan_core::error::Categorized;
 use capstan_core::redact::SecretValue;
@@ -34,6 +37,7 @@ pub use mysql::{MysqlPasswordForm, MysqlTarget, mysql_native_password_hash};
 pub use postgres::{PostgresTarget, PostgresTls};
 pub use rds::{FENCE_TAG as RDS_FENCE_TAG, RdsMasterTarget};
 pub use transit::{KeyInfo as TransitKeyInfo, TransitKeyTarget};
+pub use vault_static::{Correction, VaultStaticRoleTarget};
 
 /// What a rotated credential is set on.
 #[async_trait::async_trait]
@@ -73,8 +77,11 @@ pub trait CredentialTarget: Send + Sync + std::fmt::Debug {
     }
 
     /// The target's credentials as [`CredentialTarget::issue`] sees them (key ids, the
-    /// latest version), recorded before a rotation first issues one.
-    async fn inventory(&self) -> Result<Vec<String>, TargetError> {
+    /// latest version), recorded before a rotation first issues one. `stored`: the
+    /// value the backend holds now, for targets whose credential can change outside
+    /// Capstan (a Vault static role).
+    async fn inventory(&self, stored: Option<&SecretValue>) -> Result<Vec<String>, TargetError> {
+        let _ = stored;
         Ok(Vec::new())
     }
 
@@ -106,6 +113,19 @@ pub trait CredentialTarget: Send + Sync + std::fmt::Debug {
     async fn retire(&self, keep: &str, delete: bool) -> Result<Vec<String>, TargetError> {
         let _ = (keep, delete);
         Ok(Vec::new())
+    }
+
+    /// Writes what differs from the declared configuration; what it wrote.
+    async fn correct_drift(&self) -> Result<Vec<Correction>, TargetError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether the target's credential is no longer `stored` (the backend's current
+    /// value): it was rotated outside Capstan, and what the target holds now must be
+    /// delivered. Asked at each drift check.
+    async fn rotated_outside(&self, stored: &SecretValue) -> Result<bool, TargetError> {
+        let _ = stored;
+        Ok(false)
     }
 }
 
@@ -244,6 +264,15 @@ pub enum TargetError {
         /// What to do about it.
         detail: String,
     },
+    /// The object exists in the target system but another owner made it (a Vault
+    /// connection or role that this SecretRotation did not declare): never adopted.
+    #[error("{target}: {detail}")]
+    Claimed {
+        /// The system.
+        target: String,
+        /// Which object, and what to do.
+        detail: String,
+    },
     /// Anything else that retrying does not fix (bad TLS settings or CA bundle, an
     /// invalid username, an unexpected server error).
     #[error("{target}: {detail}")]
@@ -276,6 +305,7 @@ impl TargetError {
             TargetError::Unavailable { .. } => crate::reasons::TARGET_UNAVAILABLE,
             TargetError::Fenced { .. } => crate::reasons::TARGET_FENCED,
             TargetError::ManagedByRds { .. } => crate::reasons::RDS_MANAGES_PASSWORD,
+            TargetError::Claimed { .. } => crate::reasons::TARGET_CLAIMED,
             TargetError::Invalid { .. } => crate::reasons::TARGET_INVALID,
         }
     }
@@ -307,6 +337,10 @@ impl TargetError {
             e @ (TargetError::NotFound { .. }
             | TargetError::Fenced { .. }
             | TargetError::ManagedByRds { .. }) => e,
+            TargetError::Claimed { target, detail } => TargetError::Claimed {
+                target,
+                detail: s(detail),
+            },
             TargetError::AccessDenied { target, detail } => TargetError::AccessDenied {
                 target,
                 detail: s(detail),
@@ -333,6 +367,7 @@ impl Categorized for TargetError {
             TargetError::Unavailable { .. } => "target_unavailable",
             TargetError::Fenced { .. } => "target_fenced",
             TargetError::ManagedByRds { .. } => "rds_manages_password",
+            TargetError::Claimed { .. } => "target_claimed",
             TargetError::Invalid { .. } => "target_invalid",
         }
     }
@@ -513,6 +548,10 @@ mod tests {
                 detail: "d".into(),
             },
             TargetError::ManagedByRds {
+                target: t(),
+                detail: "d".into(),
+            },
+            TargetError::Claimed {
                 target: t(),
                 detail: "d".into(),
             },

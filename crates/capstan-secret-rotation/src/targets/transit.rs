@@ -21,7 +21,6 @@
 //! (`exportable` keys are never exported).
 
 use capstan_core::redact::SecretValue;
-use chrono::DateTime;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -49,26 +48,11 @@ pub struct KeyInfo {
     pub min_decryption: i64,
     /// `min_encryption_version` (0: the latest).
     pub min_encryption: i64,
-    /// When the latest version was made (seconds since the epoch), if Vault says.
-    pub latest_created: Option<i64>,
 }
 
 impl KeyInfo {
     fn parse(data: &Value) -> Option<Self> {
         let latest = data.get("latest_version")?.as_i64()?;
-        // AES and ChaCha keys map each version to its creation time (a number);
-        // asymmetric ones to an object with `creation_time` (RFC 3339).
-        let latest_created = data
-            .get("keys")
-            .and_then(|k| k.get(latest.to_string()))
-            .and_then(|v| {
-                v.as_i64().or_else(|| {
-                    v.get("creation_time")
-                        .and_then(Value::as_str)
-                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                        .map(|t| t.timestamp())
-                })
-            });
         Some(Self {
             latest,
             min_decryption: data
@@ -79,7 +63,6 @@ impl KeyInfo {
                 .get("min_encryption_version")
                 .and_then(Value::as_i64)
                 .unwrap_or(0),
-            latest_created,
         })
     }
 }
@@ -256,7 +239,7 @@ impl CredentialTarget for TransitKeyTarget {
         true
     }
 
-    async fn inventory(&self) -> Result<Vec<String>, TargetError> {
+    async fn inventory(&self, _stored: Option<&SecretValue>) -> Result<Vec<String>, TargetError> {
         Ok(vec![self.info().await?.latest.to_string()])
     }
 
@@ -304,7 +287,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_info_reads_versions_and_the_latest_creation_time() {
+    fn key_info_reads_versions_and_minimums() {
         let aes = json!({"latest_version": 3, "min_decryption_version": 2,
             "min_encryption_version": 0, "keys": {"1": 100, "2": 200, "3": 300}});
         assert_eq!(
@@ -313,14 +296,15 @@ mod tests {
                 latest: 3,
                 min_decryption: 2,
                 min_encryption: 0,
-                latest_created: Some(300)
             })
         );
-        let rsa =
-            json!({"latest_version": 1, "keys": {"1": {"creation_time": "2026-01-02T03:04:05Z"}}});
         assert_eq!(
-            KeyInfo::parse(&rsa).and_then(|k| k.latest_created),
-            Some(1_767_323_045)
+            KeyInfo::parse(&json!({"latest_version": 1})),
+            Some(KeyInfo {
+                latest: 1,
+                min_decryption: 1,
+                min_encryption: 0,
+            })
         );
         assert_eq!(KeyInfo::parse(&json!({})), None);
     }
