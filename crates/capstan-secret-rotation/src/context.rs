@@ -39,7 +39,7 @@ use crate::crd::{
 use crate::reasons;
 use crate::targets::{
     CredentialTarget, IamKeyTarget, NoTarget, PostgresTarget, RdsMasterTarget, TransitKeyTarget,
-    VaultStaticRoleTarget,
+    VaultDynamicRoleTarget, VaultStaticRoleTarget,
 };
 use capstan_aws::iam::SdkIam;
 use capstan_aws::rds::SdkRds;
@@ -65,6 +65,7 @@ pub struct Metrics {
     overdue: Gauge,
     stuck: Gauge,
     claims_lost: Counter,
+    lease_renewals: Counter,
 }
 
 impl Metrics {
@@ -78,6 +79,7 @@ impl Metrics {
             overdue: Gauge::default(),
             stuck: Gauge::default(),
             claims_lost: Counter::default(),
+            lease_renewals: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("secret_rotation");
         sub.register(
@@ -105,7 +107,17 @@ impl Metrics {
             "Status claims and fenced writes lost to a newer writer (another Capstan, an edit of the object): not failures, the newer view is taken next",
             m.claims_lost.clone(),
         );
+        sub.register(
+            "lease_renewals",
+            "Leases of dynamic credentials that Vault extended at their deadline",
+            m.lease_renewals.clone(),
+        );
         m
+    }
+
+    /// One lease of dynamic credentials renewed.
+    pub(crate) fn lease_renewed(&self) {
+        self.lease_renewals.inc();
     }
 
     /// One status claim or fenced write lost to a newer writer.
@@ -553,6 +565,24 @@ async fn build_target(
     connection: Option<&ClusterConnection>,
 ) -> Result<Box<dyn CredentialTarget>, RefError> {
     match target {
+        Target::VaultDatabaseDynamicRole(r) => {
+            let role = VaultStaticRoleTarget::object_name(namespace, name);
+            check_scope(
+                ctx,
+                namespace,
+                connection,
+                ScopedResource::VaultDatabaseRole {
+                    mount: r.mount.clone(),
+                    role,
+                },
+            )
+            .await?;
+            let admin = read_admin(ctx, namespace, &r.admin_secret_ref).await?;
+            let vc = vault_client(ctx, connection, &r.connection_ref.name).await?;
+            let t = VaultDynamicRoleTarget::new(vc, r, (namespace, name), admin, None)
+                .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
+            Ok(Box::new(t))
+        }
         Target::VaultDatabaseStaticRole(r) => {
             let role = VaultStaticRoleTarget::object_name(namespace, name);
             check_scope(

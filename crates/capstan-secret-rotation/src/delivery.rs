@@ -105,6 +105,11 @@ pub fn template_values<'a>(
             u16::try_from(v.port).ok(),
             Some(v.database.as_str()),
         ),
+        Target::VaultDatabaseDynamicRole(v) => (
+            Some(v.host.as_str()),
+            u16::try_from(v.port).ok(),
+            Some(v.database.as_str()),
+        ),
         Target::IamAccessKey(_) | Target::VaultTransitKey(_) | Target::ValueOnly(_) => {
             (None, None, None)
         }

@@ -382,6 +382,7 @@ pub fn start(
         pending_version: None,
         username,
         preexisting: None,
+        lease: None,
     }
 }
 
@@ -543,6 +544,34 @@ pub fn backoff(failures: u32) -> StdDuration {
 /// together (a database or Vault outage) do not retry in lockstep.
 pub fn retry_after(failures: u32, key: &str) -> StdDuration {
     capstan_core::schedule::jittered(backoff(failures), &(key, failures))
+}
+
+/// When Capstan acts on `lease` next: `renewBefore` (plus up to a tenth of it,
+/// jittered by object and lease, so that many leases issued together do not renew
+/// together) before it expires, or before its maximum if that comes first. At that
+/// deadline the lease is renewed while Vault can extend it, and replaced otherwise.
+/// `None` for a spec without dynamic credentials.
+pub fn lease_deadline(
+    lease: &crate::crd::Lease,
+    spec: &crate::crd::SecretRotationSpec,
+    key: &str,
+) -> Option<DateTime<Utc>> {
+    let crate::crd::Target::VaultDatabaseDynamicRole(t) = &spec.target else {
+        return None;
+    };
+    let (_, _, before) = t.durations().ok()?;
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, &lease.id_hash).hash(&mut h);
+    let margin = before + before.mul_f64((h.finish() % 1000) as f64 / 10_000.0);
+    let margin = chrono::Duration::from_std(margin).ok()?;
+    Some(lease.expire_time.min(lease.max_expire_time) - margin)
+}
+
+/// Whether renewing `lease` can extend it: Vault says it is renewable and it has not
+/// reached its maximum.
+pub fn lease_extendable(lease: &crate::crd::Lease) -> bool {
+    lease.renewable && lease.expire_time < lease.max_expire_time
 }
 
 /// How long until `t`, at least zero and at most a day (kube's requeue takes a std

@@ -85,6 +85,20 @@ fn check_references(spec: &SecretRotationSpec, errors: &mut Vec<FieldError>) {
 /// What the schema cannot say about a target: an IAM key's grace period within the
 /// interval (the admission rule's twin, for objects stored before it).
 fn check_target(spec: &SecretRotationSpec, errors: &mut Vec<FieldError>) {
+    if let Target::VaultDatabaseDynamicRole(r) = &spec.target {
+        if let Err((field, e)) = r.durations() {
+            errors.push(FieldError::new(
+                format!("spec.target.vaultDatabaseDynamicRole.{field}"),
+                e,
+            ));
+        }
+        if !matches!(spec.backend, crate::crd::Backend::Kubernetes(_)) {
+            errors.push(FieldError::new(
+                "spec.backend",
+                "target.vaultDatabaseDynamicRole needs backend.kubernetes: dynamic credentials are not copied into Secrets Manager or Vault KV",
+            ));
+        }
+    }
     if let Target::VaultDatabaseStaticRole(r) = &spec.target {
         let path = "spec.target.vaultDatabaseStaticRole.rotationPeriod";
         match r.rotation_period() {

@@ -164,6 +164,61 @@ async fn invalid_secret_rotations_are_refused_with_the_field_path() {
             "spec.target.vaultDatabaseStaticRole.adminSecretRef",
         ),
         (
+            "dynamic credentials copied into Secrets Manager",
+            |v| {
+                v["spec"]["target"] = json!({"vaultDatabaseDynamicRole": {"connectionRef": {"name": "vault"}, "host": "db", "database": "app", "adminSecretRef": {"name": "admin"}, "creationStatements": ["CREATE ROLE \"{{name}}\""]}});
+            },
+            "spec.backend",
+        ),
+        (
+            "a dynamic lease shorter than the floor",
+            |v| {
+                v["spec"]["backend"] = json!({"kubernetes": {"secretName": "x"}});
+                v["spec"]
+                    .as_object_mut()
+                    .expect("spec")
+                    .remove("connectionRef");
+                v["spec"]["target"] = json!({"vaultDatabaseDynamicRole": {"connectionRef": {"name": "vault"}, "host": "db", "database": "app", "adminSecretRef": {"name": "admin"}, "creationStatements": ["CREATE ROLE \"{{name}}\""], "defaultTtl": "5s"}});
+            },
+            "spec.target.vaultDatabaseDynamicRole.defaultTtl",
+        ),
+        (
+            "a dynamic maximum TTL below the lease",
+            |v| {
+                v["spec"]["backend"] = json!({"kubernetes": {"secretName": "x"}});
+                v["spec"]
+                    .as_object_mut()
+                    .expect("spec")
+                    .remove("connectionRef");
+                v["spec"]["target"] = json!({"vaultDatabaseDynamicRole": {"connectionRef": {"name": "vault"}, "host": "db", "database": "app", "adminSecretRef": {"name": "admin"}, "creationStatements": ["CREATE ROLE \"{{name}}\""], "defaultTtl": "2h", "maxTtl": "1h"}});
+            },
+            "spec.target.vaultDatabaseDynamicRole.maxTtl",
+        ),
+        (
+            "a dynamic maximum TTL beyond 30 days",
+            |v| {
+                v["spec"]["backend"] = json!({"kubernetes": {"secretName": "x"}});
+                v["spec"]
+                    .as_object_mut()
+                    .expect("spec")
+                    .remove("connectionRef");
+                v["spec"]["target"] = json!({"vaultDatabaseDynamicRole": {"connectionRef": {"name": "vault"}, "host": "db", "database": "app", "adminSecretRef": {"name": "admin"}, "creationStatements": ["CREATE ROLE \"{{name}}\""], "maxTtl": "31d"}});
+            },
+            "spec.target.vaultDatabaseDynamicRole.maxTtl",
+        ),
+        (
+            "dynamic credentials without creation statements",
+            |v| {
+                v["spec"]["backend"] = json!({"kubernetes": {"secretName": "x"}});
+                v["spec"]
+                    .as_object_mut()
+                    .expect("spec")
+                    .remove("connectionRef");
+                v["spec"]["target"] = json!({"vaultDatabaseDynamicRole": {"connectionRef": {"name": "vault"}, "host": "db", "database": "app", "adminSecretRef": {"name": "admin"}, "creationStatements": []}});
+            },
+            "spec.target.vaultDatabaseDynamicRole.creationStatements",
+        ),
+        (
             "an IAM user name IAM would refuse",
             |v| {
                 v["spec"]["target"] = json!({"iamAccessKey": {"connectionRef": {"name": "aws"}, "userName": "a/b", "gracePeriod": "1h"}});

@@ -246,6 +246,7 @@ mod tests {
             pending_version: None,
             username: None,
             preexisting: None,
+            lease: None,
         }
     }
 

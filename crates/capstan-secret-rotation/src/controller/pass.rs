@@ -44,6 +44,11 @@ pub mod events {
     pub const DRIFT_CORRECTED: &str = "DriftCorrected";
     /// Reading the target's configuration back, or writing it, failed.
     pub const DRIFT_CHECK_FAILED: &str = "DriftCheckFailed";
+    /// Vault no longer knows the delivered lease (revoked behind Capstan's back, or
+    /// expired): new credentials are obtained at once.
+    pub const LEASE_LOST: &str = "LeaseLost";
+    /// Renewing the delivered lease failed; retried with backoff.
+    pub const LEASE_RENEWAL_FAILED: &str = "LeaseRenewalFailed";
 }
 
 /// How often a rotation waiting for its rollouts looks again.

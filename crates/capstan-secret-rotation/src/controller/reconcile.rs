@@ -267,6 +267,23 @@ async fn decide(
                 .map_or(now + every, |t| t + every);
             until = Some(until.map_or(next, |u| u.min(next)));
         }
+        if reason != reasons::SUSPENDED
+            && let Some(lease) = st.lease.clone()
+            && let Some(deadline) = rotation::lease_deadline(&lease, &pass.obj.spec, &pass.key)
+        {
+            if now >= deadline {
+                match renew_lease(pass, w, &mut st, &lease, connections).await? {
+                    LeaseStep::Renewed => {}
+                    LeaseStep::Stop(action) => return Ok(action),
+                    LeaseStep::Replace(clients, trigger) => {
+                        return start(pass, w, st, &clients, now, (trigger, None)).await;
+                    }
+                }
+            }
+            if let Some(next) = st.lease.as_ref().and_then(|l| l.next_renewal_time) {
+                until = Some(until.map_or(next, |u| u.min(next)));
+            }
+        }
         pass.finish_status(&mut st, reason, None);
         if st != status {
             w.write(&st).await?;
@@ -417,6 +434,71 @@ async fn check_drift(
     }
 }
 
+/// What a lease deadline led to.
+enum LeaseStep {
+    /// Vault extended the lease (recorded in the status).
+    Renewed,
+    /// New credentials are needed: the lease reached its maximum, or Vault no longer
+    /// knows it.
+    Replace(Clients, RotationTrigger),
+    /// The pass ends here (a failure retried later, an unresolved reference).
+    Stop(Action),
+}
+
+/// At a lease's deadline: renews it while Vault can extend it, else asks for new
+/// credentials; a lease Vault no longer knows (revoked behind Capstan's back) is
+/// replaced at once.
+async fn renew_lease(
+    pass: &Pass<'_>,
+    w: &mut Writer,
+    st: &mut SecretRotationStatus,
+    lease: &crate::crd::Lease,
+    connections: Connections<'_>,
+) -> Result<LeaseStep, Error> {
+    let clients = match clients_or_report(pass, w, connections).await? {
+        Ok(c) => c,
+        Err(action) => return Ok(LeaseStep::Stop(action)),
+    };
+    if !rotation::lease_extendable(lease) {
+        tracing::info!(kind = "SecretRotation", object = %pass.key, lease = %lease.id_hash, "the lease reaches its maximum TTL; obtaining new credentials");
+        return Ok(LeaseStep::Replace(clients, RotationTrigger::Schedule));
+    }
+    match clients.target.renew(lease).await {
+        Ok(Some(mut renewed)) => {
+            pass.ctx.succeeded(&pass.key);
+            renewed.next_renewal_time =
+                rotation::lease_deadline(&renewed, &pass.obj.spec, &pass.key);
+            tracing::info!(kind = "SecretRotation", object = %pass.key, lease = %renewed.id_hash, expires = %renewed.expire_time, "lease renewed");
+            pass.ctx.metrics.lease_renewed();
+            st.lease = Some(renewed);
+            Ok(LeaseStep::Renewed)
+        }
+        Ok(None) => {
+            let note = format!(
+                "Vault no longer knows lease {} (revoked behind Capstan's back, or expired): obtaining new credentials",
+                lease.id_hash
+            );
+            tracing::warn!(kind = "SecretRotation", object = %pass.key, lease = %lease.id_hash, "{note}");
+            pass.event(EventType::Warning, events::LEASE_LOST, note)
+                .await;
+            Ok(LeaseStep::Replace(clients, RotationTrigger::TargetRotated))
+        }
+        Err(e) => {
+            tracing::info!(kind = "SecretRotation", object = %pass.key, reason = e.reason(), "renewing the lease failed, will retry: {e}");
+            pass.event(
+                EventType::Warning,
+                events::LEASE_RENEWAL_FAILED,
+                e.to_string(),
+            )
+            .await;
+            Ok(LeaseStep::Stop(Action::requeue(rotation::retry_after(
+                pass.ctx.failed(&pass.key),
+                &pass.key,
+            ))))
+        }
+    }
+}
+
 /// Retires the credentials the last rotation replaced: deactivates them, or deletes
 /// them once `deleteAfter` has passed, and records that in `st`. `Some` is the action
 /// of a pass that ends here (an unresolved reference, a failure retried later).
@@ -442,7 +524,13 @@ async fn retire(
                 r.deactivated = true;
             }
             if !changed.is_empty() {
-                let (reason, what) = if delete {
+                let dynamic = matches!(pass.obj.spec.target, Target::VaultDatabaseDynamicRole(_));
+                let (reason, what) = if dynamic {
+                    (
+                        events::PREVIOUS_DELETED,
+                        "revoked now that the new credentials are delivered",
+                    )
+                } else if delete {
                     (events::PREVIOUS_DELETED, "deleted after the grace period")
                 } else {
                     (

@@ -138,10 +138,15 @@ pub(super) async fn run_steps(
             None => execute(pass, w, &mut st, &r, clients).await,
         };
         // What the step recorded about the target stays with the rotation (every attempt).
-        if let Some(rec) = st.rotation.as_ref().filter(|rec| rec.id == r.id)
-            && r.preexisting.is_none()
-        {
-            r.preexisting.clone_from(&rec.preexisting);
+        if let Some(rec) = st.rotation.as_ref().filter(|rec| rec.id == r.id) {
+            if r.preexisting.is_none() {
+                r.preexisting.clone_from(&rec.preexisting);
+            }
+            // The lease of credentials this step obtained, written with the next
+            // step's claim, before anything delivers them.
+            if rec.lease.is_some() {
+                r.lease.clone_from(&rec.lease);
+            }
         }
         match result {
             StepResult::Done(version) => {
@@ -495,7 +500,14 @@ async fn create_pending(
             .and_then(|rec| rec.preexisting.clone())
             .unwrap_or_default();
         match clients.target.issue(&keep, &preexisting).await {
-            Ok((username, value)) => Credential::new(Some(username), value),
+            Ok((username, value)) => {
+                // A lease is recorded with the pending credentials (this step's status
+                // write), before anything delivers them.
+                if let Some(rec) = st.rotation.as_mut() {
+                    rec.lease = clients.target.issued_lease();
+                }
+                Credential::new(Some(username), value)
+            }
             Err(e) => return from_target(e, false),
         }
     } else {
@@ -724,6 +736,18 @@ async fn finish(
         }),
         _ => None,
     };
+    // Dynamic credentials: the delivered lease is the one renewed from now on; every
+    // other lease of the role is revoked next, now that the delivery has completed.
+    if let Some(mut lease) = r.lease.clone() {
+        lease.next_renewal_time =
+            crate::rotation::lease_deadline(&lease, &pass.obj.spec, &pass.key);
+        st.retiring = Some(Retiring {
+            keep: lease.id_hash.clone(),
+            deactivated: false,
+            delete_after: now,
+        });
+        st.lease = Some(lease);
+    }
     if r.rotate_now_token.is_some() {
         st.completed_rotate_now_token
             .clone_from(&r.rotate_now_token);

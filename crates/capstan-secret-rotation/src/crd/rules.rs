@@ -69,7 +69,7 @@ pub(crate) const RULE_SINGLE_USER_ACKNOWLEDGED: &str = "!(has(self.delivery) && 
 pub(crate) const RULE_ECS_NEEDS_CONNECTION: &str = "!has(self.delivery) || !has(self.delivery.ecsServices) || size(self.delivery.ecsServices) == 0 || has(self.delivery.ecsConnectionRef) || has(self.connectionRef)";
 pub(crate) const RULE_DELIVERY_SECRET_NOT_BACKEND: &str = "!has(self.backend.kubernetes) || !has(self.delivery) || !has(self.delivery.secret) || (self.delivery.secret.name != self.backend.kubernetes.secretName && self.delivery.secret.name != (has(self.backend.kubernetes.pendingSecretName) ? self.backend.kubernetes.pendingSecretName : self.backend.kubernetes.secretName + '-pending'))";
 pub(crate) const RULE_ONE_BACKEND: &str = "(has(self.awsSecretsManager) ? 1 : 0) + (has(self.vault) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) == 1";
-pub(crate) const RULE_ONE_TARGET: &str = "(has(self.postgres) ? 1 : 0) + (has(self.mysql) ? 1 : 0) + (has(self.rdsMasterPassword) ? 1 : 0) + (has(self.iamAccessKey) ? 1 : 0) + (has(self.vaultTransitKey) ? 1 : 0) + (has(self.vaultDatabaseStaticRole) ? 1 : 0) + (has(self.none) ? 1 : 0) == 1";
+pub(crate) const RULE_ONE_TARGET: &str = "(has(self.postgres) ? 1 : 0) + (has(self.mysql) ? 1 : 0) + (has(self.rdsMasterPassword) ? 1 : 0) + (has(self.iamAccessKey) ? 1 : 0) + (has(self.vaultTransitKey) ? 1 : 0) + (has(self.vaultDatabaseStaticRole) ? 1 : 0) + (has(self.vaultDatabaseDynamicRole) ? 1 : 0) + (has(self.none) ? 1 : 0) == 1";
 pub(crate) const RULE_RDS_ONE_RESOURCE: &str =
     "has(self.dbInstanceIdentifier) != has(self.dbClusterIdentifier)";
 pub(crate) const RULE_ONE_STRATEGY: &str =
@@ -101,6 +101,49 @@ pub(crate) const RULE_GRACE_MIN: &str = "!self.matches('^([0-9]{1,7}[smhd])+$') 
 pub(crate) const RULE_ROTATION_PERIOD_MIN: &str = "!self.matches('^([0-9]{1,7}[smhd])+$') || self.findAll('[0-9]+[smhd]').map(c, double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum() >= 10.0";
 /// `driftCheckInterval >= 5s`.
 pub(crate) const RULE_DRIFT_CHECK_MIN: &str = "!self.matches('^([0-9]{1,7}[smhd])+$') || self.findAll('[0-9]+[smhd]').map(c, double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum() >= 5.0";
+
+/// The seconds of a whole-unit duration (`1h30m`) in CEL, for rules on `self`.
+macro_rules! whole_seconds {
+    ($expr:literal) => {
+        concat!($expr, ".findAll('[0-9]+[smhd]').map(c, double(c.substring(0, size(c) - 1)) * (c.endsWith('d') ? 86400.0 : c.endsWith('h') ? 3600.0 : c.endsWith('m') ? 60.0 : 1.0)).sum()")
+    };
+}
+/// `defaultTtl >= 10s`.
+pub(crate) const RULE_TTL_MIN: &str = concat!(
+    "!self.matches('^([0-9]{1,7}[smhd])+$') || ",
+    whole_seconds!("self"),
+    " >= 10.0"
+);
+/// `maxTtl <= 30d`.
+pub(crate) const RULE_MAX_TTL_MAX: &str = concat!(
+    "!self.matches('^([0-9]{1,7}[smhd])+$') || ",
+    whole_seconds!("self"),
+    " <= 2592000.0"
+);
+/// `renewBefore >= 2s`.
+pub(crate) const RULE_RENEW_BEFORE_MIN: &str = concat!(
+    "!self.matches('^([0-9]{1,7}[smhd])+$') || ",
+    whole_seconds!("self"),
+    " >= 2.0"
+);
+/// `maxTtl >= defaultTtl` (defaults 24h and 1h).
+pub(crate) const RULE_MAX_TTL_COVERS_TTL: &str = concat!(
+    "!self.defaultTtl.matches('^([0-9]{1,7}[smhd])+$') || !self.maxTtl.matches('^([0-9]{1,7}[smhd])+$') || ",
+    whole_seconds!("self.maxTtl"),
+    " >= ",
+    whole_seconds!("self.defaultTtl")
+);
+/// `renewBefore < defaultTtl` (default: a third of it).
+pub(crate) const RULE_RENEW_BEFORE_WITHIN_TTL: &str = concat!(
+    "!has(self.renewBefore) || !self.defaultTtl.matches('^([0-9]{1,7}[smhd])+$') || !self.renewBefore.matches('^([0-9]{1,7}[smhd])+$') || ",
+    whole_seconds!("self.renewBefore"),
+    " < ",
+    whole_seconds!("self.defaultTtl")
+);
+/// Dynamic credentials live in a `kubernetes` backend: Secrets Manager or Vault KV
+/// would keep a copy of short-lived users past their lease.
+pub(crate) const RULE_DYNAMIC_NEEDS_KUBERNETES: &str =
+    "!has(self.target.vaultDatabaseDynamicRole) || has(self.backend.kubernetes)";
 
 /// The whole-second components of `schedule.interval` (sub-second ones count 0): a
 /// lower bound, far cheaper for the API server's cost estimate than exact.

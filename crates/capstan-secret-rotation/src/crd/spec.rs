@@ -119,6 +119,9 @@ use super::target::*;
     validation = Rule::new(rule_rotation_period_vs_interval())
         .message("target.vaultDatabaseStaticRole.rotationPeriod must be at least twice schedule.interval: Capstan's schedule rotates first, Vault's own rotation is the exception")
         .field_path(".target.vaultDatabaseStaticRole.rotationPeriod"),
+    validation = Rule::new(RULE_DYNAMIC_NEEDS_KUBERNETES)
+        .message("target.vaultDatabaseDynamicRole needs backend.kubernetes: dynamic credentials are not copied into Secrets Manager or Vault KV")
+        .field_path(".backend"),
     validation = Rule::new(RULE_DELIVERY_SECRET_NOT_BACKEND)
         .message("delivery.secret.name must differ from the kubernetes backend's Secret and pending Secret")
         .field_path(".delivery")
@@ -139,7 +142,7 @@ pub struct SecretRotationSpec {
 
     /// What the credential is set on: exactly one of `postgres`, `mysql` or `none` (an
     /// API key or token that is only generated, stored and delivered).
-    #[x_kube(validation = Rule::new(RULE_ONE_TARGET).message("exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole or none must be set"))]
+    #[x_kube(validation = Rule::new(RULE_ONE_TARGET).message("exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole, vaultDatabaseDynamicRole or none must be set"))]
     pub target: Target,
 
     /// How a database credential is switched: `singleUser` (one role, its password

@@ -48,6 +48,8 @@ pub enum TargetKind {
     VaultTransitKey,
     /// `target.vaultDatabaseStaticRole`.
     VaultDatabaseStaticRole,
+    /// `target.vaultDatabaseDynamicRole`.
+    VaultDatabaseDynamicRole,
     /// `target.none`.
     None,
 }
@@ -62,6 +64,7 @@ impl TargetKind {
             Self::IamAccessKey => "iamAccessKey",
             Self::VaultTransitKey => "vaultTransitKey",
             Self::VaultDatabaseStaticRole => "vaultDatabaseStaticRole",
+            Self::VaultDatabaseDynamicRole => "vaultDatabaseDynamicRole",
             Self::None => "none",
         }
     }
@@ -130,6 +133,32 @@ pub struct SecretRotationStatus {
     /// at `deleteAfter`). Unset when nothing is left to retire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retiring: Option<Retiring>,
+    /// The lease of the delivered dynamic credentials (Vault database roles): its
+    /// times and a hash of its id, never the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// A Vault lease, as status shows it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// The first 16 hex digits of the SHA-256 of the lease id: enough to tell leases
+    /// apart, useless to renew or revoke one.
+    pub id_hash: String,
+    /// When Vault issued it.
+    pub issue_time: DateTime<Utc>,
+    /// When it expires unless renewed.
+    pub expire_time: DateTime<Utc>,
+    /// When it expires at the latest (`maxTtl` after issue): new credentials are
+    /// obtained before.
+    pub max_expire_time: DateTime<Utc>,
+    /// When Capstan renews it next (or, past the last renewal, obtains new
+    /// credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_renewal_time: Option<DateTime<Utc>>,
+    /// Whether Vault lets it be renewed.
+    pub renewable: bool,
 }
 
 /// What is left of retiring the credentials a rotation replaced.
@@ -236,6 +265,10 @@ pub struct RotationInProgress {
     /// rotation's leftover, found without guessing from clocks after a crash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preexisting: Option<Vec<String>>,
+    /// The lease of the credentials this rotation obtained (dynamic credentials),
+    /// recorded with them before they are delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
 }
 
 /// A failed attempt. Built only by [`RotationFailure::new`], which scrubs every secret

@@ -33,6 +33,11 @@ pub enum Target {
     /// and the role in Vault, triggers `rotate-role` on its schedule and delivers
     /// `static-creds`; Vault holds the password.
     VaultDatabaseStaticRole(VaultDatabaseStaticRoleTarget),
+    /// Vault/OpenBao dynamic database credentials: Capstan declares a role whose
+    /// users Vault creates per lease, renews the lease on deadlines, obtains new
+    /// credentials before the maximum TTL, and revokes the previous lease once the new
+    /// credentials are delivered.
+    VaultDatabaseDynamicRole(VaultDatabaseDynamicRoleTarget),
     /// No target: an API key or token that is generated, stored and delivered only.
     #[serde(rename = "none")]
     ValueOnly(ValueOnlyTarget),
@@ -394,6 +399,140 @@ pub struct VaultDatabaseStaticRoleTarget {
     pub drift_check_interval: String,
 }
 
+/// `target.vaultDatabaseDynamicRole`: PostgreSQL users that a Vault/OpenBao database
+/// secrets engine creates per lease ("dynamic secrets").
+///
+/// Capstan declares the engine's connection (`<mount>/config/<namespace>-<name>`) and a
+/// role (`<mount>/roles/<namespace>-<name>`) with the creation and revocation
+/// statements and TTLs, as it does for a static role (owner in a SQL comment, never
+/// adopting a same-named object; drift written back at each renewal). Each rotation
+/// reads `creds/<role>`, logs in, stores and delivers the credentials; the lease is
+/// renewed on its own deadline (`renewBefore` before it expires, jittered per object)
+/// while Vault extends it, new credentials are obtained `renewBefore` before `maxTtl`
+/// ends (or at once when Vault revoked the lease behind Capstan's back), and every
+/// other lease of the role is revoked only once the new credentials are delivered.
+/// Stored only in a `kubernetes` backend; status shows the lease's times and a hash of
+/// its id, never the id.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(RULE_MAX_TTL_COVERS_TTL).message("maxTtl must be at least defaultTtl").field_path(".maxTtl"),
+    validation = Rule::new(RULE_RENEW_BEFORE_WITHIN_TTL).message("renewBefore must be shorter than defaultTtl").field_path(".renewBefore")
+)]
+pub struct VaultDatabaseDynamicRoleTarget {
+    /// The Vault ClusterConnection. Its scopes must grant this namespace the role
+    /// (`scopes[].vaultDatabase.roles`, `<mount>/<namespace>-<name>`).
+    pub connection_ref: ConnectionRef,
+    /// The database secrets engine's mount.
+    #[serde(default = "default_database_mount")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = VAULT_PATH_PATTERN))]
+    pub mount: String,
+    /// The PostgreSQL server Vault connects to (and Capstan logs in to, to test).
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_postgres_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The database of Vault's connection and of the login test; the `database`
+    /// template variable.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DB_NAME_PATTERN))]
+    pub database: String,
+    /// TLS of both Vault's connection and the login test, as libpq's `sslmode`.
+    #[serde(default)]
+    pub ssl_mode: PostgresSslMode,
+    /// Secret in this namespace with the administrative login Vault's connection uses
+    /// to create and drop the users.
+    pub admin_secret_ref: AdminSecretRef,
+    /// The statements that create a user (`{{name}}`, `{{password}}`,
+    /// `{{expiration}}`), e.g. `CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}'
+    /// VALID UNTIL '{{expiration}}'` followed by its grants.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 4096)))]
+    pub creation_statements: Vec<String>,
+    /// The statements that drop a user when its lease is revoked or expires. Default:
+    /// Vault's (revoke its privileges, reassign its objects, drop it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 4096)))]
+    pub revocation_statements: Vec<String>,
+    /// The lease Vault grants and each renewal extends it by: whole seconds, minutes,
+    /// hours and days, at least 10s. Default 1h.
+    #[serde(default = "default_dynamic_ttl")]
+    #[schemars(length(min = 2, max = 8), regex(pattern = GRACE_PATTERN))]
+    #[x_kube(validation = Rule::new(RULE_TTL_MIN).message("defaultTtl must be at least 10s"))]
+    pub default_ttl: String,
+    /// The longest a set of credentials lives, renewals included; Capstan always sets
+    /// it on the role (Vault's own default is 32 days), so a lease that a crash left
+    /// unrecorded dies with it. At least `defaultTtl`, at most 30d. Default 24h.
+    #[serde(default = "default_dynamic_max_ttl")]
+    #[schemars(length(min = 2, max = 8), regex(pattern = GRACE_PATTERN))]
+    #[x_kube(validation = Rule::new(RULE_MAX_TTL_MAX).message("maxTtl must be at most 30d"))]
+    pub max_ttl: String,
+    /// How long before a lease expires it is renewed, and before `maxTtl` ends new
+    /// credentials are obtained: whole seconds, minutes, hours and days, at least 2s
+    /// and shorter than `defaultTtl`. Each object's deadlines are jittered by up to a
+    /// tenth of it, so that many leases do not renew at once. Default: a third of
+    /// `defaultTtl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 8), regex(pattern = GRACE_PATTERN))]
+    #[x_kube(validation = Rule::new(RULE_RENEW_BEFORE_MIN).message("renewBefore must be at least 2s"))]
+    pub renew_before: Option<String>,
+}
+
+fn default_dynamic_ttl() -> String {
+    "1h".to_owned()
+}
+
+fn default_dynamic_max_ttl() -> String {
+    "24h".to_owned()
+}
+
+/// The least `defaultTtl`.
+pub const MIN_DYNAMIC_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most `maxTtl`.
+pub const MAX_DYNAMIC_MAX_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+/// The least `renewBefore`.
+pub const MIN_RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl VaultDatabaseDynamicRoleTarget {
+    /// `(defaultTtl, maxTtl, renewBefore)`, checked against their floors and each other.
+    pub fn durations(
+        &self,
+    ) -> Result<
+        (
+            std::time::Duration,
+            std::time::Duration,
+            std::time::Duration,
+        ),
+        (&'static str, String),
+    > {
+        let parse = |field: &'static str, s: &str| {
+            capstan_core::schedule::parse_duration(s).map_err(|e| (field, e.to_string()))
+        };
+        let ttl = parse("defaultTtl", &self.default_ttl)?;
+        let max = parse("maxTtl", &self.max_ttl)?;
+        if ttl < MIN_DYNAMIC_TTL {
+            return Err(("defaultTtl", "must be at least 10s".into()));
+        }
+        if max < ttl {
+            return Err(("maxTtl", "must be at least defaultTtl".into()));
+        }
+        if max > MAX_DYNAMIC_MAX_TTL {
+            return Err(("maxTtl", "must be at most 30d".into()));
+        }
+        let before = match &self.renew_before {
+            Some(b) => parse("renewBefore", b)?,
+            None => ttl / 3,
+        };
+        if before < MIN_RENEW_BEFORE {
+            return Err(("renewBefore", "must be at least 2s".into()));
+        }
+        if before >= ttl {
+            return Err(("renewBefore", "must be shorter than defaultTtl".into()));
+        }
+        Ok((ttl, max, before))
+    }
+}
+
 fn default_database_mount() -> String {
     "database".to_owned()
 }
@@ -497,7 +636,9 @@ impl Target {
                 Variable::SecretAccessKey,
             ],
             Target::VaultTransitKey(_) => vec![Variable::Key, Variable::Version],
-            Target::VaultDatabaseStaticRole(_) => Variable::ALL.to_vec(),
+            Target::VaultDatabaseStaticRole(_) | Target::VaultDatabaseDynamicRole(_) => {
+                Variable::ALL.to_vec()
+            }
             Target::ValueOnly(_) => vec![Variable::Password],
         }
     }
@@ -511,6 +652,7 @@ impl Target {
             Self::IamAccessKey(_) => TargetKind::IamAccessKey,
             Self::VaultTransitKey(_) => TargetKind::VaultTransitKey,
             Self::VaultDatabaseStaticRole(_) => TargetKind::VaultDatabaseStaticRole,
+            Self::VaultDatabaseDynamicRole(_) => TargetKind::VaultDatabaseDynamicRole,
             Self::ValueOnly(_) => TargetKind::None,
         }
     }
@@ -523,7 +665,10 @@ impl Target {
             Self::Mysql(t) => Some(&t.username),
             Self::RdsMasterPassword(t) => Some(&t.master_username),
             Self::VaultDatabaseStaticRole(t) => Some(&t.username),
-            Self::IamAccessKey(_) | Self::VaultTransitKey(_) | Self::ValueOnly(_) => None,
+            Self::IamAccessKey(_)
+            | Self::VaultTransitKey(_)
+            | Self::VaultDatabaseDynamicRole(_)
+            | Self::ValueOnly(_) => None,
         }
     }
 
@@ -534,6 +679,7 @@ impl Target {
             Self::Mysql(_) => Some(32),
             Self::RdsMasterPassword(_)
             | Self::VaultDatabaseStaticRole(_)
+            | Self::VaultDatabaseDynamicRole(_)
             | Self::IamAccessKey(_)
             | Self::VaultTransitKey(_)
             | Self::ValueOnly(_) => None,
@@ -549,9 +695,9 @@ impl Target {
     /// The kind of system [`Target::connection`] must point at.
     pub fn connection_kind(&self) -> capstan_core::connection::ConnectionKind {
         match self {
-            Self::VaultTransitKey(_) | Self::VaultDatabaseStaticRole(_) => {
-                capstan_core::connection::ConnectionKind::Vault
-            }
+            Self::VaultTransitKey(_)
+            | Self::VaultDatabaseStaticRole(_)
+            | Self::VaultDatabaseDynamicRole(_) => capstan_core::connection::ConnectionKind::Vault,
             _ => capstan_core::connection::ConnectionKind::Aws,
         }
     }
@@ -563,6 +709,7 @@ impl Target {
             Self::IamAccessKey(t) => Some(&t.connection_ref),
             Self::VaultTransitKey(t) => Some(&t.connection_ref),
             Self::VaultDatabaseStaticRole(t) => Some(&t.connection_ref),
+            Self::VaultDatabaseDynamicRole(t) => Some(&t.connection_ref),
             Self::Postgres(_) | Self::Mysql(_) | Self::ValueOnly(_) => None,
         }
     }

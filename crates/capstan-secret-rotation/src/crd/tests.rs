@@ -194,6 +194,7 @@ fn every_cel_rule_sits_where_it_applies() {
         RULE_DELIVERY_SECRET_NOT_BACKEND,
         &rule_grace_within_interval(),
         &rule_rotation_period_vs_interval(),
+        RULE_DYNAMIC_NEEDS_KUBERNETES,
     ];
     for rule in spec_rules {
         assert!(has_rule("spec", rule), "spec lacks {rule}");
@@ -220,6 +221,26 @@ fn every_cel_rule_sits_where_it_applies() {
         (
             "spec.target.vaultDatabaseStaticRole.driftCheckInterval",
             RULE_DRIFT_CHECK_MIN,
+        ),
+        (
+            "spec.target.vaultDatabaseDynamicRole",
+            RULE_MAX_TTL_COVERS_TTL,
+        ),
+        (
+            "spec.target.vaultDatabaseDynamicRole",
+            RULE_RENEW_BEFORE_WITHIN_TTL,
+        ),
+        (
+            "spec.target.vaultDatabaseDynamicRole.defaultTtl",
+            RULE_TTL_MIN,
+        ),
+        (
+            "spec.target.vaultDatabaseDynamicRole.maxTtl",
+            RULE_MAX_TTL_MAX,
+        ),
+        (
+            "spec.target.vaultDatabaseDynamicRole.renewBefore",
+            RULE_RENEW_BEFORE_MIN,
         ),
     ];
     for (path, rule) in placed {
@@ -447,12 +468,12 @@ fn cel_rules_refuse_bad_specs() {
         (
             "no target",
             |v| v["spec"]["target"] = json!({}),
-            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole or none",
+            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole, vaultDatabaseDynamicRole or none",
         ),
         (
             "two targets",
             |v| v["spec"]["target"]["none"] = json!({}),
-            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole or none",
+            "exactly one of postgres, mysql, rdsMasterPassword, iamAccessKey, vaultTransitKey, vaultDatabaseStaticRole, vaultDatabaseDynamicRole or none",
         ),
         (
             "an RDS target naming neither an instance nor a cluster",

@@ -97,6 +97,7 @@ fn status_round_trips_and_holds_no_values() {
             pending_version: Some("7".into()),
             username: Some("app_b".into()),
             preexisting: None,
+            lease: None,
         }),
         current_version: Some("6".into()),
         previous_version: Some("5".into()),

@@ -27,6 +27,8 @@ mod mysql;
 mod postgres;
 mod rds;
 mod transit;
+mod vault_db;
+mod vault_dynamic;
 mod vault_static;
 
 use capstan_core::error::Categorized;
@@ -37,7 +39,9 @@ pub use mysql::{MysqlPasswordForm, MysqlTarget, mysql_native_password_hash};
 pub use postgres::{PostgresTarget, PostgresTls};
 pub use rds::{FENCE_TAG as RDS_FENCE_TAG, RdsMasterTarget};
 pub use transit::{KeyInfo as TransitKeyInfo, TransitKeyTarget};
-pub use vault_static::{Correction, VaultStaticRoleTarget};
+pub use vault_db::Correction;
+pub use vault_dynamic::{VaultDynamicRoleTarget, lease_hash};
+pub use vault_static::VaultStaticRoleTarget;
 
 /// What a rotated credential is set on.
 #[async_trait::async_trait]
@@ -113,6 +117,22 @@ pub trait CredentialTarget: Send + Sync + std::fmt::Debug {
     async fn retire(&self, keep: &str, delete: bool) -> Result<Vec<String>, TargetError> {
         let _ = (keep, delete);
         Ok(Vec::new())
+    }
+
+    /// The lease of the credential the last [`CredentialTarget::issue`] returned, for
+    /// targets whose credentials Vault leases (dynamic credentials).
+    fn issued_lease(&self) -> Option<crate::crd::Lease> {
+        None
+    }
+
+    /// Renews `lease`: the lease as Vault extended it, or `None` when Vault no longer
+    /// knows it (revoked behind Capstan's back, or expired).
+    async fn renew(
+        &self,
+        lease: &crate::crd::Lease,
+    ) -> Result<Option<crate::crd::Lease>, TargetError> {
+        let _ = lease;
+        Ok(None)
     }
 
     /// Writes what differs from the declared configuration; what it wrote.

@@ -26,38 +26,19 @@
 
 use capstan_core::redact::SecretValue;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::vault_db::{Correction, DEFAULT_ROTATION, DbSpec, VaultDb};
 use super::{CredentialTarget, PostgresTarget, TargetError};
-use crate::backend::{BackendError, VaultClient};
+use crate::backend::VaultClient;
 use crate::crd;
-
-/// The default rotation statement.
-const DEFAULT_ROTATION: &str = r#"ALTER ROLE "{{name}}" WITH PASSWORD '{{password}}'"#;
-
-/// One thing [`VaultStaticRoleTarget::sync`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Correction {
-    /// What was written: `connection`, `role`, or a field of one (`role.rotation_period`).
-    pub what: String,
-    /// Whether it was created rather than corrected.
-    pub created: bool,
-}
 
 /// A static role of one Vault/OpenBao database mount.
 #[derive(Debug)]
 pub struct VaultStaticRoleTarget {
-    vault: VaultClient,
-    mount: String,
-    /// The connection's and the role's name, `<namespace>-<name>`.
-    object: String,
-    /// `<namespace>/<name>`, in the claim comment.
-    owner: String,
+    db: VaultDb,
     spec: crd::VaultDatabaseStaticRoleTarget,
-    admin_user: String,
-    admin_password: SecretValue,
     login: PostgresTarget,
-    name: String,
 }
 
 /// The static credentials Vault holds now. Not `Debug`: it holds the password.
@@ -73,157 +54,36 @@ impl VaultStaticRoleTarget {
     pub fn new(
         vault: VaultClient,
         spec: &crd::VaultDatabaseStaticRoleTarget,
-        (namespace, name): (&str, &str),
-        (admin_user, admin_password): (String, SecretValue),
+        object: (&str, &str),
+        admin: (String, SecretValue),
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, TargetError> {
-        let object = Self::object_name(namespace, name);
-        let login_spec = crd::PostgresTarget {
-            host: spec.host.clone(),
+        let db_spec = DbSpec {
+            mount: &spec.mount,
+            host: &spec.host,
             port: spec.port,
-            database: spec.database.clone(),
+            database: &spec.database,
             ssl_mode: spec.ssl_mode,
-            ca_secret_ref: None,
-            username: spec.username.clone(),
-            admin_secret_ref: spec.admin_secret_ref.clone(),
+            admin_secret_ref: &spec.admin_secret_ref,
         };
-        // The login test only logs in as the role: the admin login is Vault's.
-        let login = PostgresTarget::new(
-            &login_spec,
-            admin_user.clone(),
-            SecretValue::new(""),
-            ca_pem,
-        )?
-        .with_connect_timeout(std::time::Duration::from_secs(5));
         Ok(Self {
-            name: format!("Vault database role {}/{object}", spec.mount),
-            vault,
-            mount: spec.mount.clone(),
-            object,
-            owner: format!("{namespace}/{name}"),
+            login: VaultDb::login(&db_spec, &spec.username, ca_pem)?,
+            db: VaultDb::new(vault, &db_spec, object, admin),
             spec: spec.clone(),
-            admin_user,
-            admin_password,
-            login,
         })
     }
 
     /// The name of the Vault connection and role of the SecretRotation `namespace/name`.
     pub fn object_name(namespace: &str, name: &str) -> String {
-        format!("{namespace}-{name}")
-    }
-
-    fn claim(&self) -> String {
-        format!("/* capstan.dev/owner: {} */", self.owner)
-    }
-
-    fn claimed_by_us(&self, statements: &Value) -> bool {
-        let claim = self.claim();
-        statements
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.starts_with(&claim))
-    }
-
-    fn error(&self, e: BackendError) -> TargetError {
-        let target = self.name.clone();
-        let detail = crate::crd::scrub(&e.to_string(), &[&self.admin_password]);
-        match e {
-            BackendError::AccessDenied { .. } => TargetError::AccessDenied { target, detail },
-            BackendError::Unavailable { .. } => TargetError::Unavailable { target, detail },
-            _ => TargetError::Invalid { target, detail },
-        }
-    }
-
-    async fn get(&self, path: &str) -> Result<Option<Value>, TargetError> {
-        match self
-            .vault
-            .request(
-                &self.name,
-                Method::GET,
-                &format!("{}/{path}", self.mount),
-                None,
-            )
-            .await
-        {
-            Ok(v) => Ok(Some(v["data"].clone())),
-            Err(BackendError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error(e)),
-        }
-    }
-
-    async fn write(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(), TargetError> {
-        self.vault
-            .request(&self.name, method, &format!("{}/{path}", self.mount), body)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(e))
-    }
-
-    fn connection_url(&self) -> String {
-        let host = if self.spec.host.contains(':') {
-            format!("[{}]", self.spec.host)
-        } else {
-            self.spec.host.clone()
-        };
-        let mode = match self.spec.ssl_mode {
-            crd::PostgresSslMode::Disable => "disable",
-            crd::PostgresSslMode::Allow => "allow",
-            crd::PostgresSslMode::Prefer => "prefer",
-            crd::PostgresSslMode::Require => "require",
-            crd::PostgresSslMode::VerifyCa => "verify-ca",
-            crd::PostgresSslMode::VerifyFull => "verify-full",
-        };
-        format!(
-            "postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{}/{}?sslmode={mode}",
-            self.spec.port, self.spec.database
-        )
-    }
-
-    /// The declared connection, as read back (without the password) and as written.
-    fn declared_connection(&self) -> (Vec<(&'static str, Value, Value)>, Value) {
-        let root = json!([format!("{} {DEFAULT_ROTATION}", self.claim())]);
-        let fields = vec![
-            (
-                "plugin_name",
-                json!("postgresql-database-plugin"),
-                json!("postgresql-database-plugin"),
-            ),
-            (
-                "connection_url",
-                json!(self.connection_url()),
-                json!(self.connection_url()),
-            ),
-            ("username", json!(self.admin_user), json!(self.admin_user)),
-            ("allowed_roles", json!([self.object]), json!([self.object])),
-            ("root_rotation_statements", root.clone(), root),
-        ];
-        let body = json!({
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": self.connection_url(),
-            "username": self.admin_user,
-            "password": self.admin_password.expose(),
-            "allowed_roles": [self.object],
-            "root_rotation_statements": [format!("{} {DEFAULT_ROTATION}", self.claim())],
-            "verify_connection": true,
-        });
-        (fields, body)
+        super::vault_db::object_name(namespace, name)
     }
 
     fn declared_statements(&self) -> Vec<String> {
-        let mut statements = if self.spec.rotation_statements.is_empty() {
-            vec![DEFAULT_ROTATION.to_owned()]
+        if self.spec.rotation_statements.is_empty() {
+            self.db.claimed(&[DEFAULT_ROTATION.to_owned()])
         } else {
-            self.spec.rotation_statements.clone()
-        };
-        statements[0] = format!("{} {}", self.claim(), statements[0]);
-        statements
+            self.db.claimed(&self.spec.rotation_statements)
+        }
     }
 
     fn rotation_period_seconds(&self) -> Result<u64, TargetError> {
@@ -231,79 +91,31 @@ impl VaultStaticRoleTarget {
             .rotation_period()
             .map(|d| d.as_secs())
             .map_err(|e| TargetError::Invalid {
-                target: self.name.clone(),
+                target: self.db.name.clone(),
                 detail: format!("rotationPeriod {e}"),
             })
-    }
-
-    /// Where the connection as read back differs from the declared one.
-    fn connection_drift(&self, have: &Value) -> Vec<&'static str> {
-        let (fields, _) = self.declared_connection();
-        let details = &have["connection_details"];
-        fields
-            .into_iter()
-            .filter(|(field, want, _)| {
-                let got = match *field {
-                    "connection_url" | "username" => &details[*field],
-                    "root_rotation_statements" => &have["root_credentials_rotate_statements"],
-                    _ => &have[*field],
-                };
-                got != want
-            })
-            .map(|(field, _, _)| field)
-            .collect()
     }
 
     /// Reads the connection and the role back and writes what differs from the
     /// declared state; what it wrote (nothing when both were in sync).
     pub async fn sync(&self) -> Result<Vec<Correction>, TargetError> {
-        let mut out = Vec::new();
-        let config_path = format!("config/{}", self.object);
-        let role_path = format!("static-roles/{}", self.object);
-        let config = self.get(&config_path).await?;
-        let role = self.get(&role_path).await?;
-        // Neither is adopted unless this object made it.
-        if let Some(c) = &config
-            && !self.claimed_by_us(&c["root_credentials_rotate_statements"])
-        {
-            return Err(self.claimed(&format!("connection {}", self.object)));
-        }
-        if let Some(r) = &role
-            && !self.claimed_by_us(&r["rotation_statements"])
-        {
-            return Err(self.claimed(&format!("static role {}", self.object)));
-        }
-        let (_, body) = self.declared_connection();
-        match &config {
-            None => {
-                self.write(Method::POST, &config_path, Some(&body)).await?;
-                out.push(Correction {
-                    what: "connection".into(),
-                    created: true,
-                });
-            }
-            Some(have) => {
-                let drift = self.connection_drift(have);
-                if !drift.is_empty() {
-                    self.write(Method::POST, &config_path, Some(&body)).await?;
-                    out.extend(drift.into_iter().map(|f| Correction {
-                        what: format!("connection.{f}"),
-                        created: false,
-                    }));
-                }
-            }
-        }
+        let role_path = format!("static-roles/{}", self.db.object);
+        let (mut out, role) = self
+            .db
+            .sync_connection(&role_path, "rotation_statements")
+            .await?;
         let period = self.rotation_period_seconds()?;
         let statements = self.declared_statements();
         let role_body = json!({
-            "db_name": self.object,
+            "db_name": self.db.object,
             "username": self.spec.username,
             "rotation_statements": statements,
             "rotation_period": period,
         });
         match &role {
             None => {
-                self.write(Method::POST, &role_path, Some(&role_body))
+                self.db
+                    .write(Method::POST, &role_path, Some(&role_body))
                     .await?;
                 out.push(Correction {
                     what: "role".into(),
@@ -315,7 +127,7 @@ impl VaultStaticRoleTarget {
                 if have["username"] != json!(self.spec.username) {
                     drift.push("username");
                 }
-                if have["db_name"] != json!(self.object) {
+                if have["db_name"] != json!(self.db.object) {
                     drift.push("db_name");
                 }
                 let recreate = !drift.is_empty();
@@ -327,10 +139,11 @@ impl VaultStaticRoleTarget {
                 }
                 if recreate {
                     // Vault changes neither of these in place.
-                    self.write(Method::DELETE, &role_path, None).await?;
+                    self.db.write(Method::DELETE, &role_path, None).await?;
                 }
                 if !drift.is_empty() {
-                    self.write(Method::POST, &role_path, Some(&role_body))
+                    self.db
+                        .write(Method::POST, &role_path, Some(&role_body))
                         .await?;
                     out.extend(drift.into_iter().map(|f| Correction {
                         what: format!("role.{f}"),
@@ -342,22 +155,13 @@ impl VaultStaticRoleTarget {
         Ok(out)
     }
 
-    fn claimed(&self, what: &str) -> TargetError {
-        TargetError::Claimed {
-            target: self.name.clone(),
-            detail: format!(
-                "{what} exists in {} and was not declared by {}: it is not adopted; rename the SecretRotation or remove the Vault object",
-                self.mount, self.owner
-            ),
-        }
-    }
-
     async fn creds(&self) -> Result<StaticCreds, TargetError> {
         let data = self
-            .get(&format!("static-creds/{}", self.object))
+            .db
+            .get(&format!("static-creds/{}", self.db.object))
             .await?
             .ok_or_else(|| TargetError::NotFound {
-                target: self.name.clone(),
+                target: self.db.name.clone(),
                 user: self.spec.username.clone(),
             })?;
         let text = |k: &str| data[k].as_str().map(str::to_owned);
@@ -368,7 +172,7 @@ impl VaultStaticRoleTarget {
                 last_rotation: text("last_vault_rotation").unwrap_or_default(),
             }),
             _ => Err(TargetError::Invalid {
-                target: self.name.clone(),
+                target: self.db.name.clone(),
                 detail: "Vault's static-creds answer has no username or password".into(),
             }),
         }
@@ -381,7 +185,7 @@ impl CredentialTarget for VaultStaticRoleTarget {
         let corrections = self.sync().await?;
         if !corrections.is_empty() {
             let what: Vec<&str> = corrections.iter().map(|c| c.what.as_str()).collect();
-            tracing::info!(target_kind = "vaultDatabaseStaticRole", mount = %self.mount, role = %self.object, written = %what.join(","), "declared the Vault connection and static role");
+            tracing::info!(target_kind = "vaultDatabaseStaticRole", mount = %self.db.mount, role = %self.db.object, written = %what.join(","), "declared the Vault connection and static role");
         }
         Ok(())
     }
@@ -425,17 +229,18 @@ impl CredentialTarget for VaultStaticRoleTarget {
         if !preexisting.contains(&before.last_rotation) {
             return Ok((before.username, before.password));
         }
-        self.write(
-            Method::POST,
-            &format!("rotate-role/{}", self.object),
-            Some(&json!({})),
-        )
-        .await?;
+        self.db
+            .write(
+                Method::POST,
+                &format!("rotate-role/{}", self.db.object),
+                Some(&json!({})),
+            )
+            .await?;
         capstan_core::failpoints::crash_point("secret-rotation::vault-static-after-rotate");
         let after = self.creds().await?;
         if after.last_rotation == before.last_rotation {
             return Err(TargetError::Unavailable {
-                target: self.name.clone(),
+                target: self.db.name.clone(),
                 detail: "rotate-role returned but Vault still reports the previous rotation".into(),
             });
         }
@@ -454,6 +259,7 @@ impl CredentialTarget for VaultStaticRoleTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn spec() -> crd::VaultDatabaseStaticRoleTarget {
         serde_json::from_value(json!({
@@ -485,9 +291,9 @@ mod tests {
     #[test]
     fn declares_the_owner_in_every_statement_list_and_reads_drift_back() {
         let t = target();
-        assert_eq!(t.object, "shop-orders-db");
+        assert_eq!(t.db.object, "shop-orders-db");
         assert_eq!(
-            t.connection_url(),
+            t.db.connection_url(),
             "postgresql://{{username}}:{{password}}@db.internal:5432/shop?sslmode=require"
         );
         let statements = t.declared_statements();
@@ -497,27 +303,30 @@ mod tests {
                 "/* capstan.dev/owner: shop/orders-db */ {DEFAULT_ROTATION}"
             )]
         );
-        assert!(t.claimed_by_us(&json!(statements)));
-        assert!(!t.claimed_by_us(&json!([DEFAULT_ROTATION])));
-        assert!(!t.claimed_by_us(&json!(["/* capstan.dev/owner: shop/orders */ x"])));
+        assert!(t.db.claimed_by_us(&json!(statements)));
+        assert!(!t.db.claimed_by_us(&json!([DEFAULT_ROTATION])));
+        assert!(
+            !t.db
+                .claimed_by_us(&json!(["/* capstan.dev/owner: shop/orders */ x"]))
+        );
         // What Vault reads back for the declared connection has no drift; a changed
         // URL and allowed role list do.
-        let have = json!({
+        let have: Value = json!({
             "plugin_name": "postgresql-database-plugin",
-            "connection_details": { "connection_url": t.connection_url(), "username": "vault_admin" },
+            "connection_details": { "connection_url": t.db.connection_url(), "username": "vault_admin" },
             "allowed_roles": ["shop-orders-db"],
             "root_credentials_rotate_statements": [format!("/* capstan.dev/owner: shop/orders-db */ {DEFAULT_ROTATION}")],
         });
-        assert!(t.connection_drift(&have).is_empty());
+        assert!(t.db.connection_drift(&have).is_empty());
         let mut changed = have.clone();
         changed["connection_details"]["connection_url"] = json!("postgresql://elsewhere");
         changed["allowed_roles"] = json!(["*"]);
         assert_eq!(
-            t.connection_drift(&changed),
+            t.db.connection_drift(&changed),
             vec!["connection_url", "allowed_roles"]
         );
         // The admin password is written, never compared or logged.
-        let (_, body) = t.declared_connection();
+        let (_, body) = t.db.declared_connection();
         assert_eq!(body["password"], "admin-pw");
         assert!(!format!("{t:?}").contains("admin-pw"));
     }
