@@ -51,80 +51,126 @@ async fn leases(vault: &capstan_testenv::Vault, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// A namespace with a database mount of its own, PostgreSQL's admin Secret, and a
+/// Vault connection scoped to the mount's roles named after this namespace.
+struct Setup {
+    kube: &'static capstan_testenv::Kube,
+    vault: &'static capstan_testenv::Vault,
+    pg: &'static capstan_testenv::Postgres,
+    ns: TempNamespace,
+    client: kube::Client,
+    api: Api<SecretRotation>,
+    secrets: Api<Secret>,
+    db: String,
+    mount: String,
+    conn: String,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let env = TestEnv::get();
+        let kube = env.kube().await.expect("kube");
+        let vault = env.vault().await.expect("vault");
+        let pg = env.postgres().await.expect("postgres");
+        let ns = TempNamespace::create(kube).await.expect("ns");
+        let client = kube.client().await;
+        let api: Api<SecretRotation> = ns.api(client.clone());
+        let secrets: Api<Secret> = ns.api(client.clone());
+        let (db, _) = common::postgres::pg_setup(pg, &secrets, ns.name()).await;
+        let mount = format!("dyn-{}", ns.name());
+        bao(
+            vault,
+            Method::POST,
+            &format!("sys/mounts/{mount}"),
+            json!({ "type": "database" }),
+        )
+        .await;
+        let token: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "vault-token" }, "stringData": { "token": vault.root_token() }
+        }))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &token)
+            .await
+            .expect("token");
+        let conn = format!("vault-{}", ns.name());
+        let c: capstan_core::connection::ClusterConnection = serde_json::from_value(json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
+            "metadata": { "name": conn },
+            "spec": {
+                "allowedNamespaces": { "names": [ns.name()] },
+                "scopes": [ { "vaultDatabase": { "roles": ["dyn-${namespace}/${namespace}-*"] } } ],
+                "vault": { "address": vault.addr(), "auth": { "token": { "secretRef": { "name": "vault-token" } } } }
+            }
+        }))
+        .expect("connection");
+        Api::<capstan_core::connection::ClusterConnection>::all(client.clone())
+            .create(&PostParams::default(), &c)
+            .await
+            .expect("connection");
+        Self {
+            kube,
+            vault,
+            pg,
+            ns,
+            client,
+            api,
+            secrets,
+            db,
+            mount,
+            conn,
+        }
+    }
+
+    /// A dynamic-credentials SecretRotation `name` delivering to Secret `name`.
+    async fn rotation(&self, name: &str, ttl: &str, max_ttl: &str, renew_before: &str) {
+        common::rotation::create_rotation(
+            &self.api,
+            name,
+            json!({
+                "backend": { "kubernetes": { "secretName": format!("{name}-store") } },
+                "target": { "vaultDatabaseDynamicRole": {
+                    "connectionRef": { "name": self.conn }, "mount": self.mount,
+                    "host": "127.0.0.1", "port": self.pg.port(), "database": self.db, "sslMode": "disable",
+                    "adminSecretRef": { "name": "pg-admin" },
+                    "creationStatements": [
+                        "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+                        format!("GRANT CONNECT ON DATABASE {} TO \"{{{{name}}}}\"", self.db)
+                    ],
+                    "defaultTtl": ttl, "maxTtl": max_ttl, "renewBefore": renew_before } },
+                "strategy": { "singleUser": {} },
+                "schedule": { "interval": "720h" },
+                "delivery": { "secret": { "name": name } }
+            }),
+        )
+        .await;
+    }
+
+    /// The role's lease prefix of SecretRotation `name`.
+    fn prefix(&self, name: &str) -> String {
+        format!("{}/creds/{}-{name}", self.mount, self.ns.name())
+    }
+}
+
 #[tokio::test]
 async fn dynamic_credentials_are_renewed_replaced_before_expiry_and_revoked_after_delivery() {
-    let env = TestEnv::get();
-    let kube = env.kube().await.expect("kube");
-    let vault = env.vault().await.expect("vault");
-    let pg = env.postgres().await.expect("postgres");
-    let ns = TempNamespace::create(kube).await.expect("ns");
-    let client = kube.client().await;
-    let api: Api<SecretRotation> = ns.api(client.clone());
-    let secrets: Api<Secret> = ns.api(client.clone());
-    let (db, _) = common::postgres::pg_setup(pg, &secrets, ns.name()).await;
-    let mount = format!("dyn-{}", ns.name());
-    bao(
-        vault,
-        Method::POST,
-        &format!("sys/mounts/{mount}"),
-        json!({ "type": "database" }),
-    )
-    .await;
-    let token: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "vault-token" }, "stringData": { "token": vault.root_token() }
-    }))
-    .expect("secret");
-    secrets
-        .create(&PostParams::default(), &token)
-        .await
-        .expect("token");
-    let conn = format!("vault-{}", ns.name());
-    let c: capstan_core::connection::ClusterConnection = serde_json::from_value(json!({
-        "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
-        "metadata": { "name": conn },
-        "spec": {
-            "allowedNamespaces": { "names": [ns.name()] },
-            "scopes": [ { "vaultDatabase": { "roles": ["dyn-${namespace}/${namespace}-*"] } } ],
-            "vault": { "address": vault.addr(), "auth": { "token": { "secretRef": { "name": "vault-token" } } } }
-        }
-    }))
-    .expect("connection");
-    Api::<capstan_core::connection::ClusterConnection>::all(client.clone())
-        .create(&PostParams::default(), &c)
-        .await
-        .expect("connection");
-    common::rotation::create_rotation(
-        &api,
-        "reports",
-        json!({
-            "backend": { "kubernetes": { "secretName": "reports-store" } },
-            "target": { "vaultDatabaseDynamicRole": {
-                "connectionRef": { "name": conn }, "mount": mount,
-                "host": "127.0.0.1", "port": pg.port(), "database": db, "sslMode": "disable",
-                "adminSecretRef": { "name": "pg-admin" },
-                "creationStatements": [
-                    "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
-                    format!("GRANT CONNECT ON DATABASE {db} TO \"{{{{name}}}}\"")
-                ],
-                "defaultTtl": "12s", "maxTtl": "30s", "renewBefore": "4s" } },
-            "strategy": { "singleUser": {} },
-            "schedule": { "interval": "720h" },
-            "delivery": { "secret": { "name": "reports-db" } }
-        }),
-    )
-    .await;
+    let t = Setup::new().await;
+    let (kube, vault, pg, ns, client, api, secrets, db) = (
+        t.kube, t.vault, t.pg, &t.ns, &t.client, &t.api, &t.secrets, &t.db,
+    );
+    t.rotation("reports", "12s", "30s", "4s").await;
     let m = start(kube, ns.name(), "sr-vault-dynamic").await;
-    let prefix = format!("{mount}/creds/{}-reports", ns.name());
+    let prefix = t.prefix("reports");
 
     // Rotation 1: Vault's user delivered and logging in; the lease in status by its
     // times and a hash, never its id.
-    await_rotations_within(&api, "reports", 1, &m, TIMEOUT).await;
-    let first = secret_data(&secrets, "reports-db").await;
+    await_rotations_within(api, "reports", 1, &m, TIMEOUT).await;
+    let first = secret_data(secrets, "reports").await;
     assert!(
         first["username"].starts_with("v-"),
         "a user Vault made: {first:?}"
     );
-    assert!(logs_in(pg, &db, &first["username"], &first["password"]));
+    assert!(logs_in(pg, db, &first["username"], &first["password"]));
     let o = api.get("reports").await.expect("get");
     let l1 = lease(&o).expect("lease in status");
     assert_eq!(
@@ -145,7 +191,7 @@ async fn dynamic_credentials_are_renewed_replaced_before_expiry_and_revoked_afte
 
     // Its deadline renews it: same lease, later expiry.
     let renewed = await_condition(
-        &api,
+        api,
         "reports",
         |o: &SecretRotation| {
             lease(o).is_some_and(|l| l.id_hash == l1.id_hash && l.expire_time > l1.expire_time)
@@ -158,17 +204,17 @@ async fn dynamic_credentials_are_renewed_replaced_before_expiry_and_revoked_afte
         lease(&renewed).map(|l| l.max_expire_time),
         Some(l1.max_expire_time)
     );
-    assert!(logs_in(pg, &db, &first["username"], &first["password"]));
+    assert!(logs_in(pg, db, &first["username"], &first["password"]));
 
     // Before the maximum TTL: new credentials delivered, then the previous lease
     // revoked (its user dropped).
-    await_rotations_within(&api, "reports", 2, &m, TIMEOUT).await;
-    let second = secret_data(&secrets, "reports-db").await;
+    await_rotations_within(api, "reports", 2, &m, TIMEOUT).await;
+    let second = secret_data(secrets, "reports").await;
     assert_ne!(second["username"], first["username"]);
-    assert!(logs_in(pg, &db, &second["username"], &second["password"]));
+    assert!(logs_in(pg, db, &second["username"], &second["password"]));
     let gone = async {
         for _ in 0..100 {
-            if !logs_in(pg, &db, &first["username"], &first["password"]) {
+            if !logs_in(pg, db, &first["username"], &first["password"]) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -207,10 +253,10 @@ async fn dynamic_credentials_are_renewed_replaced_before_expiry_and_revoked_afte
         json!({}),
     )
     .await;
-    await_rotations_within(&api, "reports", 3, &m, TIMEOUT).await;
-    let third = secret_data(&secrets, "reports-db").await;
-    assert!(logs_in(pg, &db, &third["username"], &third["password"]));
-    let events = common::events_about(&client, ns.name(), "reports").await;
+    await_rotations_within(api, "reports", 3, &m, TIMEOUT).await;
+    let third = secret_data(secrets, "reports").await;
+    assert!(logs_in(pg, db, &third["username"], &third["password"]));
+    let events = common::events_about(client, ns.name(), "reports").await;
     assert!(events.iter().any(|(r, _)| r == "LeaseLost"), "{events:?}");
 
     // No password or lease id in the logs.
@@ -223,4 +269,62 @@ async fn dynamic_credentials_are_renewed_replaced_before_expiry_and_revoked_afte
     }
     assert!(!logs.contains(suffix), "a lease id was logged");
     m.assert_no_forbidden();
+}
+
+/// Crash safety: a manager aborted right after Vault issued credentials (not yet
+/// recorded), after their delivery (not yet finished), and after it revoked the
+/// previous lease is followed by one that finishes: the delivered credentials log in
+/// and, once the rotation is done, the role has exactly one lease, the delivered one.
+/// The lease an interrupted attempt issued is revoked too: none is left unrecorded.
+#[tokio::test]
+async fn a_kill_after_issue_deliver_or_revoke_leaves_no_lease_behind() {
+    let t = Setup::new().await;
+    t.rotation("crash", "1h", "24h", "20m").await;
+    let ns = t.ns.name().to_owned();
+    let args = common::rotation::manager_args(&ns);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let prefix = t.prefix("crash");
+    let points = [
+        "secret-rotation::vault-dynamic-after-issue",
+        "secret-rotation::after-Deliver",
+        "secret-rotation::vault-dynamic-after-revoke",
+    ];
+    let mut previous: Option<std::collections::BTreeMap<String, String>> = None;
+    for (i, point) in points.iter().enumerate() {
+        let n = i64::try_from(i).expect("small") + 1;
+        if n > 1 {
+            common::rotation::rotate_now(&t.api, "crash", &format!("crash-{n}")).await;
+        }
+        common::crash_at(t.kube, &format!("sr-dyn-crash-{n}"), &args, point).await;
+        let m = start(t.kube, &ns, &format!("sr-dyn-resume-{n}")).await;
+        await_rotations_within(&t.api, "crash", n, &m, TIMEOUT).await;
+        let delivered = secret_data(&t.secrets, "crash").await;
+        assert!(
+            logs_in(t.pg, &t.db, &delivered["username"], &delivered["password"]),
+            "{point}: the delivered user logs in"
+        );
+        let o = await_condition(
+            &t.api,
+            "crash",
+            |o: &SecretRotation| o.status.as_ref().is_some_and(|s| s.retiring.is_none()),
+            TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{point}: not retired: {e}\n{}", m.all_logs()));
+        let ids = leases(t.vault, &prefix).await;
+        assert_eq!(ids.len(), 1, "{point}: one lease left: {ids:?}");
+        assert_eq!(
+            lease(&o).map(|l| l.id_hash),
+            Some(capstan_secret_rotation::targets::lease_hash(&ids[0])),
+            "{point}: the one left is the delivered one"
+        );
+        if let Some(p) = &previous {
+            assert!(
+                !logs_in(t.pg, &t.db, &p["username"], &p["password"]),
+                "{point}: the previous user is dropped"
+            );
+        }
+        previous = Some(delivered);
+        m.assert_no_forbidden();
+    }
 }

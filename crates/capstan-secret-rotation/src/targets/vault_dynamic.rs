@@ -323,6 +323,7 @@ impl CredentialTarget for VaultDynamicRoleTarget {
                     Some(&json!({ "lease_id": id })),
                 )
                 .await?;
+            capstan_core::failpoints::crash_point("secret-rotation::vault-dynamic-after-revoke");
             revoked.push(format!("lease {hash}"));
         }
         Ok(revoked)
