@@ -19,7 +19,8 @@
 #    rotated; the card numbers' transit key rotated to version 2 and delivered as its
 #    name and version; the shop's RDS master password changed on its database (through the
 #    emulator's RDS model); the PostgreSQL user rotated, stored in Secrets Manager, delivered as a
-#    DATABASE_URL that logs in, the api Deployment restarted for it; the ECS service
+#    DATABASE_URL that logs in, the api Deployment restarted for it; the shop's reporting
+#    job given a PostgreSQL user Vault created (dynamic credentials, leased); the ECS service
 #    scaled up on a CPU spike; a tenant refused by a connection that does not list it,
 #    and one refused a Vault path outside its connection's scope; the shop's Pipeline
 #    takes revision 1.4.2 through tests, build, staging, smoke test, an approval by
@@ -172,6 +173,16 @@ bao("sys/mounts/transit", {"type": "transit"})
 bao("transit/keys/card-numbers", {})
 PY
 
+echo "==> OpenBao's database secrets engine, for the shop's reporting credentials"
+"${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
+import json, os, urllib.request
+req = urllib.request.Request(f"{os.environ['VAULT_ADDR']}/v1/sys/mounts/database", data=json.dumps({"type": "database"}).encode(),
+                             headers={"X-Vault-Token": os.environ["VAULT_TOKEN"]}, method="POST")
+urllib.request.urlopen(req).read()
+PY
+k -n shop create secret generic orders-vault-admin --from-literal=username="$PGUSER" \
+  --from-literal=password="$PGPASSWORD" --dry-run=client -o yaml | k apply -f - >/dev/null
+
 echo "==> applying manifests/examples (the production-shaped connections are skipped; the"
 echo "    orders database example is pointed at the local PostgreSQL without TLS)"
 for f in manifests/examples/*.yaml; do
@@ -180,7 +191,7 @@ for f in manifests/examples/*.yaml; do
     *30-pipeline-shop.yaml)
       # The example's registry is in eu-west-1; the local emulator's is in $AWS_REGION.
       sed -e "s|dkr.ecr.eu-west-1.amazonaws.com|dkr.ecr.$AWS_REGION.amazonaws.com|g" "$f" | k apply -f - ;;
-    *11-secretrotation-postgres-secretsmanager.yaml)
+    *11-secretrotation-postgres-secretsmanager.yaml|*16-secretrotation-dynamic-reporting.yaml)
       sed -e "s|host: orders.cluster-abc.eu-west-1.rds.amazonaws.com|host: $PGHOST|" \
         -e "s|port: 5432|port: $PGPORT|" -e "s|sslMode: verifyFull|sslMode: disable|" \
         -e "s|sslmode=verify-full|sslmode=disable|" "$f" | k apply -f - ;;
@@ -283,6 +294,12 @@ if PGPASSWORD="$master" psql -At -h "$PGHOST" -p "$PGPORT" -U shop_master -d pos
   && ! PGPASSWORD=initial-master-password psql -At -h "$PGHOST" -p "$PGPORT" -U shop_master -d postgres -c 'select 1' >/dev/null 2>&1; then
   echo "    ok: RDS shop-db's master password changed on the database (the value in Secrets Manager logs in, the old one does not)"
 else echo "    FAIL: the master password in Secrets Manager does not log in, or the old one still does" >&2; ok=false; fi
+verdict secretrotation shop reporting-db CredentialCurrent
+url=$(k -n shop get secret reporting-db -o jsonpath='{.data.DATABASE_URL}' | base64 -d)
+lease=$(k -n shop get secretrotation reporting-db -o jsonpath='{.status.lease.idHash} expires {.status.lease.expireTime}, renewed at {.status.lease.nextRenewalTime}')
+user=$(psql -At "$url" -c 'select current_user' 2>/dev/null || true)
+if [ -n "$user" ] && [ "$user" != "$PGUSER" ]; then echo "    ok: the reporting job's DATABASE_URL logs in as $user, a user Vault created (lease $lease)"
+else echo "    FAIL: the reporting job's dynamic credentials do not log in ('$user')" >&2; ok=false; fi
 verdict servicescaling shop web Evaluated
 scaled=$("${CAPSTAN_VENV:-.venv}/bin/python" - <<'PY'
 import os, time
