@@ -66,6 +66,7 @@ pub struct Metrics {
     stuck: Gauge,
     claims_lost: Counter,
     lease_renewals: Counter,
+    lease_deadlines_missed: Counter,
 }
 
 impl Metrics {
@@ -80,6 +81,7 @@ impl Metrics {
             stuck: Gauge::default(),
             claims_lost: Counter::default(),
             lease_renewals: Counter::default(),
+            lease_deadlines_missed: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("secret_rotation");
         sub.register(
@@ -112,7 +114,17 @@ impl Metrics {
             "Leases of dynamic credentials that Vault extended at their deadline",
             m.lease_renewals.clone(),
         );
+        sub.register(
+            "lease_deadlines_missed",
+            "Lease deadlines of dynamic credentials acted on only after the lease had expired (late renewals: the delivered credentials were dead meanwhile)",
+            m.lease_deadlines_missed.clone(),
+        );
         m
+    }
+
+    /// One lease deadline acted on after the lease expired.
+    pub(crate) fn lease_deadline_missed(&self) {
+        self.lease_deadlines_missed.inc();
     }
 
     /// One lease of dynamic credentials renewed.

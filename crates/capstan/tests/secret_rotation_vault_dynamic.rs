@@ -259,6 +259,24 @@ async fn dynamic_credentials_are_renewed_replaced_before_expiry_and_revoked_afte
     let events = common::events_about(client, ns.name(), "reports").await;
     assert!(events.iter().any(|(r, _)| r == "LeaseLost"), "{events:?}");
 
+    // Renewals counted; no deadline was reached only after its lease had expired.
+    let (_, metrics) = m.get("/metrics").await;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert!(
+        value("capstan_secret_rotation_lease_renewals_total").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value("capstan_secret_rotation_lease_deadlines_missed_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+
     // No password or lease id in the logs.
     let logs = m.all_logs();
     for p in [&first, &second, &third] {

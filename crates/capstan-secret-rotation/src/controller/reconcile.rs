@@ -459,6 +459,10 @@ async fn renew_lease(
         Ok(c) => c,
         Err(action) => return Ok(LeaseStep::Stop(action)),
     };
+    if pass.ctx.rt.clock.now() >= lease.expire_time {
+        tracing::warn!(kind = "SecretRotation", object = %pass.key, lease = %lease.id_hash, expired = %lease.expire_time, "lease deadline reached only after the lease expired");
+        pass.ctx.metrics.lease_deadline_missed();
+    }
     if !rotation::lease_extendable(lease) {
         tracing::info!(kind = "SecretRotation", object = %pass.key, lease = %lease.id_hash, "the lease reaches its maximum TTL; obtaining new credentials");
         return Ok(LeaseStep::Replace(clients, RotationTrigger::Schedule));
