@@ -570,6 +570,28 @@ async fn read_ca(
         .map_err(|e| RefError::new(reasons::CA_SECRET_UNAVAILABLE, format!("CA bundle {e}")))
 }
 
+/// What a Vault database role target needs, once the connection's scopes grant the
+/// namespace the role `<mount>/<namespace>-<name>`: a logged-in Vault client and the
+/// admin login Vault's connection uses.
+async fn vault_role_access(
+    ctx: &Context,
+    (namespace, name): (&str, &str),
+    connection: Option<&ClusterConnection>,
+    mount: &str,
+    admin: &AdminSecretRef,
+    connection_name: &str,
+) -> Result<(VaultClient, (String, SecretValue)), RefError> {
+    let role = VaultStaticRoleTarget::object_name(namespace, name);
+    let resource = ScopedResource::VaultDatabaseRole {
+        mount: mount.to_owned(),
+        role,
+    };
+    check_scope(ctx, namespace, connection, resource).await?;
+    let admin = read_admin(ctx, namespace, admin).await?;
+    let vc = vault_client(ctx, connection, connection_name).await?;
+    Ok((vc, admin))
+}
+
 async fn build_target(
     ctx: &Context,
     (namespace, name): (&str, &str),
@@ -578,37 +600,29 @@ async fn build_target(
 ) -> Result<Box<dyn CredentialTarget>, RefError> {
     match target {
         Target::VaultDatabaseDynamicRole(r) => {
-            let role = VaultStaticRoleTarget::object_name(namespace, name);
-            check_scope(
+            let (vc, admin) = vault_role_access(
                 ctx,
-                namespace,
+                (namespace, name),
                 connection,
-                ScopedResource::VaultDatabaseRole {
-                    mount: r.mount.clone(),
-                    role,
-                },
+                r.mount.as_str(),
+                &r.admin_secret_ref,
+                &r.connection_ref.name,
             )
             .await?;
-            let admin = read_admin(ctx, namespace, &r.admin_secret_ref).await?;
-            let vc = vault_client(ctx, connection, &r.connection_ref.name).await?;
             let t = VaultDynamicRoleTarget::new(vc, r, (namespace, name), admin, None)
                 .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
             Ok(Box::new(t))
         }
         Target::VaultDatabaseStaticRole(r) => {
-            let role = VaultStaticRoleTarget::object_name(namespace, name);
-            check_scope(
+            let (vc, admin) = vault_role_access(
                 ctx,
-                namespace,
+                (namespace, name),
                 connection,
-                ScopedResource::VaultDatabaseRole {
-                    mount: r.mount.clone(),
-                    role,
-                },
+                r.mount.as_str(),
+                &r.admin_secret_ref,
+                &r.connection_ref.name,
             )
             .await?;
-            let admin = read_admin(ctx, namespace, &r.admin_secret_ref).await?;
-            let vc = vault_client(ctx, connection, &r.connection_ref.name).await?;
             let t = VaultStaticRoleTarget::new(vc, r, (namespace, name), admin, None)
                 .map_err(|e| RefError::new(e.reason(), e.to_string()))?;
             Ok(Box::new(t))

@@ -14,7 +14,7 @@ use std::time::Duration;
 use capstan_secret_rotation::crd::SecretRotation;
 use capstan_testenv::{TempNamespace, TestEnv, await_condition};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,29 +91,13 @@ async fn a_transit_key_rotates_and_its_minimum_moves_only_when_a_person_names_it
     assert!(c1.starts_with("vault:v1:"));
 
     // A Vault connection with the root token, scoped to this namespace's transit mount.
-    let conn = format!("vault-{}", ns.name());
-    let token: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "vault-token" }, "stringData": { "token": vault.root_token() }
-    }))
-    .expect("secret");
-    secrets
-        .create(&PostParams::default(), &token)
-        .await
-        .expect("token");
-    let c: capstan_core::connection::ClusterConnection = serde_json::from_value(json!({
-        "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
-        "metadata": { "name": conn },
-        "spec": {
-            "allowedNamespaces": { "names": [ns.name()] },
-            "scopes": [ { "transit": { "keys": ["transit-${namespace}/*"] } } ],
-            "vault": { "address": vault.addr(), "auth": { "token": { "secretRef": { "name": "vault-token" } } } }
-        }
-    }))
-    .expect("connection");
-    Api::<capstan_core::connection::ClusterConnection>::all(client.clone())
-        .create(&PostParams::default(), &c)
-        .await
-        .expect("connection");
+    let conn = common::vault_connection(
+        &client,
+        vault,
+        ns.name(),
+        Some(json!([ { "transit": { "keys": ["transit-${namespace}/*"] } } ])),
+    )
+    .await;
     let spec = |mount: &str| {
         json!({
             "backend": { "kubernetes": { "secretName": "cards-store" } },
@@ -249,28 +233,7 @@ async fn a_kill_after_the_rotate_call_makes_no_second_version() {
             .await
             .0
     );
-    let token: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "vault-token" }, "stringData": { "token": vault.root_token() }
-    }))
-    .expect("secret");
-    secrets
-        .create(&PostParams::default(), &token)
-        .await
-        .expect("token");
-    let conn = format!("vault-{}", ns.name());
-    let c: capstan_core::connection::ClusterConnection = serde_json::from_value(json!({
-        "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
-        "metadata": { "name": conn },
-        "spec": {
-            "allowedNamespaces": { "names": [ns.name()] },
-            "vault": { "address": vault.addr(), "auth": { "token": { "secretRef": { "name": "vault-token" } } } }
-        }
-    }))
-    .expect("connection");
-    Api::<capstan_core::connection::ClusterConnection>::all(client.clone())
-        .create(&PostParams::default(), &c)
-        .await
-        .expect("connection");
+    let conn = common::vault_connection(&client, vault, ns.name(), None).await;
     common::rotation::create_rotation(
         &api,
         "cards",

@@ -16,7 +16,7 @@ use std::time::Duration;
 use capstan_secret_rotation::crd::{Lease, SecretRotation};
 use capstan_testenv::{TempNamespace, TestEnv, await_condition};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -85,29 +85,13 @@ impl Setup {
             json!({ "type": "database" }),
         )
         .await;
-        let token: Secret = serde_json::from_value(json!({
-            "metadata": { "name": "vault-token" }, "stringData": { "token": vault.root_token() }
-        }))
-        .expect("secret");
-        secrets
-            .create(&PostParams::default(), &token)
-            .await
-            .expect("token");
-        let conn = format!("vault-{}", ns.name());
-        let c: capstan_core::connection::ClusterConnection = serde_json::from_value(json!({
-            "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
-            "metadata": { "name": conn },
-            "spec": {
-                "allowedNamespaces": { "names": [ns.name()] },
-                "scopes": [ { "vaultDatabase": { "roles": ["dyn-${namespace}/${namespace}-*"] } } ],
-                "vault": { "address": vault.addr(), "auth": { "token": { "secretRef": { "name": "vault-token" } } } }
-            }
-        }))
-        .expect("connection");
-        Api::<capstan_core::connection::ClusterConnection>::all(client.clone())
-            .create(&PostParams::default(), &c)
-            .await
-            .expect("connection");
+        let conn = common::vault_connection(
+            &client,
+            vault,
+            ns.name(),
+            Some(json!([ { "vaultDatabase": { "roles": ["dyn-${namespace}/${namespace}-*"] } } ])),
+        )
+        .await;
         Self {
             kube,
             vault,

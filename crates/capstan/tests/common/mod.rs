@@ -463,3 +463,43 @@ pub async fn aws_connection_in(
         .await
         .expect("create connection");
 }
+
+/// A Vault ClusterConnection `vault-<ns>` reaching OpenBao with its root token (Secret
+/// `vault-token` in `ns`, the manager's own namespace in these tests), allowed to `ns`
+/// and, when given, limited by `scopes`; its name.
+#[allow(dead_code)]
+pub async fn vault_connection(
+    client: &kube::Client,
+    vault: &capstan_testenv::Vault,
+    ns: &str,
+    scopes: Option<serde_json::Value>,
+) -> String {
+    use kube::api::{Api, PostParams};
+    let token: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "vault-token" }, "stringData": { "token": vault.root_token() }
+    }))
+    .expect("secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &token)
+        .await
+        .expect("token");
+    let name = format!("vault-{ns}");
+    let mut spec = serde_json::json!({
+        "allowedNamespaces": { "names": [ns] },
+        "vault": { "address": vault.addr(), "auth": { "token": { "secretRef": { "name": "vault-token" } } } }
+    });
+    if let Some(scopes) = scopes {
+        spec["scopes"] = scopes;
+    }
+    let c: capstan_core::connection::ClusterConnection =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "ClusterConnection",
+            "metadata": { "name": name }, "spec": spec
+        }))
+        .expect("connection");
+    Api::<capstan_core::connection::ClusterConnection>::all(client.clone())
+        .create(&PostParams::default(), &c)
+        .await
+        .expect("connection");
+    name
+}
