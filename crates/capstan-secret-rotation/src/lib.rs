@@ -26,6 +26,7 @@ pub mod controller;
 pub mod crd;
 pub mod delivery;
 pub mod generator;
+pub mod metrics;
 pub mod reasons;
 pub mod rotation;
 pub mod targets;
