@@ -117,6 +117,15 @@ impl VaultDb {
         )
     }
 
+    /// Logs what a sync wrote (names of objects and fields, never values), if anything.
+    pub fn log_declared(&self, target_kind: &str, corrections: &[Correction]) {
+        if corrections.is_empty() {
+            return;
+        }
+        let what: Vec<&str> = corrections.iter().map(|c| c.what.as_str()).collect();
+        tracing::info!(target_kind, mount = %self.mount, role = %self.object, written = %what.join(","), "declared the Vault connection and role");
+    }
+
     /// The statements with the owner's claim at the head of the first.
     pub fn claimed(&self, statements: &[String]) -> Vec<String> {
         let mut out = statements.to_vec();

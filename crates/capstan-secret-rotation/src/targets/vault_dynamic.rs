@@ -209,10 +209,8 @@ impl VaultDynamicRoleTarget {
 impl CredentialTarget for VaultDynamicRoleTarget {
     async fn check(&self) -> Result<(), TargetError> {
         let corrections = self.sync().await?;
-        if !corrections.is_empty() {
-            let what: Vec<&str> = corrections.iter().map(|c| c.what.as_str()).collect();
-            tracing::info!(target_kind = "vaultDatabaseDynamicRole", mount = %self.db.mount, role = %self.db.object, written = %what.join(","), "declared the Vault connection and role");
-        }
+        self.db
+            .log_declared("vaultDatabaseDynamicRole", &corrections);
         Ok(())
     }
 

@@ -183,10 +183,8 @@ impl VaultStaticRoleTarget {
 impl CredentialTarget for VaultStaticRoleTarget {
     async fn check(&self) -> Result<(), TargetError> {
         let corrections = self.sync().await?;
-        if !corrections.is_empty() {
-            let what: Vec<&str> = corrections.iter().map(|c| c.what.as_str()).collect();
-            tracing::info!(target_kind = "vaultDatabaseStaticRole", mount = %self.db.mount, role = %self.db.object, written = %what.join(","), "declared the Vault connection and static role");
-        }
+        self.db
+            .log_declared("vaultDatabaseStaticRole", &corrections);
         Ok(())
     }
 
